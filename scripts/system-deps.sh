@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs the Debian packages that the integration suites start for real:
+# SoftHSM2 (PKCS#11 token), PostgreSQL (multi-server store), wrk (benchmarks).
+# Only what is missing is installed; nothing happens on a machine that has them.
+set -euo pipefail
+need=()
+command -v softhsm2-util >/dev/null 2>&1 || need+=(softhsm2)
+[ -x /usr/lib/postgresql/15/bin/postgres ] || ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need+=(postgresql)
+command -v wrk >/dev/null 2>&1 || need+=(wrk)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "missing Debian packages: ${need[*]} (run: sudo apt-get install ${need[*]})" >&2
+    exit 1
+  fi
+  echo "installing Debian packages: ${need[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
