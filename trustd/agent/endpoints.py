@@ -1,0 +1,189 @@
+"""The agent socket: a grpclib server that knows, per connection, who is calling.
+
+grpclib runs on asyncio transports, so the connected socket is at hand. Each
+accepted connection is attested once, in ``connection_made`` (one
+``SO_PEERCRED`` read per connection, not per RPC); handlers look the caller up
+by the stream's transport. Nothing the caller sends (request fields, metadata)
+takes part in deciding who it is.
+
+Also here: the one place where trustd errors become gRPC status codes for the
+agent socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import stat
+import weakref
+from collections.abc import Callable, Collection, Iterator
+from pathlib import Path
+from typing import Any
+
+import structlog
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
+from grpclib.server import Server, Stream
+
+from trustd.agent import errors
+from trustd.agent.attestation import Attestor, attest
+from trustd.errors import (
+    AlreadyExistsError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+    PermissionDeniedError,
+    TrustdError,
+    UnauthenticatedError,
+    UnavailableError,
+)
+from trustd.selectors import Caller
+
+log = structlog.get_logger(__name__)
+
+SOCKET_MODE = 0o666  # SPEC §3: any local process may connect; the kernel says who it is
+SOCKET_DIR_MODE = 0o755
+
+
+class _AttestingProtocol(asyncio.Protocol):
+    """Wraps grpclib's HTTP/2 protocol: attests the peer, then hands everything on."""
+
+    def __init__(
+        self, inner: asyncio.Protocol, attestor: Attestor, callers: CallerRegistry
+    ) -> None:
+        self._inner = inner
+        self._attestor = attestor
+        self._callers = callers
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        sock = transport.get_extra_info("socket")
+        caller: Caller | None = None
+        if sock is not None:
+            try:
+                caller = self._attestor(sock)
+            except OSError as exc:
+                log.warning("caller attestation failed", error=str(exc))
+        self._callers.remember(transport, caller)
+        self._inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()
+
+
+class CallerRegistry:
+    """Caller per live connection; entries go away with their transport."""
+
+    def __init__(self) -> None:
+        self._by_transport: weakref.WeakKeyDictionary[object, Caller | None] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def remember(self, transport: object, caller: Caller | None) -> None:
+        self._by_transport[transport] = caller
+
+    def caller_of(self, stream: Stream[Any, Any]) -> Caller:
+        """The attested caller of the connection the stream runs on."""
+        # grpclib's Peer keeps the transport privately and offers no public accessor for it;
+        # it is the same object connection_made received, so this is the connection's key.
+        transport = getattr(stream.peer, "_transport", None)
+        caller = self._by_transport.get(transport) if transport is not None else None
+        if caller is None:
+            raise errors.CallerUnknownError(
+                "the agent could not identify the calling process; connect over the unix socket"
+            )
+        return caller
+
+    def __len__(self) -> int:
+        return len(self._by_transport)
+
+
+class AttestingServer(Server):
+    """grpclib ``Server`` whose connections carry their kernel-attested caller."""
+
+    def __init__(
+        self,
+        handlers: Collection[Any],
+        *,
+        callers: CallerRegistry,
+        attestor: Attestor = attest,
+    ) -> None:
+        super().__init__(handlers)
+        self._callers = callers
+        self._attestor = attestor
+
+    def _protocol_factory(self) -> Any:  # overrides grpclib's per-connection factory
+        inner = super()._protocol_factory()
+        return _AttestingProtocol(inner, self._attestor, self._callers)
+
+
+def prepare_socket_path(path: Path) -> None:
+    """Create the socket's directory (0755) if missing; refuse a socket another process serves."""
+    parent = path.parent
+    if not parent.exists():
+        parent.mkdir(mode=SOCKET_DIR_MODE, parents=True)
+        os.chmod(parent, SOCKET_DIR_MODE)  # mkdir's mode is filtered by the umask
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise errors.SocketInUseError(
+            f"{path} exists and is not a socket; remove it or choose another agent socket path"
+        )
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(str(path))
+    except OSError:
+        path.unlink(missing_ok=True)  # a stale socket left by a process that is gone
+        return
+    finally:
+        probe.close()
+    raise errors.SocketInUseError(
+        f"another process serves {path}; stop it or choose another agent socket path"
+    )
+
+
+def status_of(exc: TrustdError) -> Status:
+    """The gRPC status for a trustd error raised while serving the agent socket."""
+    for cls, code in _STATUS_BY_CLASS:
+        if isinstance(exc, cls):
+            return code
+    return Status.INTERNAL
+
+
+_STATUS_BY_CLASS: tuple[tuple[type[TrustdError], Status], ...] = (
+    (UnauthenticatedError, Status.UNAUTHENTICATED),
+    (PermissionDeniedError, Status.PERMISSION_DENIED),
+    (NotFoundError, Status.NOT_FOUND),
+    (InvalidArgumentError, Status.INVALID_ARGUMENT),
+    (AlreadyExistsError, Status.ALREADY_EXISTS),
+    (FailedPreconditionError, Status.FAILED_PRECONDITION),
+    (UnavailableError, Status.UNAVAILABLE),
+)
+
+
+@contextlib.contextmanager
+def grpc_errors() -> Iterator[None]:
+    """Turn trustd errors into gRPC statuses (message kept: it never holds a secret)."""
+    try:
+        yield
+    except TrustdError as exc:
+        raise GRPCError(status_of(exc), str(exc)) from exc
+
+
+CallerOf = Callable[[Stream[Any, Any]], Caller]

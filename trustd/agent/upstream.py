@@ -1,0 +1,86 @@
+"""The agent's only way to its server: entries, bundles and CSR signing.
+
+Two implementations are planned: an in-process one (``trustd up`` runs server
+and agent in one asyncio loop) and a remote one (gRPC over mTLS to ``trustd
+server``). The agent treats both the same way:
+
+- ``watch_entries`` and ``watch_bundles`` are long-lived async iterators. The
+  first item of each is the full current state; later items are changes. When
+  the server goes away the iterator raises (``UnavailableError`` preferably) and
+  the agent calls it again after a backoff, passing the last entry revision it
+  holds so the server can send only what changed since.
+- ``sign_x509_svids`` receives CSRs made by the agent (the key never leaves the
+  agent) and returns the signed chains in the same order. It raises
+  ``UnavailableError`` when the server or its KMS is down; the agent keeps
+  serving what it holds and retries with backoff.
+
+The server decides the identity from the registration entry, never from the
+CSR: the agent still checks that what comes back carries the entry's SPIFFE ID
+and the CSR's public key.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from trustd.bundle import Bundle
+from trustd.entries import RegistrationEntry
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EntryUpdate:
+    """One message of the entry watch: a full snapshot or a set of changes."""
+
+    revision: int  # the server's entry revision after this update; passed back on reconnect
+    full: bool  # True: ``upserted`` is the complete set, anything not in it is gone
+    upserted: tuple[RegistrationEntry, ...] = ()  # entries added or changed
+    removed: tuple[str, ...] = ()  # ids of entries removed (ignored when ``full``)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BundleUpdate:
+    """One message of the bundle watch: always the complete set of bundles."""
+
+    bundles: tuple[Bundle, ...]  # own trust domain's bundle and every federated one
+    # Subject key identifiers of CA certificates that must stop being used (tainted or being
+    # revoked): SVIDs whose chain contains one of them are re-signed at once, not at half life.
+    tainted_key_ids: frozenset[bytes] = frozenset()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SvidRequest:
+    """A CSR for one registration entry."""
+
+    entry_id: str  # which entry the SVID is for; the server takes the identity from it
+    csr_der: bytes  # PKCS#10, DER; only its public key is used by the server
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SignedSvid:
+    """The server's answer to one ``SvidRequest``."""
+
+    entry_id: str  # the entry it was signed for (same as the request's)
+    cert_chain_der: tuple[bytes, ...]  # leaf first, then intermediates; no root
+    not_after: dt.datetime  # the leaf's NotAfter, timezone-aware UTC
+
+
+class Upstream(Protocol):
+    """What the agent needs from its server. All methods are safe to call concurrently."""
+
+    def watch_entries(self, *, since_revision: int | None) -> AsyncIterator[EntryUpdate]:
+        """Entries this agent may serve: first a snapshot (or the changes since
+        ``since_revision`` when the server still has them), then changes as they happen."""
+        ...
+
+    def watch_bundles(self) -> AsyncIterator[BundleUpdate]:
+        """The trust bundles: the current set first, then the new set on every change."""
+        ...
+
+    async def sign_x509_svids(self, requests: Sequence[SvidRequest]) -> list[SignedSvid]:
+        """Sign the CSRs; one answer per request, in order. Raises ``UnavailableError``
+        when the server cannot sign now and ``PermissionDeniedError`` for an entry this
+        agent may not serve."""
+        ...

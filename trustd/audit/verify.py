@@ -1,0 +1,279 @@
+"""``trustd audit verify``: walk the chain and the signed checkpoints, report the first damage.
+
+What is detected, and the ``first_bad_seq`` reported:
+
+- an edited event (its content no longer matches its hash): that event;
+- an event rewritten *with* a recomputed hash: that event (the next one no longer
+  chains to it); a rewrite of the whole rest of the chain: the first event after
+  the last checkpoint that still matches;
+- a deleted or reordered event (seq out of order): the first seq missing from its place;
+- an inserted event (a seq that appears twice, or a line that does not chain): that seq;
+- a truncated tail (the log ends before the last signed checkpoint): the first missing seq;
+- deleted old events that retention did not delete (the log starts after the anchor
+  in the last checkpoint): the anchored first seq.
+
+What cannot be detected from the directory alone: removal of events written after
+the last checkpoint together with the checkpoints' own tail. Anchor the head
+elsewhere (syslog forwarding, ``min_seq`` from a remote copy) to close that gap.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from trustd.audit.checkpoint import Checkpoint, signature_valid
+from trustd.audit.errors import AuditCorruptError
+from trustd.audit.record import GENESIS_HASH, check_line_hash, record_from_json
+from trustd.audit.segments import CHECKPOINT_FILE, KEY_FILE, list_segments
+from trustd.ca.kms.base import KeyManager, KeyRef, PublicKey
+from trustd.errors import TrustdError
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VerifyReport:
+    """The outcome of ``verify``. ``ok`` is False exactly when ``problem`` is set."""
+
+    ok: bool  # the chain, the checkpoints and their signatures are all intact
+    first_bad_seq: int | None  # the first damaged (or missing) seq; None when ok or not seq-bound
+    problem: str  # what is wrong, in one line; "" when ok
+    events_checked: int  # events read and found intact before the first problem
+    first_seq: int | None = None  # the oldest event found
+    last_seq: int | None = None  # the newest event found
+    checkpoints_checked: int = 0  # checkpoints whose signature was verified
+    last_checkpoint_seq: int | None = None  # the head the newest valid checkpoint signed
+
+
+def load_key_refs(directory: Path) -> list[KeyRef]:
+    """The audit key (and earlier ones after a key manager change) recorded in audit-key.json."""
+    path = directory / KEY_FILE
+    try:
+        data = json.loads(path.read_text())
+        refs = [KeyRef.from_json(data["current"])]
+        refs += [KeyRef.from_json(r) for r in data.get("previous", [])]
+    except FileNotFoundError:
+        return []
+    except (ValueError, KeyError, TypeError) as exc:
+        raise AuditCorruptError(
+            f"audit key file {path} is unreadable: restore it from a backup"
+        ) from exc
+    return refs
+
+
+class _Damage(Exception):  # noqa: N818 - internal control flow, never escapes
+    def __init__(self, seq: int | None, problem: str) -> None:
+        super().__init__(problem)
+        self.seq = seq
+        self.problem = problem
+
+
+def verify(
+    directory: Path,
+    *,
+    key_manager: KeyManager,
+    trusted_keys: Sequence[KeyRef] | None = None,
+    min_seq: int | None = None,
+) -> VerifyReport:
+    """Verify every segment and checkpoint in ``directory``.
+
+    ``trusted_keys`` defaults to the refs in audit-key.json that belong to
+    ``key_manager``'s backend; each checkpoint's signature is checked against the
+    public key the key manager returns for it. ``min_seq``: an externally anchored
+    seq the log must reach (e.g. the last seq a SIEM received).
+    """
+    state = _Walk()
+    try:
+        checkpoints = _load_checkpoints(directory, key_manager, trusted_keys, state)
+        _walk_events(directory, checkpoints, state)
+        _check_tail(checkpoints, state, min_seq)
+    except _Damage as damage:
+        return VerifyReport(
+            ok=False,
+            first_bad_seq=damage.seq,
+            problem=damage.problem,
+            events_checked=state.events,
+            first_seq=state.first_seq,
+            last_seq=state.last_seq,
+            checkpoints_checked=state.checkpoints,
+            last_checkpoint_seq=state.last_cp_seq,
+        )
+    return VerifyReport(
+        ok=True,
+        first_bad_seq=None,
+        problem="",
+        events_checked=state.events,
+        first_seq=state.first_seq,
+        last_seq=state.last_seq,
+        checkpoints_checked=state.checkpoints,
+        last_checkpoint_seq=state.last_cp_seq,
+    )
+
+
+class _Walk:
+    def __init__(self) -> None:
+        self.events = 0
+        self.checkpoints = 0
+        self.first_seq: int | None = None
+        self.last_seq: int | None = None
+        self.last_cp_seq: int | None = None
+
+
+def _load_checkpoints(
+    directory: Path,
+    key_manager: KeyManager,
+    trusted_keys: Sequence[KeyRef] | None,
+    state: _Walk,
+) -> list[Checkpoint]:
+    if trusted_keys is None:
+        try:
+            trusted_keys = [r for r in load_key_refs(directory) if r.backend == key_manager.kind]
+        except AuditCorruptError as exc:
+            raise _Damage(None, str(exc)) from exc
+    trusted = set(trusted_keys)
+    publics: dict[KeyRef, PublicKey] = {}
+    path = directory / CHECKPOINT_FILE
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raw = b""
+    out: list[Checkpoint] = []
+    lines = raw.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    for n, line in enumerate(lines, 1):
+        try:
+            cp = Checkpoint.from_line(line)
+        except ValueError as exc:
+            if n == len(lines) and not raw.endswith(b"\n"):
+                break  # a checkpoint being written right now, or torn by a crash
+            raise _Damage(None, f"checkpoint {n} in {CHECKPOINT_FILE} is malformed: {exc}") from exc
+        if cp.key not in trusted:
+            if cp.key.backend != key_manager.kind:
+                continue  # signed under an earlier key manager: cannot be checked here
+            raise _Damage(
+                None, f"checkpoint {n} is signed by key {cp.key.key_id!r}, not a trusted audit key"
+            )
+        if cp.key not in publics:
+            try:
+                publics[cp.key] = key_manager.public_key(cp.key)
+            except TrustdError as exc:
+                raise _Damage(
+                    None, f"cannot get the public key of audit key {cp.key.key_id!r}: {exc}"
+                ) from exc
+        if not signature_valid(cp, publics[cp.key]):
+            raise _Damage(
+                cp.seq if cp.seq > 0 else None,
+                f"checkpoint {n} (seq {cp.seq}) has an invalid signature: "
+                "the checkpoint file was altered",
+            )
+        if out and (cp.seq < out[-1].seq or cp.first_seq < out[-1].first_seq):
+            raise _Damage(
+                cp.seq if cp.seq > 0 else None,
+                f"checkpoint {n} (seq {cp.seq}) goes backwards from seq {out[-1].seq}",
+            )
+        out.append(cp)
+        state.checkpoints += 1
+        state.last_cp_seq = cp.seq
+    if not out and trusted:
+        raise _Damage(
+            None,
+            f"no valid signed checkpoint in {CHECKPOINT_FILE}: it was deleted or emptied, "
+            "so a truncated tail cannot be ruled out",
+        )
+    return out
+
+
+def _walk_events(directory: Path, checkpoints: list[Checkpoint], state: _Walk) -> None:
+    anchor_seq, anchor_prev = 1, GENESIS_HASH
+    if checkpoints:
+        anchor_seq, anchor_prev = checkpoints[-1].first_seq, checkpoints[-1].first_prev_hash
+    expect_at: dict[int, tuple[str, int]] = {}  # seq -> (hash, index of the checkpoint)
+    for i, cp in enumerate(checkpoints):
+        if cp.seq > 0:
+            expect_at[cp.seq] = (cp.hash, i)
+    last_good_cp_seq = 0
+    expected: int | None = None
+    prev_hash = ""
+    segments = [s for s in list_segments(directory) if s.path.stat().st_size > 0]
+    for idx, seg in enumerate(segments):
+        data = seg.path.read_bytes()
+        lines = data.split(b"\n")
+        torn = lines.pop()  # b"" when the file ends with a newline
+        if torn and idx != len(segments) - 1:
+            raise _Damage(
+                (expected or seg.first_seq),
+                f"segment {seg.path.name} ends with an unterminated line",
+            )
+        for lineno, line in enumerate(lines, 1):
+            where = f"{seg.path.name} line {lineno}"
+            hashes = check_line_hash(line)
+            try:
+                rec = record_from_json(json.loads(line))
+            except ValueError as exc:
+                raise _Damage(expected, f"{where} is not an audit event: {exc}") from exc
+            seq = rec.seq
+            if lineno == 1 and seq != seg.first_seq:
+                raise _Damage(
+                    min(seq, seg.first_seq) if expected is None else expected,
+                    f"segment {seg.path.name} starts with seq {seq}, not {seg.first_seq}",
+                )
+            if expected is None:
+                # the first event kept: it must be at or before the signed anchor
+                if seq > anchor_seq:
+                    raise _Damage(
+                        anchor_seq,
+                        f"events {anchor_seq} to {seq - 1} are missing from the start of the log",
+                    )
+                if seq == anchor_seq and rec.prev_hash != anchor_prev:
+                    raise _Damage(seq, f"event {seq} does not chain to the signed anchor")
+                state.first_seq = seq
+            elif seq > expected:
+                raise _Damage(
+                    expected,
+                    f"event {expected} is missing at {where} (found seq {seq}): "
+                    "deleted or moved",
+                )
+            elif seq < expected:
+                raise _Damage(
+                    seq,
+                    f"seq {seq} appears again at {where} (expected {expected}): "
+                    "an event was inserted, duplicated or moved",
+                )
+            if hashes is None or hashes[0] != hashes[1] or hashes[0] != rec.hash:
+                raise _Damage(seq, f"event {seq} was modified: its content does not match its hash")
+            if expected is not None and rec.prev_hash != prev_hash:
+                raise _Damage(
+                    seq - 1,
+                    f"event {seq} does not chain to event {seq - 1}: event {seq - 1} was "
+                    f"rewritten with a new hash, or event {seq} was inserted",
+                )
+            if seq == anchor_seq and rec.prev_hash != anchor_prev:
+                raise _Damage(seq, f"event {seq} does not chain to the signed anchor")
+            signed = expect_at.get(seq)
+            if signed is not None:
+                if signed[0] != rec.hash:
+                    raise _Damage(
+                        last_good_cp_seq + 1,
+                        f"event {seq} differs from checkpoint {signed[1] + 1}: the chain after "
+                        f"seq {last_good_cp_seq} was rewritten",
+                    )
+                last_good_cp_seq = seq
+            prev_hash = rec.hash
+            expected = seq + 1
+            state.events += 1
+            state.last_seq = seq
+
+
+def _check_tail(checkpoints: list[Checkpoint], state: _Walk, min_seq: int | None) -> None:
+    last = state.last_seq or 0
+    if checkpoints and checkpoints[-1].seq > last:
+        cp = checkpoints[-1]
+        raise _Damage(
+            last + 1,
+            f"the log ends at seq {last} but a checkpoint signed at {cp.time} covers seq {cp.seq}: "
+            "the tail was truncated",
+        )
+    if min_seq is not None and min_seq > last:
+        raise _Damage(last + 1, f"the log ends at seq {last} but seq {min_seq} was expected")

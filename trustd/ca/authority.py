@@ -1,0 +1,430 @@
+"""CA authority slots and their rotation: prepared, active and old, kept in the store.
+
+SPIRE's schedule: the next CA is prepared at half the active CA's life and
+activated when a sixth of that life remains. The bundle carries the prepared
+CA before it signs anything, and an old CA until nothing it signed can still
+be valid. ``taint`` makes agents reissue what a CA signed; ``revoke`` drops it
+from the bundle once nothing valid depends on it.
+
+The CA key lives behind the KeyManager seam; with an upstream authority the
+CA certificate is an intermediate signed by it (Vault/OpenBao PKI).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Protocol
+
+import structlog
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import NameOID
+
+from trustd.bundle import Bundle
+from trustd.ca import der
+from trustd.ca.errors import AuthorityStateError, NoActiveAuthorityError, SigningError
+from trustd.ca.issuer import BACKDATE, SigningAuthority, new_serial, verify_signature
+from trustd.ca.kms.base import KeyAlgorithm, KeyManager, KeyRef
+from trustd.clock import Clock
+from trustd.errors import NotFoundError, TrustdError
+from trustd.spiffeid import TrustDomain
+from trustd.store.base import AuthorityRecord, Store
+
+log = structlog.get_logger(__name__)
+
+PREPARED = "prepared"
+ACTIVE = "active"
+OLD = "old"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UpstreamResult:
+    chain: tuple[x509.Certificate, ...]  # the signed intermediate first, then upper intermediates
+    roots: tuple[x509.Certificate, ...]  # upstream roots for the trust bundle
+
+
+class UpstreamAuthority(Protocol):
+    def sign_intermediate(self, csr_pem: bytes, ttl: dt.timedelta) -> UpstreamResult: ...
+    def check(self) -> None: ...
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RotationSchedule:
+    ca_ttl: dt.timedelta  # lifetime of each CA certificate
+    key_algorithm: KeyAlgorithm = KeyAlgorithm.EC_P256  # CA key type
+
+    @property
+    def prepare_after(self) -> dt.timedelta:
+        return self.ca_ttl / 2
+
+    @property
+    def activate_before_expiry(self) -> dt.timedelta:
+        return self.ca_ttl / 6
+
+
+def authority_id_of(cert: x509.Certificate) -> str:
+    pub = cert.public_key()
+    return der.key_identifier(pub).hex()  # type: ignore[arg-type]
+
+
+class AuthorityManager:
+    """Owns the slot set. Every change is written to the store whole, in one transaction."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        key_manager: KeyManager,
+        trust_domain: TrustDomain,
+        schedule: RotationSchedule,
+        clock: Clock,
+        upstream: UpstreamAuthority | None = None,
+        on_change: Callable[[str, AuthorityRecord], None] | None = None,
+    ) -> None:
+        self._store = store
+        self._km = key_manager
+        self._td = trust_domain
+        self.schedule = schedule
+        self._clock = clock
+        self._upstream = upstream
+        self._on_change = on_change
+        self._lock = threading.RLock()
+        self._signing: SigningAuthority | None = None
+        self._listeners: list[Callable[[Bundle], None]] = []
+
+    # -- reading -------------------------------------------------------------
+    def records(self) -> list[AuthorityRecord]:
+        return self._store.list_authorities()
+
+    def _by_state(self, records: Sequence[AuthorityRecord], state: str) -> AuthorityRecord | None:
+        return next((r for r in records if r.state == state), None)
+
+    def active_signer(self) -> SigningAuthority:
+        with self._lock:
+            if self._signing is None:
+                self._reload_signer()
+            if self._signing is None:
+                raise NoActiveAuthorityError(
+                    "no active CA: the server is starting or its key manager is unavailable"
+                )
+            return self._signing
+
+    def _reload_signer(self) -> None:
+        active = self._by_state(self.records(), ACTIVE)
+        if active is None:
+            self._signing = None
+            return
+        signer = SigningAuthority.build(
+            authority_id=active.id,
+            key_ref=active.key_ref,
+            certificate=active.certificate,
+            upstream_chain=active.upstream_chain,
+        )
+        self._signing = signer
+
+    def bundle(self) -> Bundle:
+        records = self.records()
+        seq = int(self._store.get_doc("bundle.sequence") or "0")
+        certs: list[x509.Certificate] = []
+        seen: set[bytes] = set()
+
+        def add(c: x509.Certificate) -> None:
+            fp = c.fingerprint(c.signature_hash_algorithm or _sha256())
+            if fp not in seen:
+                seen.add(fp)
+                certs.append(c)
+
+        for r in records:
+            if r.revoked:
+                continue
+            if r.upstream_roots:
+                for root in r.upstream_roots:
+                    add(root)
+            else:
+                add(r.certificate)
+        return Bundle(
+            trust_domain=self._td,
+            x509_authorities=tuple(certs),
+            sequence=seq,
+            tainted_key_ids=frozenset(r.id for r in records if r.tainted and not r.revoked),
+        )
+
+    def subscribe(self, listener: Callable[[Bundle], None]) -> None:
+        self._listeners.append(listener)
+
+    # -- writing -------------------------------------------------------------
+    def _commit(self, records: Sequence[AuthorityRecord], event: str, subject: AuthorityRecord) -> None:
+        self._store.replace_authorities(records)
+        seq = int(self._store.get_doc("bundle.sequence") or "0") + 1
+        self._store.put_doc("bundle.sequence", str(seq))
+        self._reload_signer()
+        log.info(
+            "authority " + event,
+            authority_id=subject.id,
+            state=subject.state,
+            not_after=subject.not_after.isoformat(),
+        )
+        if self._on_change is not None:
+            self._on_change(event, subject)
+        bundle = self.bundle()
+        for listener in list(self._listeners):
+            try:
+                listener(bundle)
+            except Exception:  # a listener must never break rotation
+                log.exception("bundle listener failed")
+
+    def _mint_ca(self, now: dt.datetime) -> AuthorityRecord:
+        """Create a key in the KMS and its CA certificate. Nothing is stored here."""
+        name = f"ca-{uuid.uuid4().hex[:16]}"
+        ref = self._km.create_key(name, self.schedule.key_algorithm)
+        try:
+            pub = self._km.public_key(ref)
+            ski = der.key_identifier(pub)
+            subject = x509.Name(
+                [
+                    x509.NameAttribute(NameOID.ORGANIZATION_NAME, "trustd"),
+                    x509.NameAttribute(NameOID.COMMON_NAME, f"trustd CA {self._td.name}"),
+                    x509.NameAttribute(NameOID.SERIAL_NUMBER, ski.hex()[:16]),
+                ]
+            )
+            chain: tuple[x509.Certificate, ...] = ()
+            roots: tuple[x509.Certificate, ...] = ()
+            if self._upstream is None:
+                cert = self._self_signed(ref, pub, ski, subject, now)
+            else:
+                cert, chain, roots = self._from_upstream(ref, pub, subject)
+        except BaseException:
+            try:
+                self._km.retire(ref)
+            except TrustdError:
+                log.warning("could not retire an unused CA key", key=name)
+            raise
+        return AuthorityRecord(
+            id=ski.hex(),
+            state=PREPARED,
+            tainted=False,
+            revoked=False,
+            key_ref=ref,
+            certificate=cert,
+            upstream_chain=chain,
+            upstream_roots=roots,
+            created_at=now,
+        )
+
+    def _sign(self, ref: KeyRef, tbs: bytes) -> bytes:
+        digest = der.digest(ref.algorithm, tbs)
+        sig = self._km.sign(ref, digest)
+        verify_signature(self._km.public_key(ref), ref.algorithm, digest, sig)
+        return sig
+
+    def _self_signed(
+        self, ref: KeyRef, pub: der.PublicKey, ski: bytes, subject: x509.Name, now: dt.datetime
+    ) -> x509.Certificate:
+        sig_alg = der.signature_algorithm(ref.algorithm)
+        name_der = subject.public_bytes()
+        tbs = der.TbsCertificate(
+            serial=new_serial(),
+            signature_algorithm=sig_alg,
+            issuer=name_der,
+            not_before=(now - BACKDATE).replace(microsecond=0),
+            not_after=(now + self.schedule.ca_ttl).replace(microsecond=0),
+            subject=name_der,
+            spki=der.spki(pub),
+            extensions=der.ca_extensions(
+                trust_domain_id=str(self._td.id), subject_key_id=ski, authority_key_id=ski
+            ),
+        ).encode()
+        cert = x509.load_der_x509_certificate(
+            der.assemble_certificate(tbs, sig_alg, self._sign(ref, tbs))
+        )
+        cert.verify_directly_issued_by(cert)
+        return cert
+
+    def _from_upstream(
+        self, ref: KeyRef, pub: der.PublicKey, subject: x509.Name
+    ) -> tuple[x509.Certificate, tuple[x509.Certificate, ...], tuple[x509.Certificate, ...]]:
+        assert self._upstream is not None
+        sig_alg = der.signature_algorithm(ref.algorithm)
+        cri = der.certification_request_info(subject.public_bytes(), der.spki(pub), [str(self._td.id)])
+        csr_der = der.assemble_certificate(cri, sig_alg, self._sign(ref, cri))
+        csr = x509.load_der_x509_csr(csr_der)
+        result = self._upstream.sign_intermediate(
+            csr.public_bytes(serialization.Encoding.PEM), self.schedule.ca_ttl
+        )
+        if not result.chain:
+            raise SigningError("the upstream authority returned no certificate")
+        cert = result.chain[0]
+        if cert.public_key() != pub:
+            raise SigningError("the upstream authority signed a different public key")
+        return cert, tuple(result.chain[1:]), tuple(result.roots)
+
+    def ensure_active(self) -> AuthorityRecord:
+        """At start-up: make sure a CA is active, creating the first one if the store has none."""
+        with self._lock:
+            records = self.records()
+            active = self._by_state(records, ACTIVE)
+            if active is not None:
+                self._reload_signer()
+                return active
+            prepared = self._by_state(records, PREPARED)
+            if prepared is not None:
+                return self.activate()
+            now = self._clock.now()
+            record = replace(self._mint_ca(now), state=ACTIVE, activated_at=now)
+            self._commit([*records, record], "activated", record)
+            return record
+
+    def prepare(self) -> AuthorityRecord:
+        with self._lock:
+            records = self.records()
+            if self._by_state(records, PREPARED) is not None:
+                raise AuthorityStateError(
+                    "a prepared CA exists already: activate it with 'trustd authority activate'"
+                )
+            record = self._mint_ca(self._clock.now())
+            self._commit([*records, record], "prepared", record)
+            return record
+
+    def activate(self) -> AuthorityRecord:
+        with self._lock:
+            records = self.records()
+            prepared = self._by_state(records, PREPARED)
+            if prepared is None:
+                raise AuthorityStateError(
+                    "no prepared CA to activate: run 'trustd authority prepare' first"
+                )
+            now = self._clock.now()
+            new: list[AuthorityRecord] = []
+            activated = replace(prepared, state=ACTIVE, activated_at=now)
+            for r in records:
+                if r.id == prepared.id:
+                    new.append(activated)
+                elif r.state == ACTIVE:
+                    new.append(replace(r, state=OLD))
+                else:
+                    new.append(r)
+            self._commit(new, "activated", activated)
+            return activated
+
+    def _find(self, records: Sequence[AuthorityRecord], authority_id: str) -> AuthorityRecord:
+        matches = [r for r in records if r.id == authority_id]
+        if not matches and len(authority_id) >= 8:
+            matches = [r for r in records if r.id.startswith(authority_id.lower())]
+        if len(matches) != 1:
+            raise NotFoundError(
+                f"no authority with id {authority_id!r}: see 'trustd authority list'"
+            )
+        return matches[0]
+
+    def taint(self, authority_id: str) -> AuthorityRecord:
+        with self._lock:
+            records = self.records()
+            target = self._find(records, authority_id)
+            if target.state == ACTIVE:
+                raise AuthorityStateError(
+                    f"authority {target.id[:16]} is active: prepare and activate a new CA first, "
+                    "then taint this one"
+                )
+            if target.tainted:
+                raise AuthorityStateError(f"authority {target.id[:16]} is tainted already")
+            tainted = replace(target, tainted=True)
+            self._commit([tainted if r.id == target.id else r for r in records], "tainted", tainted)
+            return tainted
+
+    def still_relied_on(self, target: AuthorityRecord, now: dt.datetime) -> int:
+        """How many unexpired certificates it signed have not been reissued by another CA."""
+        issued = self._store.list_issued()
+        latest_other: dict[tuple[str, str | None], dt.datetime] = {}
+        for rec in issued:
+            if rec.authority_id != target.id:
+                key = (rec.spiffe_id, rec.entry_id)
+                if rec.issued_at > latest_other.get(key, dt.datetime.min.replace(tzinfo=dt.UTC)):
+                    latest_other[key] = rec.issued_at
+        count = 0
+        for rec in issued:
+            if rec.authority_id != target.id or rec.not_after <= now:
+                continue
+            later = latest_other.get((rec.spiffe_id, rec.entry_id))
+            if later is None or later < rec.issued_at:
+                count += 1
+        return count
+
+    def revoke(self, authority_id: str, *, force: bool = False) -> AuthorityRecord:
+        with self._lock:
+            records = self.records()
+            target = self._find(records, authority_id)
+            if target.state == ACTIVE:
+                raise AuthorityStateError(
+                    f"authority {target.id[:16]} is active and cannot be revoked: "
+                    "prepare, activate and taint first"
+                )
+            if not target.tainted:
+                raise AuthorityStateError(
+                    f"authority {target.id[:16]} is not tainted: taint it first so agents "
+                    "reissue what it signed"
+                )
+            pending = self.still_relied_on(target, self._clock.now())
+            if pending and not force:
+                raise AuthorityStateError(
+                    f"{pending} valid certificates signed by {target.id[:16]} have not been "
+                    "reissued yet: wait for agents to rotate them, or use --force"
+                )
+            revoked = replace(target, revoked=True)
+            self._commit([r for r in records if r.id != target.id], "revoked", revoked)
+            try:
+                self._km.retire(target.key_ref)
+            except TrustdError as exc:
+                log.warning("could not retire a revoked CA key", authority_id=target.id, error=str(exc))
+            return revoked
+
+    def rotate(self) -> str | None:
+        """One tick of automatic rotation; returns what it did ("prepared", "activated", "pruned")."""
+        with self._lock:
+            now = self._clock.now()
+            records = self.records()
+            active = self._by_state(records, ACTIVE)
+            if active is None:
+                self.ensure_active()
+                return "activated"
+            prepared = self._by_state(records, PREPARED)
+            lifetime = active.not_after - active.not_before
+            if prepared is None and now >= active.not_before + lifetime / 2:
+                self.prepare()
+                return "prepared"
+            if prepared is not None and now >= active.not_after - lifetime / 6:
+                self.activate()
+                return "activated"
+            # Old CAs leave the bundle once nothing they signed can still be valid.
+            for r in records:
+                if r.state != OLD:
+                    continue
+                last = self._store.latest_not_after(r.id)
+                if now >= r.not_after or (last is not None and now >= last):
+                    self._commit([x for x in records if x.id != r.id], "pruned", r)
+                    try:
+                        self._km.retire(r.key_ref)
+                    except TrustdError as exc:
+                        log.warning("could not retire an old CA key", authority_id=r.id, error=str(exc))
+                    return "pruned"
+            return None
+
+    def next_rotation_at(self) -> dt.datetime | None:
+        records = self.records()
+        active = self._by_state(records, ACTIVE)
+        if active is None:
+            return None
+        lifetime = active.not_after - active.not_before
+        if self._by_state(records, PREPARED) is None:
+            return active.not_before + lifetime / 2
+        return active.not_after - lifetime / 6
+
+
+def _sha256() -> der.hashes_type:
+    from cryptography.hazmat.primitives import hashes
+
+    return hashes.SHA256()

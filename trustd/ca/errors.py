@@ -1,0 +1,25 @@
+"""Errors of the CA: bad CSRs, bad TTLs, missing or unusable authorities."""
+
+from __future__ import annotations
+
+from trustd.errors import FailedPreconditionError, InvalidArgumentError, UnavailableError
+
+
+class InvalidCsrError(InvalidArgumentError):
+    """The CSR is garbage, too large, badly signed, or its key is too weak."""
+
+
+class InvalidTtlError(InvalidArgumentError):
+    """A TTL that is zero, negative, or above the server's maximum."""
+
+
+class NoActiveAuthorityError(FailedPreconditionError):
+    """No CA is active yet; the server is starting or its KMS is down."""
+
+
+class SigningError(UnavailableError):
+    """The key manager failed, or returned a signature that does not verify."""
+
+
+class AuthorityStateError(FailedPreconditionError):
+    """A rotation step that the authority's current state does not allow."""

@@ -1,0 +1,238 @@
+"""X.509-SVID issuance: from a CSR and a registration entry to a verified certificate.
+
+The identity comes only from the entry. Of the CSR only the public key is
+used, after its signature has been checked; its subject, SANs, basic
+constraints and other extensions never reach the certificate.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
+
+from trustd.ca import der
+from trustd.ca.errors import InvalidCsrError, InvalidTtlError, SigningError
+from trustd.ca.kms.base import KeyAlgorithm, KeyManager, KeyRef, PublicKey
+from trustd.spiffeid import SpiffeId
+
+MAX_CSR_BYTES = 64 * 1024
+ALLOWED_CURVES = ("secp256r1", "secp384r1")
+MIN_RSA_BITS = 2048
+MAX_RSA_BITS = 8192
+BACKDATE = dt.timedelta(seconds=10)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SigningAuthority:
+    """What the issuer needs from the active CA, precomputed once per activation."""
+
+    id: str  # hex subject key identifier
+    key_ref: KeyRef  # the CA key in the key manager
+    certificate: x509.Certificate  # the CA certificate
+    chain: tuple[x509.Certificate, ...]  # the CA certificate and any upstream intermediates
+    public_key: PublicKey  # of the CA key, checked against the certificate
+    issuer_der: bytes  # DER subject Name of the CA
+    key_id: bytes  # subject key identifier of the CA
+    sig_alg: bytes  # DER AlgorithmIdentifier for its signatures
+    chain_der: tuple[bytes, ...]  # DER of ``chain``
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        authority_id: str,
+        key_ref: KeyRef,
+        certificate: x509.Certificate,
+        upstream_chain: Sequence[x509.Certificate],
+    ) -> SigningAuthority:
+        pub = certificate.public_key()
+        if not isinstance(pub, ec.EllipticCurvePublicKey | rsa.RSAPublicKey):
+            raise SigningError("the CA certificate has an unsupported key type")
+        chain = (certificate, *upstream_chain)
+        return cls(
+            id=authority_id,
+            key_ref=key_ref,
+            certificate=certificate,
+            chain=chain,
+            public_key=pub,
+            issuer_der=certificate.subject.public_bytes(),
+            key_id=der.key_identifier(pub),
+            sig_alg=der.signature_algorithm(key_ref.algorithm),
+            chain_der=tuple(c.public_bytes(serialization.Encoding.DER) for c in chain),
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class IssuedSvid:
+    spiffe_id: SpiffeId  # from the registration entry
+    certificate: x509.Certificate  # the leaf
+    chain_der: tuple[bytes, ...]  # leaf first, then the CA and any intermediates
+    serial: str  # hex
+    not_after: dt.datetime
+    authority_id: str  # the CA that signed it
+
+    def chain_pem(self) -> bytes:
+        return b"".join(
+            x509.load_der_x509_certificate(d).public_bytes(serialization.Encoding.PEM)
+            for d in self.chain_der
+        )
+
+
+def load_csr(data: bytes) -> tuple[x509.CertificateSigningRequest, PublicKey]:
+    """Parse and check a CSR (PEM or DER); returns it with its public key."""
+    if len(data) > MAX_CSR_BYTES:
+        raise InvalidCsrError(f"csr is {len(data)} bytes; the limit is {MAX_CSR_BYTES}")
+    if not data:
+        raise InvalidCsrError("csr is empty")
+    try:
+        if data.lstrip().startswith(b"-----BEGIN"):
+            csr = x509.load_pem_x509_csr(data)
+        else:
+            csr = x509.load_der_x509_csr(data)
+        pub = csr.public_key()
+    except (ValueError, TypeError) as exc:
+        raise InvalidCsrError("csr is not a valid PKCS#10 request in PEM or DER") from exc
+    except x509.UnsupportedGeneralNameType as exc:
+        raise InvalidCsrError("csr carries an unsupported name type") from exc
+    if isinstance(pub, ec.EllipticCurvePublicKey):
+        if pub.curve.name not in ALLOWED_CURVES:
+            raise InvalidCsrError(
+                f"csr key uses curve {pub.curve.name}; use P-256 (secp256r1) or P-384"
+            )
+    elif isinstance(pub, rsa.RSAPublicKey):
+        if pub.key_size < MIN_RSA_BITS:
+            raise InvalidCsrError(
+                f"csr RSA key is {pub.key_size} bits; use at least {MIN_RSA_BITS} (or ECDSA P-256)"
+            )
+        if pub.key_size > MAX_RSA_BITS:
+            raise InvalidCsrError(f"csr RSA key is {pub.key_size} bits; the limit is {MAX_RSA_BITS}")
+    else:
+        raise InvalidCsrError(
+            f"csr key type {type(pub).__name__.lstrip('_')} is not supported; use ECDSA P-256"
+        )
+    try:
+        valid = csr.is_signature_valid
+    except (ValueError, TypeError, x509.UnsupportedGeneralNameType):
+        valid = False
+    if not valid:
+        raise InvalidCsrError("csr signature does not verify: the request was altered or corrupted")
+    return csr, pub
+
+
+def verify_signature(public_key: PublicKey, algorithm: KeyAlgorithm, digest: bytes, sig: bytes) -> None:
+    hash_alg: hashes.HashAlgorithm = (
+        hashes.SHA384() if algorithm is KeyAlgorithm.EC_P384 else hashes.SHA256()
+    )
+    try:
+        if isinstance(public_key, ec.EllipticCurvePublicKey):
+            public_key.verify(sig, digest, ec.ECDSA(utils.Prehashed(hash_alg)))
+        else:
+            public_key.verify(sig, digest, padding.PKCS1v15(), utils.Prehashed(hash_alg))
+    except InvalidSignature:
+        raise SigningError(
+            "the key manager returned a signature that does not verify under the CA key; "
+            "nothing was issued"
+        ) from None
+
+
+def new_serial() -> int:
+    # 128 random bits, top bit cleared so the DER INTEGER stays positive and within 20 octets.
+    return int.from_bytes(os.urandom(16), "big") >> 1 or 1
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SvidTemplate:
+    """One leaf to sign: the checked public key and what the entry says."""
+
+    spiffe_id: SpiffeId  # from the registration entry, never from the CSR
+    public_key: PublicKey  # from the checked CSR
+    not_before: dt.datetime
+    not_after: dt.datetime
+    dns_names: tuple[str, ...] = ()  # from the registration entry
+
+
+class X509Issuer:
+    """Signs X.509-SVIDs with the active authority through the key manager."""
+
+    def __init__(
+        self,
+        *,
+        key_manager: KeyManager,
+        default_ttl: dt.timedelta,
+        max_ttl: dt.timedelta,
+    ) -> None:
+        self._km = key_manager
+        self.default_ttl = default_ttl
+        self.max_ttl = max_ttl
+
+    def validity(
+        self, authority: SigningAuthority, now: dt.datetime, ttl: dt.timedelta | None
+    ) -> tuple[dt.datetime, dt.datetime]:
+        """NotBefore backdated a little; NotAfter capped by the max TTL and the CA's own expiry."""
+        if ttl is None:
+            ttl = self.default_ttl
+        if ttl <= dt.timedelta(0):
+            raise InvalidTtlError("ttl must be positive, e.g. 1h or 10m")
+        if ttl > self.max_ttl:
+            raise InvalidTtlError(
+                f"ttl {ttl} is above the server maximum {self.max_ttl}; ask for less"
+            )
+        not_before = max(now - BACKDATE, authority.certificate.not_valid_before_utc)
+        not_after = min(now + ttl, authority.certificate.not_valid_after_utc)
+        if not_after <= now:
+            raise SigningError("the active CA has expired; rotate it with 'trustd authority prepare'")
+        return not_before.replace(microsecond=0), not_after.replace(microsecond=0)
+
+    def _tbs(self, authority: SigningAuthority, t: SvidTemplate, serial: int) -> bytes:
+        return der.TbsCertificate(
+            serial=serial,
+            signature_algorithm=authority.sig_alg,
+            issuer=authority.issuer_der,
+            not_before=t.not_before,
+            not_after=t.not_after,
+            subject=der.EMPTY_NAME,
+            spki=der.spki(t.public_key),
+            extensions=der.leaf_extensions(
+                spiffe_id=str(t.spiffe_id),
+                dns_names=t.dns_names,
+                subject_key_id=der.key_identifier(t.public_key),
+                authority_key_id=authority.key_id,
+                rsa_key=der.is_rsa(t.public_key),
+            ),
+        ).encode()
+
+    def sign(self, authority: SigningAuthority, templates: Sequence[SvidTemplate]) -> list[IssuedSvid]:
+        """Sign many leaves in one key-manager call; every signature is verified before use."""
+        alg = authority.key_ref.algorithm
+        serials = [new_serial() for _ in templates]
+        tbss = [self._tbs(authority, t, s) for t, s in zip(templates, serials, strict=True)]
+        digests = [der.digest(alg, tbs) for tbs in tbss]
+        if len(digests) == 1:
+            sigs = [self._km.sign(authority.key_ref, digests[0])]
+        else:
+            sigs = self._km.sign_many(authority.key_ref, digests)
+        if len(sigs) != len(digests):
+            raise SigningError("the key manager returned the wrong number of signatures")
+        out = []
+        for t, serial, tbs, digest, sig in zip(templates, serials, tbss, digests, sigs, strict=True):
+            verify_signature(authority.public_key, alg, digest, sig)
+            cert_der = der.assemble_certificate(tbs, authority.sig_alg, sig)
+            cert = x509.load_der_x509_certificate(cert_der)
+            out.append(
+                IssuedSvid(
+                    spiffe_id=t.spiffe_id,
+                    certificate=cert,
+                    chain_der=(cert_der, *authority.chain_der),
+                    serial=format(serial, "x"),
+                    not_after=t.not_after,
+                    authority_id=authority.id,
+                )
+            )
+        return out

@@ -1,0 +1,43 @@
+"""trustd agent list|evict (admin); `trustd agent --config F` runs a node agent."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from trustd.cli.common import OutputOpt, call, fmt
+from trustd.cli.output import emit
+
+app = typer.Typer(
+    help="Run a node agent (--config F), or list and evict agents.",
+    invoke_without_command=True,
+)
+COLUMNS = ["id", "spiffe_id", "not_after", "last_seen", "evicted"]
+
+
+@app.callback()
+def agent(
+    ctx: typer.Context,
+    config: Annotated[str | None, typer.Option("--config", help="agent config file (YAML)")] = None,
+) -> None:
+    if ctx.invoked_subcommand is not None:
+        return
+    if config is None:
+        typer.echo(ctx.get_help())
+        raise typer.Exit(0)
+    from trustd.cli.run import run_agent
+
+    run_agent(config)
+
+
+@app.command("list")
+def list_(ctx: typer.Context, output: OutputOpt = None) -> None:
+    """List agents that joined."""
+    emit(call(ctx, "AgentList"), fmt(ctx, output), columns=COLUMNS, rows_key="agents")
+
+
+@app.command("evict")
+def evict(ctx: typer.Context, agent_id: Annotated[str, typer.Argument(metavar="ID")], output: OutputOpt = None) -> None:
+    """Cut an agent off: it can no longer sync or get SVIDs signed."""
+    emit(call(ctx, "AgentEvict", {"id": agent_id}), fmt(ctx, output))

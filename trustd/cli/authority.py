@@ -1,0 +1,48 @@
+"""trustd authority list|prepare|activate|taint|revoke"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from trustd.cli.common import OutputOpt, call, fmt
+from trustd.cli.output import emit
+
+app = typer.Typer(help="Rotate the CA by hand.", no_args_is_help=True)
+COLUMNS = ["id", "state", "tainted", "not_after", "key_backend", "upstream"]
+
+
+@app.command("list")
+def list_(ctx: typer.Context, output: OutputOpt = None) -> None:
+    """List CA slots: prepared, active, old."""
+    emit(call(ctx, "AuthorityList"), fmt(ctx, output), columns=COLUMNS, rows_key="authorities")
+
+
+@app.command("prepare")
+def prepare(ctx: typer.Context, output: OutputOpt = None) -> None:
+    """Create the next CA; it joins the bundle now and signs nothing yet."""
+    emit(call(ctx, "AuthorityPrepare"), fmt(ctx, output), columns=COLUMNS)
+
+
+@app.command("activate")
+def activate(ctx: typer.Context, output: OutputOpt = None) -> None:
+    """Make the prepared CA sign; the active one becomes old and stays in the bundle."""
+    emit(call(ctx, "AuthorityActivate"), fmt(ctx, output), columns=COLUMNS)
+
+
+@app.command("taint")
+def taint(ctx: typer.Context, authority_id: Annotated[str, typer.Argument(metavar="ID")], output: OutputOpt = None) -> None:
+    """Force every SVID signed by an old CA to be reissued."""
+    emit(call(ctx, "AuthorityTaint", {"id": authority_id}), fmt(ctx, output), columns=COLUMNS)
+
+
+@app.command("revoke")
+def revoke(
+    ctx: typer.Context,
+    authority_id: Annotated[str, typer.Argument(metavar="ID")],
+    force: Annotated[bool, typer.Option(help="even if valid SVIDs it signed were not reissued")] = False,
+    output: OutputOpt = None,
+) -> None:
+    """Drop a tainted CA from the bundle once nothing valid depends on it."""
+    emit(call(ctx, "AuthorityRevoke", {"id": authority_id, "force": force}), fmt(ctx, output), columns=COLUMNS)

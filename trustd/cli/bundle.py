@@ -1,0 +1,31 @@
+"""trustd bundle show"""
+
+from __future__ import annotations
+
+import enum
+import json
+from typing import Annotated
+
+import typer
+
+from trustd.cli.common import call
+
+app = typer.Typer(help="The trust bundle.", no_args_is_help=True)
+
+
+class BundleFormat(enum.StrEnum):
+    pem = "pem"
+    spiffe = "spiffe"
+
+
+@app.command("show")
+def show(
+    ctx: typer.Context,
+    format_: Annotated[BundleFormat, typer.Option("--format", help="pem or spiffe")] = BundleFormat.pem,
+) -> None:
+    """Print the trust bundle on stdout."""
+    result = call(ctx, "BundleShow")
+    if format_ is BundleFormat.spiffe:
+        typer.echo(json.dumps(result["spiffe"], indent=2))
+    else:
+        typer.echo(result["pem"], nl=False)

@@ -1,0 +1,158 @@
+"""The ``trustd`` command: processes (up, server, agent, proxy) and admin nouns."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from typer.exceptions import TyperException
+
+from trustd import __version__, durations
+from trustd.cli import agent, authority, bundle, entry, svid, token
+from trustd.cli.client import ServerError
+from trustd.cli.common import CheckFailed, State
+from trustd.cli.output import Format
+from trustd.errors import TrustdError
+
+app = typer.Typer(
+    name="trustd",
+    help="trustd: SPIFFE CA, node agent, policy engine and mTLS sidecar.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+class UsageError(Exception):
+    """Bad flags or local input: exit code 1."""
+
+
+def parse_ttl(text: str | None) -> int | None:
+    if text is None:
+        return None
+    try:
+        delta = durations.parse(text)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if delta.total_seconds() <= 0:
+        raise UsageError(f"ttl must be positive, got {text!r}")
+    return int(delta.total_seconds())
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    admin_socket: Annotated[
+        Path | None,
+        typer.Option("--admin-socket", envvar="TRUSTD_ADMIN_SOCKET", help="the server's admin socket"),
+    ] = None,
+    output: Annotated[Format, typer.Option("--output", "-o", help="table, json or yaml")] = Format.table,
+    debug: Annotated[bool, typer.Option("--debug", help="show tracebacks")] = False,
+) -> None:
+    from trustd.cli.client import admin_socket as resolve
+
+    ctx.obj = State(admin_socket=resolve(str(admin_socket) if admin_socket else None), output=output, debug=debug)
+
+
+@app.command("version")
+def version() -> None:
+    """Print the version."""
+    typer.echo(__version__)
+
+
+@app.command("up")
+def up(
+    config: Annotated[str | None, typer.Option("--config", help="YAML config file")] = None,
+    data_dir: Annotated[str | None, typer.Option("--data-dir", envvar="TRUSTD_DATA_DIR")] = None,
+    trust_domain: Annotated[str | None, typer.Option("--trust-domain", envvar="TRUSTD_TRUST_DOMAIN")] = None,
+    admin_socket: Annotated[str | None, typer.Option("--admin-socket", envvar="TRUSTD_ADMIN_SOCKET")] = None,
+    agent_socket: Annotated[str | None, typer.Option("--agent-socket", envvar="TRUSTD_AGENT_SOCKET")] = None,
+    server_address: Annotated[str | None, typer.Option("--server-address", envvar="TRUSTD_SERVER_ADDRESS")] = None,
+    metrics_address: Annotated[str | None, typer.Option("--metrics-address", envvar="TRUSTD_METRICS_ADDRESS")] = None,
+) -> None:
+    """Server and node agent in one process, with embedded defaults (SQLite, local key file)."""
+    from trustd.cli.run import run_up
+
+    run_up(
+        config,
+        {
+            "dataDir": data_dir,
+            "trustDomain": trust_domain,
+            "adminSocket": admin_socket,
+            "agentSocket": agent_socket,
+            "serverAddress": server_address,
+            "metricsAddress": metrics_address,
+        },
+    )
+
+
+@app.command("server")
+def server(
+    config: Annotated[str | None, typer.Option("--config", help="YAML config file")] = None,
+    data_dir: Annotated[str | None, typer.Option("--data-dir", envvar="TRUSTD_DATA_DIR")] = None,
+    trust_domain: Annotated[str | None, typer.Option("--trust-domain", envvar="TRUSTD_TRUST_DOMAIN")] = None,
+    admin_socket: Annotated[str | None, typer.Option("--admin-socket", envvar="TRUSTD_ADMIN_SOCKET")] = None,
+    server_address: Annotated[str | None, typer.Option("--server-address", envvar="TRUSTD_SERVER_ADDRESS")] = None,
+    metrics_address: Annotated[str | None, typer.Option("--metrics-address", envvar="TRUSTD_METRICS_ADDRESS")] = None,
+) -> None:
+    """CA, KMS bridge, registry, policy, audit, admin API and agent API."""
+    from trustd.cli.run import run_server
+
+    run_server(
+        config,
+        {
+            "dataDir": data_dir,
+            "trustDomain": trust_domain,
+            "adminSocket": admin_socket,
+            "serverAddress": server_address,
+            "metricsAddress": metrics_address,
+        },
+    )
+
+
+app.add_typer(entry.app, name="entry")
+app.add_typer(svid.app, name="svid")
+app.add_typer(bundle.app, name="bundle")
+app.add_typer(authority.app, name="authority")
+app.add_typer(token.app, name="token")
+app.add_typer(agent.app, name="agent")
+
+
+def _fail(message: str, code: int) -> int:
+    sys.stderr.write(f"trustd: {message}\n")
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    try:
+        app(args=argv, prog_name="trustd", standalone_mode=False)
+    except typer.Exit as exc:
+        return int(exc.exit_code or 0)
+    except typer.Abort:
+        return _fail("aborted", 1)
+    except TyperException as exc:  # bad flags, missing options
+        return _fail(exc.format_message(), 1)
+    except ServerError as exc:
+        if debug:
+            raise
+        return _fail(str(exc), 2)
+    except CheckFailed as exc:
+        return _fail(str(exc), 3) if str(exc) else 3
+    except (UsageError, TrustdError) as exc:
+        if debug:
+            raise
+        return _fail(str(exc), 1)
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def entrypoint() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entrypoint()

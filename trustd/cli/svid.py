@@ -1,0 +1,66 @@
+"""trustd svid mint"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from trustd.cli.common import OutputOpt, call, fmt
+from trustd.cli.output import emit
+
+app = typer.Typer(help="Mint X.509-SVIDs by hand.", no_args_is_help=True)
+
+
+def _write(path: Path, data: bytes, mode: int) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    os.chmod(path, mode)
+
+
+@app.command("mint")
+def mint(
+    ctx: typer.Context,
+    spiffe_id: Annotated[str, typer.Option("--spiffe-id", help="spiffe://TD/path")],
+    out_dir: Annotated[Path, typer.Option("--out-dir", help="writes svid.pem, svid.key, bundle.pem")],
+    ttl: Annotated[str | None, typer.Option(help="e.g. 10m; default: the server's")] = None,
+    dns: Annotated[list[str] | None, typer.Option("--dns", help="extra DNS SAN; repeatable")] = None,
+    output: OutputOpt = None,
+) -> None:
+    """Mint an SVID. The private key is made here and never leaves this machine."""
+    from trustd.cli.main import parse_ttl
+
+    from trustd.spiffeid import SpiffeId
+
+    SpiffeId.parse(spiffe_id)
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([])).sign(key, hashes.SHA256())
+    result = call(
+        ctx,
+        "SvidMint",
+        {
+            "spiffe_id": spiffe_id,
+            "ttl": parse_ttl(ttl),
+            "csr_pem": csr.public_bytes(serialization.Encoding.PEM).decode(),
+            "dns_names": dns or [],
+        },
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write(out_dir / "svid.pem", result["chain_pem"].encode(), 0o644)
+    _write(
+        out_dir / "svid.key",
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        ),
+        0o600,
+    )
+    _write(out_dir / "bundle.pem", result["bundle_pem"].encode(), 0o644)
+    shown = {k: result[k] for k in ("spiffe_id", "serial", "not_after", "authority_id")}
+    shown["out_dir"] = str(out_dir)
+    emit(shown, fmt(ctx, output), columns=["spiffe_id", "serial", "not_after", "out_dir"])

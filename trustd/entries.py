@@ -1,0 +1,54 @@
+"""Registration entries: which workload (selectors) gets which SPIFFE ID."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+
+from trustd.selectors import Caller, Selector, matches
+from trustd.spiffeid import SpiffeId
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RegistrationEntry:
+    id: str  # server-assigned, opaque (UUID4 text)
+    spiffe_id: SpiffeId  # the identity every SVID for this entry carries
+    selectors: tuple[Selector, ...]  # all must match the caller; sorted, no duplicates
+    ttl: dt.timedelta | None = None  # SVID TTL; None means the server's default
+    dns_names: tuple[str, ...] = ()  # extra DNS SANs (the first URI SAN stays the SPIFFE ID)
+    revision: int = 0  # bumped on every change; agents sync by revision
+    created_at: dt.datetime = field(  # when it was registered
+        default_factory=lambda: dt.datetime.now(dt.UTC)
+    )
+
+    def matches(self, caller: Caller) -> bool:
+        return matches(self.selectors, caller)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "id": self.id,
+            "spiffe_id": str(self.spiffe_id),
+            "selectors": [str(s) for s in self.selectors],
+            "ttl": int(self.ttl.total_seconds()) if self.ttl else None,
+            "dns_names": list(self.dns_names),
+            "revision": self.revision,
+            "created_at": self.created_at.isoformat().replace("+00:00", "Z"),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, object]) -> RegistrationEntry:
+        ttl = data.get("ttl")
+        created = str(data.get("created_at") or "")
+        return cls(
+            id=str(data["id"]),
+            spiffe_id=SpiffeId.parse(str(data["spiffe_id"])),
+            selectors=tuple(Selector.parse(str(s)) for s in data["selectors"]),  # type: ignore[attr-defined]
+            ttl=dt.timedelta(seconds=int(str(ttl))) if ttl is not None else None,
+            dns_names=tuple(str(d) for d in data.get("dns_names") or ()),  # type: ignore[attr-defined]
+            revision=int(str(data.get("revision", 0))),
+            created_at=(
+                dt.datetime.fromisoformat(created.replace("Z", "+00:00"))
+                if created
+                else dt.datetime.now(dt.UTC)
+            ),
+        )

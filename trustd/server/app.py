@@ -1,0 +1,182 @@
+"""``trustd server``: CA, KMS bridge, registry, audit and admin API in one asyncio loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import grpclib.server
+import structlog
+from grpclib.health.check import ServiceStatus
+from grpclib.health.service import Health
+
+from trustd.ca.authority import AuthorityManager, RotationSchedule
+from trustd.ca.issuer import X509Issuer
+from trustd.ca.kms.base import KeyAlgorithm
+from trustd.clock import Clock, SystemClock
+from trustd.config import ServerConfig
+from trustd.errors import TrustdError
+from trustd.server import factory
+from trustd.server.admin import AdminService
+from trustd.server.audit_hook import Auditor
+from trustd.server.core import ServerCore
+from trustd.spiffeid import TrustDomain
+from trustd.telemetry.http import HealthServer
+from trustd.telemetry.metrics import ServerMetrics
+
+log = structlog.get_logger(__name__)
+
+ROTATION_CHECK_INTERVAL = 10.0  # seconds between automatic rotation checks
+
+
+async def bind_unix_socket_server(server: grpclib.server.Server, path: Path, mode: int) -> None:
+    """Start a grpclib server on a Unix socket that never exists with looser permissions."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    old = os.umask(0o777 & ~mode)
+    try:
+        await server.start(path=str(path))
+    finally:
+        os.umask(old)
+    os.chmod(path, mode)
+
+
+class TrustdServer:
+    def __init__(self, cfg: ServerConfig, *, clock: Clock | None = None, auditor: Auditor | None = None) -> None:
+        self.cfg = cfg
+        self.clock = clock or SystemClock()
+        self.trust_domain = TrustDomain.parse(cfg.trust_domain)
+        self.metrics = ServerMetrics()
+        self.executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="trustd-blocking")
+        factory.prepare_data_dir(cfg.data_path)
+        self.store = factory.make_store(cfg)
+        self.key_manager = factory.make_key_manager(cfg)
+        self.upstream = factory.make_upstream(cfg)
+        self.auditor = auditor or self._make_auditor()
+        self.authorities = AuthorityManager(
+            store=self.store,
+            key_manager=self.key_manager,
+            trust_domain=self.trust_domain,
+            schedule=RotationSchedule(
+                ca_ttl=cfg.ca.ttl, key_algorithm=KeyAlgorithm(cfg.ca.key_type)
+            ),
+            clock=self.clock,
+            upstream=self.upstream,
+        )
+        self.issuer = X509Issuer(
+            key_manager=self.key_manager,
+            default_ttl=cfg.svid.default_ttl,
+            max_ttl=cfg.svid.max_ttl,
+        )
+        self.core = ServerCore(
+            trust_domain=self.trust_domain,
+            store=self.store,
+            key_manager=self.key_manager,
+            authorities=self.authorities,
+            issuer=self.issuer,
+            auditor=self.auditor,
+            clock=self.clock,
+            metrics=self.metrics,
+        )
+        self._admin_server: grpclib.server.Server | None = None
+        self._health = HealthServer(registries=[self.metrics.registry], readiness=self.readiness)
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._not_ready_reason = "starting"
+        self.metrics_address: tuple[str, int] | None = None
+
+    def _make_auditor(self) -> Auditor:
+        from trustd.server.auditing import open_audit_log
+
+        return open_audit_log(self.cfg, self.key_manager, self.clock)
+
+    def readiness(self) -> tuple[bool, str]:
+        if self._not_ready_reason:
+            self.metrics.ready.set(0)
+            return False, self._not_ready_reason
+        ok, reason = self.core.readiness()
+        self.metrics.ready.set(1 if ok else 0)
+        return ok, reason
+
+    async def _bring_up_ca(self) -> None:
+        """Activate a CA, retrying with backoff while the key manager is unavailable."""
+        delay = 0.5
+        while True:
+            try:
+                await asyncio.get_running_loop().run_in_executor(
+                    self.executor, self.authorities.ensure_active
+                )
+                self._not_ready_reason = ""
+                self.core.refresh_metrics()
+                return
+            except TrustdError as exc:
+                self._not_ready_reason = f"no active CA: {exc}"
+                log.warning("cannot activate a CA yet; retrying", error=str(exc), retry_in=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+
+    async def _rotation_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(ROTATION_CHECK_INTERVAL)
+            if self._not_ready_reason:
+                continue
+            await loop.run_in_executor(self.executor, self.core.rotate_tick)
+
+    async def start(self) -> None:
+        health = Health({})
+        admin = AdminService(
+            self.core,
+            executor=self.executor,
+            socket_path=self.cfg.admin_socket_path,
+            owner_uid=os.getuid(),
+        )
+        self._admin_server = grpclib.server.Server([admin, health])
+        await bind_unix_socket_server(self._admin_server, self.cfg.admin_socket_path, 0o600)
+        self.metrics_address = await self._health.start(self.cfg.metrics_address)
+        self._tasks.append(asyncio.create_task(self._bring_up_ca()))
+        self._tasks.append(asyncio.create_task(self._rotation_loop()))
+        log.info(
+            "server started",
+            trust_domain=str(self.trust_domain),
+            admin_socket=str(self.cfg.admin_socket_path),
+            store=self.store.kind,
+            key_manager=self.key_manager.kind,
+        )
+        _ = ServiceStatus  # health is SERVING for the overall service
+
+    async def wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self._not_ready_reason:
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError(self._not_ready_reason)
+            await asyncio.sleep(0.05)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._admin_server is not None:
+            self._admin_server.close()
+            await self._admin_server.wait_closed()
+        await self._health.stop()
+        close = getattr(self.auditor, "close", None)
+        if close is not None:
+            await asyncio.get_running_loop().run_in_executor(self.executor, close)
+        self.executor.shutdown(wait=True)
+        self.key_manager.close()
+        self.store.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.cfg.admin_socket_path.unlink()
+        log.info("server stopped")
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)

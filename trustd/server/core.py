@@ -1,0 +1,457 @@
+"""The server's operations, independent of how they are reached (admin API, agent API, in-process).
+
+Every operation is synchronous and may block on the store or the key
+manager; async edges run them in a bounded thread pool. Each records one
+audit event and fails if that event cannot be written.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import secrets
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from trustd.bundle import Bundle
+from trustd.ca.authority import AuthorityManager
+from trustd.ca.errors import InvalidCsrError, InvalidTtlError
+from trustd.ca.issuer import IssuedSvid, SvidTemplate, X509Issuer, load_csr
+from trustd.ca.kms.base import KeyManager
+from trustd.clock import Clock
+from trustd.entries import RegistrationEntry
+from trustd.errors import (
+    InvalidArgumentError,
+    NotFoundError,
+    PermissionDeniedError,
+    TrustdError,
+    UnavailableError,
+)
+from trustd.selectors import Selector
+from trustd.server.audit_hook import SYSTEM, Actor, Auditor
+from trustd.spiffeid import SpiffeId, TrustDomain
+from trustd.store.base import AuthorityRecord, JoinTokenRecord, LedgerRecord, Store
+from trustd.telemetry.metrics import ServerMetrics
+
+log = structlog.get_logger(__name__)
+
+MAX_TOKEN_TTL = dt.timedelta(days=1)
+_DNS_LABEL_OK = set("abcdefghijklmnopqrstuvwxyz0123456789-")
+
+
+def _check_dns_name(name: str) -> str:
+    lowered = name.lower().rstrip(".")
+    labels = lowered.split(".")
+    if (
+        not lowered
+        or len(lowered) > 253
+        or lowered.startswith("spiffe")
+        and "://" in lowered
+        or any(
+            not label
+            or len(label) > 63
+            or label.startswith("-")
+            or label.endswith("-")
+            or not set(label.removeprefix("*")) <= _DNS_LABEL_OK
+            for label in labels
+        )
+    ):
+        raise InvalidArgumentError(f"invalid dns name {name[:80]!r}")
+    return lowered
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SvidRequest:
+    entry: RegistrationEntry  # the identity comes from here only
+    csr: bytes  # PEM or DER; only its public key is used
+
+
+class ServerCore:
+    def __init__(
+        self,
+        *,
+        trust_domain: TrustDomain,
+        store: Store,
+        key_manager: KeyManager,
+        authorities: AuthorityManager,
+        issuer: X509Issuer,
+        auditor: Auditor,
+        clock: Clock,
+        metrics: ServerMetrics,
+    ) -> None:
+        self.trust_domain = trust_domain
+        self.store = store
+        self.key_manager = key_manager
+        self.authorities = authorities
+        self.issuer = issuer
+        self.auditor = auditor
+        self.clock = clock
+        self.metrics = metrics
+        self._token_key = self._load_token_key()
+
+    # -- helpers -------------------------------------------------------------
+    def _load_token_key(self) -> bytes:
+        existing = self.store.get_doc("token.hmac_key")
+        if existing is None:
+            self.store.put_doc("token.hmac_key", secrets.token_hex(32), expect=None)
+            existing = self.store.get_doc("token.hmac_key")
+        assert existing is not None
+        return bytes.fromhex(existing)
+
+    def token_hash(self, token: str) -> str:
+        """The salted HMAC under which a join token is stored and audited."""
+        return hmac.new(self._token_key, token.encode(), hashlib.sha256).hexdigest()
+
+    def _audit(
+        self,
+        type_: str,
+        actor: Actor,
+        action: str,
+        resource: str,
+        outcome: str = "success",
+        reason: str = "",
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        self.auditor.record(
+            type=type_,
+            actor=actor,
+            action=action,
+            resource=resource,
+            outcome=outcome,
+            reason=reason,
+            details=details or {},
+        )
+
+    def _audit_failure(
+        self, type_: str, actor: Actor, action: str, resource: str, exc: Exception
+    ) -> None:
+        try:
+            self._audit(type_, actor, action, resource, "failure", str(exc))
+        except TrustdError:
+            log.error("audit event could not be written", type=type_, action=action)
+
+    def refresh_metrics(self) -> None:
+        try:
+            records = self.authorities.records()
+        except TrustdError:
+            return
+        for slot in ("prepared", "active", "old"):
+            times = [r.not_after.timestamp() for r in records if r.state == slot]
+            if times:
+                self.metrics.ca_expiry.labels(slot=slot).set(min(times))
+            else:
+                self.metrics.ca_expiry.remove(slot) if slot in _label_values(
+                    self.metrics.ca_expiry
+                ) else None
+        self.metrics.entries.set(len(self.store.list_entries()))
+
+    # -- entries ---------------------------------------------------------------
+    def create_entry(
+        self,
+        actor: Actor,
+        *,
+        spiffe_id: str,
+        selectors: Sequence[str],
+        ttl: dt.timedelta | None = None,
+        dns_names: Sequence[str] = (),
+    ) -> RegistrationEntry:
+        try:
+            sid = SpiffeId.parse(spiffe_id)
+            if not sid.is_member_of(self.trust_domain):
+                raise InvalidArgumentError(
+                    f"spiffe id {spiffe_id} is not in this server's trust domain "
+                    f"{self.trust_domain}"
+                )
+            if not sid.path:
+                raise InvalidArgumentError(
+                    "a workload spiffe id needs a path, e.g. spiffe://"
+                    f"{self.trust_domain}/ns/default/sa/web"
+                )
+            if sid.path.startswith("/trustd/"):
+                raise InvalidArgumentError("the path /trustd/ is reserved for trustd's own agents")
+            if not selectors:
+                raise InvalidArgumentError("at least one --selector is required, e.g. unix:uid:1000")
+            parsed = tuple(sorted(set(Selector.parse(s) for s in selectors)))
+            if ttl is not None:
+                if ttl <= dt.timedelta(0):
+                    raise InvalidTtlError("ttl must be positive, e.g. 1h or 10m")
+                if ttl > self.issuer.max_ttl:
+                    raise InvalidTtlError(
+                        f"ttl {ttl} is above the server maximum {self.issuer.max_ttl}"
+                    )
+            dns = tuple(_check_dns_name(d) for d in dns_names)
+            entry = RegistrationEntry(
+                id=str(uuid.uuid4()),
+                spiffe_id=sid,
+                selectors=parsed,
+                ttl=ttl,
+                dns_names=dns,
+                created_at=self.clock.now(),
+            )
+            self.auditor.check()
+            created = self.store.create_entry(entry)
+        except TrustdError as exc:
+            self._audit_failure("admin.entry.create", actor, "create", spiffe_id, exc)
+            raise
+        try:
+            self._audit(
+                "admin.entry.create",
+                actor,
+                "create",
+                f"entry/{created.id}",
+                details={"spiffe_id": str(sid), "selectors": [str(s) for s in parsed]},
+            )
+        except TrustdError:
+            self.store.delete_entry(created.id)  # nothing happens unrecorded
+            raise
+        log.info("entry created", entry_id=created.id, spiffe_id=str(sid))
+        return created
+
+    def delete_entry(self, actor: Actor, entry_id: str) -> RegistrationEntry:
+        try:
+            entry = self.store.get_entry(entry_id)
+            self.auditor.check()
+            self._audit(
+                "admin.entry.delete",
+                actor,
+                "delete",
+                f"entry/{entry_id}",
+                details={"spiffe_id": str(entry.spiffe_id)},
+            )
+        except TrustdError as exc:
+            self._audit_failure("admin.entry.delete", actor, "delete", f"entry/{entry_id}", exc)
+            raise
+        self.store.delete_entry(entry_id)
+        log.info("entry deleted", entry_id=entry_id)
+        return entry
+
+    # -- issuance --------------------------------------------------------------
+    def issue_svids(
+        self, actor: Actor, requests: Sequence[SvidRequest], *, source: str = "agent"
+    ) -> list[IssuedSvid | TrustdError]:
+        """Issue one SVID per request, signing them in one key-manager batch.
+
+        A bad request fails alone (its slot holds the error); a KMS, store or
+        audit failure fails them all with UnavailableError.
+        """
+        started = time.perf_counter()
+        now = self.clock.now()
+        signer = self.authorities.active_signer()
+        templates: list[SvidTemplate] = []
+        slots: list[IssuedSvid | TrustdError | None] = []
+        for req in requests:
+            try:
+                _, pub = load_csr(req.csr)
+                nb, na = self.issuer.validity(signer, now, req.entry.ttl)
+                templates.append(
+                    SvidTemplate(
+                        spiffe_id=req.entry.spiffe_id,
+                        public_key=pub,
+                        not_before=nb,
+                        not_after=na,
+                        dns_names=req.entry.dns_names,
+                    )
+                )
+                slots.append(None)
+            except (InvalidCsrError, InvalidTtlError) as exc:
+                reason = "invalid_csr" if isinstance(exc, InvalidCsrError) else "invalid_ttl"
+                self.metrics.svids_denied.labels(reason=reason).inc()
+                self._audit(
+                    "svid.deny",
+                    actor,
+                    "issue",
+                    str(req.entry.spiffe_id),
+                    "failure",
+                    str(exc),
+                    {"entry_id": req.entry.id},
+                )
+                slots.append(exc)
+        issued: list[IssuedSvid] = []
+        if templates:
+            try:
+                issued = self.issuer.sign(signer, templates)
+            except TrustdError as exc:
+                self.metrics.svids_denied.labels(reason="unavailable").inc(len(templates))
+                self._audit_failure("svid.deny", actor, "issue", "batch", exc)
+                raise
+        it = iter(issued)
+        out: list[IssuedSvid | TrustdError] = []
+        ledger: list[LedgerRecord] = []
+        for req, slot in zip(requests, slots, strict=True):
+            if slot is not None:
+                out.append(slot)
+                continue
+            svid = next(it)
+            self._audit(
+                "svid.issue",
+                actor,
+                "issue",
+                str(svid.spiffe_id),
+                details={
+                    "serial": svid.serial,
+                    "not_after": svid.not_after.isoformat().replace("+00:00", "Z"),
+                    "authority_id": svid.authority_id,
+                    "entry_id": req.entry.id,
+                },
+            )
+            ledger.append(
+                LedgerRecord(
+                    serial=svid.serial,
+                    spiffe_id=str(svid.spiffe_id),
+                    not_after=svid.not_after,
+                    authority_id=svid.authority_id,
+                    caller=actor.id,
+                    entry_id=req.entry.id or None,
+                    issued_at=now,
+                )
+            )
+            out.append(svid)
+        if ledger:
+            self.store.record_issued_many(ledger)
+            self.metrics.svids_issued.labels(source=source).inc(len(ledger))
+        self.metrics.signing_seconds.observe(time.perf_counter() - started)
+        for svid in issued:
+            log.debug("svid issued", spiffe_id=str(svid.spiffe_id), serial=svid.serial)
+        return out
+
+    def mint(
+        self,
+        actor: Actor,
+        *,
+        spiffe_id: str,
+        csr: bytes,
+        ttl: dt.timedelta | None,
+        dns_names: Sequence[str] = (),
+    ) -> IssuedSvid:
+        """An admin asks for an SVID directly (SPIRE's ``x509 mint``); the key stays with the CLI."""
+        try:
+            sid = SpiffeId.parse(spiffe_id)
+            if not sid.is_member_of(self.trust_domain):
+                raise InvalidArgumentError(
+                    f"spiffe id {spiffe_id} is not in this server's trust domain {self.trust_domain}"
+                )
+            dns = tuple(_check_dns_name(d) for d in dns_names)
+        except TrustdError as exc:
+            self.metrics.svids_denied.labels(reason="invalid_request").inc()
+            self._audit_failure("svid.deny", actor, "mint", spiffe_id[:200], exc)
+            raise
+        entry = RegistrationEntry(
+            id="", spiffe_id=sid, selectors=(), ttl=ttl, dns_names=dns, created_at=self.clock.now()
+        )
+        [result] = self.issue_svids(actor, [SvidRequest(entry=entry, csr=csr)], source="mint")
+        if isinstance(result, TrustdError):
+            raise result
+        return result
+
+    # -- bundle and authorities ------------------------------------------------
+    def bundle(self) -> Bundle:
+        return self.authorities.bundle()
+
+    def authority_op(self, actor: Actor, op: str, authority_id: str = "", *, force: bool = False) -> AuthorityRecord:
+        resource = f"authority/{authority_id}" if authority_id else "authority"
+        try:
+            self.auditor.check()
+            if op == "prepare":
+                rec = self.authorities.prepare()
+            elif op == "activate":
+                rec = self.authorities.activate()
+            elif op == "taint":
+                rec = self.authorities.taint(authority_id)
+            elif op == "revoke":
+                rec = self.authorities.revoke(authority_id, force=force)
+            else:
+                raise InvalidArgumentError(f"unknown authority operation {op!r}")
+        except TrustdError as exc:
+            self._audit_failure(f"authority.{op}", actor, op, resource, exc)
+            raise
+        self.metrics.ca_rotations.labels(event=op).inc()
+        self._audit(
+            f"authority.{op}",
+            actor,
+            op,
+            f"authority/{rec.id}",
+            details={"not_after": rec.not_after.isoformat(), "state": rec.state},
+        )
+        self.refresh_metrics()
+        return rec
+
+    def rotate_tick(self) -> str | None:
+        """Automatic rotation, run periodically by the server."""
+        try:
+            did = self.authorities.rotate()
+        except TrustdError as exc:
+            log.warning("automatic ca rotation failed; will retry", error=str(exc))
+            return None
+        if did:
+            self.metrics.ca_rotations.labels(event=did).inc()
+            active = [r for r in self.authorities.records() if r.state == "active"]
+            resource = f"authority/{active[0].id}" if active else "authority"
+            try:
+                self._audit(f"authority.{did}", SYSTEM, did, resource, details={"automatic": True})
+            except TrustdError:
+                log.error("audit event for automatic rotation could not be written", event=did)
+            self.refresh_metrics()
+        return did
+
+    # -- join tokens and agents ------------------------------------------------
+    def create_token(self, actor: Actor, ttl: dt.timedelta) -> tuple[str, dt.datetime]:
+        if ttl <= dt.timedelta(0) or ttl > MAX_TOKEN_TTL:
+            exc = InvalidTtlError(f"token ttl must be between 1s and {MAX_TOKEN_TTL}")
+            self._audit_failure("admin.token.create", actor, "create", "token", exc)
+            raise exc
+        token = secrets.token_urlsafe(32)
+        digest = self.token_hash(token)
+        now = self.clock.now()
+        self.auditor.check()
+        self.store.create_token(
+            JoinTokenRecord(token_hash=digest, expires_at=now + ttl, created_at=now)
+        )
+        self._audit(
+            "admin.token.create",
+            actor,
+            "create",
+            f"token/{digest[:16]}",
+            details={"token_hmac": digest, "expires_at": (now + ttl).isoformat()},
+        )
+        return token, now + ttl
+
+    def evict_agent(self, actor: Actor, agent_id: str) -> None:
+        try:
+            rec = self.store.get_agent(agent_id)
+            self.auditor.check()
+        except TrustdError as exc:
+            self._audit_failure("agent.evict", actor, "evict", f"agent/{agent_id}", exc)
+            raise
+        from dataclasses import replace
+
+        self.store.save_agent(replace(rec, evicted=True))
+        self._audit("agent.evict", actor, "evict", f"agent/{agent_id}", details={"spiffe_id": rec.spiffe_id})
+
+    # -- health ----------------------------------------------------------------
+    def readiness(self) -> tuple[bool, str]:
+        try:
+            self.store.check()
+        except Exception as exc:  # any store failure means not ready
+            return False, f"store unavailable: {exc}"
+        try:
+            self.key_manager.check()
+        except TrustdError as exc:
+            return False, f"key manager unavailable: {exc}"
+        try:
+            self.authorities.active_signer()
+        except TrustdError as exc:
+            return False, str(exc)
+        return True, "ok"
+
+
+def _label_values(gauge: Any) -> set[str]:
+    return {labels[0] for labels in getattr(gauge, "_metrics", {})}
+
+
+__all__ = ["NotFoundError", "PermissionDeniedError", "ServerCore", "SvidRequest", "UnavailableError"]

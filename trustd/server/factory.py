@@ -1,0 +1,80 @@
+"""Builds the real components that the configuration names."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from trustd.ca.authority import UpstreamAuthority
+from trustd.ca.kms.base import KeyManager
+from trustd.config import (
+    LocalKeyManagerConfig,
+    MemoryKeyManagerConfig,
+    Pkcs11Config,
+    ServerConfig,
+    VaultTransitConfig,
+)
+from trustd.errors import ConfigError
+from trustd.store.base import Store
+
+
+def make_store(cfg: ServerConfig) -> Store:
+    if cfg.store.kind == "sqlite":
+        from trustd.store.sqlite import SqliteStore
+
+        path = Path(cfg.store.path) if cfg.store.path else cfg.data_path / "trustd.db"
+        return SqliteStore(path)
+    from trustd.store.postgresql import PostgresStore
+
+    if cfg.store.dsn is None:
+        raise ConfigError("store.dsn is required for the postgresql store")
+    return PostgresStore(cfg.store.dsn.get_secret_value())
+
+
+def _secret_file(path: str | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        return Path(path).read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read secret file {path}: {exc.strerror}") from None
+
+
+def make_key_manager(cfg: ServerConfig) -> KeyManager:
+    km = cfg.key_manager
+    if isinstance(km, LocalKeyManagerConfig):
+        from trustd.ca.kms.local import LocalKeyManager, load_kek
+
+        directory = Path(km.directory) if km.directory else cfg.data_path / "keys"
+        kek_file = Path(km.kek_file) if km.kek_file else cfg.data_path / "kek"
+        return LocalKeyManager(directory, load_kek(kek_file=kek_file, create=km.kek_file is None))
+    if isinstance(km, MemoryKeyManagerConfig):
+        from trustd.ca.kms.memory import MemoryKeyManager
+
+        return MemoryKeyManager()
+    if isinstance(km, VaultTransitConfig):
+        from trustd.ca.kms import vault_transit
+
+        return vault_transit.from_config(km)  # type: ignore[no-any-return]
+    if isinstance(km, Pkcs11Config):
+        from trustd.ca.kms import pkcs11
+
+        return pkcs11.from_config(km)  # type: ignore[no-any-return]
+    raise ConfigError(f"unknown key manager kind {km.kind!r}")
+
+
+def make_upstream(cfg: ServerConfig) -> UpstreamAuthority | None:
+    if cfg.upstream_authority is None:
+        return None
+    from trustd.ca.upstream import vault_pki
+
+    return vault_pki.from_config(cfg.upstream_authority)  # type: ignore[no-any-return]
+
+
+def prepare_data_dir(path: Path) -> None:
+    """D is 0711 (so public/agent.sock is reachable), everything else in it 0700/0600."""
+    path.mkdir(parents=True, exist_ok=True)
+    os.chmod(path, 0o711)
+    public = path / "public"
+    public.mkdir(exist_ok=True)
+    os.chmod(public, 0o755)

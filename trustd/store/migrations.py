@@ -1,0 +1,71 @@
+"""The one migration list for every store backend (portable SQL: TEXT, BIGINT).
+
+Append only: a released migration is never edited. Timestamps are integer
+Unix seconds; certificates are PEM text; lists are JSON text.
+"""
+
+MIGRATIONS: list[str] = [
+    # 1: registry, CA, ledger, agents
+    """
+    CREATE TABLE entries (
+        id TEXT PRIMARY KEY,
+        spiffe_id TEXT NOT NULL,
+        selectors TEXT NOT NULL,
+        ttl_seconds BIGINT,
+        dns_names TEXT NOT NULL,
+        revision BIGINT NOT NULL,
+        created_at BIGINT NOT NULL,
+        UNIQUE (spiffe_id, selectors)
+    );
+    CREATE INDEX entries_spiffe_id ON entries (spiffe_id);
+    CREATE TABLE entry_changes (
+        revision BIGINT PRIMARY KEY,
+        entry_id TEXT NOT NULL,
+        op TEXT NOT NULL
+    );
+    CREATE TABLE authorities (
+        id TEXT PRIMARY KEY,
+        state TEXT NOT NULL,
+        tainted BIGINT NOT NULL,
+        revoked BIGINT NOT NULL,
+        key_ref TEXT NOT NULL,
+        certificate TEXT NOT NULL,
+        upstream_chain TEXT NOT NULL,
+        upstream_roots TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        activated_at BIGINT
+    );
+    CREATE TABLE ledger (
+        serial TEXT PRIMARY KEY,
+        spiffe_id TEXT NOT NULL,
+        not_after BIGINT NOT NULL,
+        authority_id TEXT NOT NULL,
+        caller TEXT NOT NULL,
+        entry_id TEXT,
+        issued_at BIGINT NOT NULL
+    );
+    CREATE INDEX ledger_authority ON ledger (authority_id, not_after);
+    CREATE TABLE join_tokens (
+        token_hash TEXT PRIMARY KEY,
+        expires_at BIGINT NOT NULL,
+        created_at BIGINT NOT NULL,
+        used_at BIGINT,
+        agent_id TEXT
+    );
+    CREATE TABLE agents (
+        id TEXT PRIMARY KEY,
+        spiffe_id TEXT NOT NULL,
+        serial TEXT NOT NULL,
+        not_after BIGINT NOT NULL,
+        joined_at BIGINT NOT NULL,
+        last_seen BIGINT NOT NULL,
+        evicted BIGINT NOT NULL,
+        hostname TEXT NOT NULL,
+        meta TEXT NOT NULL
+    );
+    CREATE TABLE docs (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    """,
+]

@@ -1,0 +1,425 @@
+"""A Store over SQL, shared by the SQLite and PostgreSQL backends.
+
+Queries are written with ``?`` placeholders; a backend translates them to its
+own paramstyle. Each public method is one transaction.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from trustd.ca.kms.base import KeyRef
+from trustd.entries import RegistrationEntry
+from trustd.errors import AlreadyExistsError, NotFoundError
+from trustd.selectors import Selector
+from trustd.spiffeid import SpiffeId
+from trustd.store.base import (
+    AgentRecord,
+    AuthorityRecord,
+    EntryChange,
+    JoinTokenRecord,
+    LedgerRecord,
+)
+from trustd.store.migrations import MIGRATIONS
+
+
+def _ts(when: dt.datetime | None) -> int | None:
+    return None if when is None else int(when.timestamp())
+
+
+def _dt(value: int | None) -> dt.datetime | None:
+    return None if value is None else dt.datetime.fromtimestamp(int(value), dt.UTC)
+
+
+def _dtn(value: int) -> dt.datetime:
+    return dt.datetime.fromtimestamp(int(value), dt.UTC)
+
+
+def _pem(cert: x509.Certificate) -> str:
+    return cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def _pems(certs: Sequence[x509.Certificate]) -> str:
+    return json.dumps([_pem(c) for c in certs])
+
+
+def _load_pems(text: str) -> tuple[x509.Certificate, ...]:
+    return tuple(x509.load_pem_x509_certificate(p.encode()) for p in json.loads(text))
+
+
+Cursor = Any
+Connection = Any
+
+
+class SqlStore:
+    """Holds one connection, serialised by a lock (SQLite) or per-thread (subclass)."""
+
+    kind = "sql"
+    integrity_errors: tuple[type[BaseException], ...] = ()
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+
+    # -- backend hooks -------------------------------------------------------
+    def _conn(self) -> Connection:
+        raise NotImplementedError
+
+    def _sql(self, query: str) -> str:
+        return query
+
+    @contextmanager
+    def _tx(self) -> Iterator[Callable[..., Cursor]]:
+        with self._lock:
+            conn = self._conn()
+            cur = conn.cursor()
+
+            def run(query: str, params: Sequence[object] = ()) -> Cursor:
+                cur.execute(self._sql(query), tuple(params))
+                return cur
+
+            try:
+                yield run
+            except BaseException:
+                conn.rollback()
+                raise
+            else:
+                conn.commit()
+
+    # -- migrations ----------------------------------------------------------
+    def migrate(self) -> int:
+        """Bring the schema to the newest version; returns it."""
+        with self._tx() as run:
+            run("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)")
+            row = run("SELECT MAX(version) FROM schema_version").fetchone()
+            current = int(row[0]) if row and row[0] is not None else 0
+            for version, script in enumerate(MIGRATIONS, start=1):
+                if version <= current:
+                    continue
+                for statement in filter(None, (s.strip() for s in script.split(";"))):
+                    run(statement)
+                run("INSERT INTO schema_version (version) VALUES (?)", (version,))
+                current = version
+        return current
+
+    def schema_version(self) -> int:
+        with self._tx() as run:
+            row = run("SELECT MAX(version) FROM schema_version").fetchone()
+        return int(row[0]) if row and row[0] is not None else 0
+
+    # -- entries -------------------------------------------------------------
+    @staticmethod
+    def _entry(row: Sequence[Any]) -> RegistrationEntry:
+        return RegistrationEntry(
+            id=row[0],
+            spiffe_id=SpiffeId.parse(row[1]),
+            selectors=tuple(Selector.parse(s) for s in json.loads(row[2])),
+            ttl=dt.timedelta(seconds=row[3]) if row[3] is not None else None,
+            dns_names=tuple(json.loads(row[4])),
+            revision=int(row[5]),
+            created_at=_dtn(row[6]),
+        )
+
+    _ENTRY_COLS = "id, spiffe_id, selectors, ttl_seconds, dns_names, revision, created_at"
+
+    def _next_revision(self, run: Callable[..., Cursor], entry_id: str, op: str) -> int:
+        row = run("SELECT MAX(revision) FROM entry_changes").fetchone()
+        rev = (int(row[0]) if row and row[0] is not None else 0) + 1
+        run("INSERT INTO entry_changes (revision, entry_id, op) VALUES (?, ?, ?)", (rev, entry_id, op))
+        return rev
+
+    def create_entry(self, entry: RegistrationEntry) -> RegistrationEntry:
+        selectors = json.dumps(sorted(str(s) for s in entry.selectors))
+        try:
+            with self._tx() as run:
+                dup = run(
+                    "SELECT id FROM entries WHERE spiffe_id = ? AND selectors = ?",
+                    (str(entry.spiffe_id), selectors),
+                ).fetchone()
+                if dup:
+                    raise AlreadyExistsError(
+                        f"an entry for {entry.spiffe_id} with the same selectors exists "
+                        f"already (id {dup[0]})"
+                    )
+                rev = self._next_revision(run, entry.id, "put")
+                run(
+                    f"INSERT INTO entries ({self._ENTRY_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        entry.id,
+                        str(entry.spiffe_id),
+                        selectors,
+                        int(entry.ttl.total_seconds()) if entry.ttl else None,
+                        json.dumps(list(entry.dns_names)),
+                        rev,
+                        _ts(entry.created_at),
+                    ),
+                )
+        except self.integrity_errors as exc:
+            raise AlreadyExistsError(
+                f"an entry for {entry.spiffe_id} with the same selectors exists already"
+            ) from exc
+        return self.get_entry(entry.id)
+
+    def get_entry(self, entry_id: str) -> RegistrationEntry:
+        with self._tx() as run:
+            row = run(f"SELECT {self._ENTRY_COLS} FROM entries WHERE id = ?", (entry_id,)).fetchone()
+        if row is None:
+            raise NotFoundError(f"no entry with id {entry_id!r}: see 'trustd entry list'")
+        return self._entry(row)
+
+    def list_entries(self) -> list[RegistrationEntry]:
+        with self._tx() as run:
+            rows = run(f"SELECT {self._ENTRY_COLS} FROM entries ORDER BY spiffe_id, id").fetchall()
+        return [self._entry(r) for r in rows]
+
+    def find_entries_by_spiffe_id(self, spiffe_id: str) -> list[RegistrationEntry]:
+        with self._tx() as run:
+            rows = run(
+                f"SELECT {self._ENTRY_COLS} FROM entries WHERE spiffe_id = ? ORDER BY id",
+                (spiffe_id,),
+            ).fetchall()
+        return [self._entry(r) for r in rows]
+
+    def delete_entry(self, entry_id: str) -> RegistrationEntry:
+        entry = self.get_entry(entry_id)
+        with self._tx() as run:
+            run("DELETE FROM entries WHERE id = ?", (entry_id,))
+            self._next_revision(run, entry_id, "delete")
+        return entry
+
+    def entry_changes_since(self, revision: int) -> tuple[int, list[EntryChange]]:
+        with self._tx() as run:
+            row = run("SELECT MAX(revision) FROM entry_changes").fetchone()
+            head = int(row[0]) if row and row[0] is not None else 0
+            changes = run(
+                "SELECT revision, entry_id, op FROM entry_changes WHERE revision > ? "
+                "ORDER BY revision",
+                (revision,),
+            ).fetchall()
+            latest: dict[str, tuple[int, str]] = {}
+            for rev, entry_id, op in changes:
+                latest[entry_id] = (int(rev), op)
+            out: list[EntryChange] = []
+            for entry_id, (rev, op) in sorted(latest.items(), key=lambda kv: kv[1][0]):
+                entry = None
+                if op == "put":
+                    r = run(
+                        f"SELECT {self._ENTRY_COLS} FROM entries WHERE id = ?", (entry_id,)
+                    ).fetchone()
+                    entry = self._entry(r) if r else None
+                out.append(EntryChange(revision=rev, entry_id=entry_id, entry=entry))
+        return head, out
+
+    # -- authorities ---------------------------------------------------------
+    _AUTH_COLS = (
+        "id, state, tainted, revoked, key_ref, certificate, upstream_chain, upstream_roots, "
+        "created_at, activated_at"
+    )
+
+    @staticmethod
+    def _authority(row: Sequence[Any]) -> AuthorityRecord:
+        return AuthorityRecord(
+            id=row[0],
+            state=row[1],
+            tainted=bool(row[2]),
+            revoked=bool(row[3]),
+            key_ref=KeyRef.from_json(json.loads(row[4])),
+            certificate=x509.load_pem_x509_certificate(row[5].encode()),
+            upstream_chain=_load_pems(row[6]),
+            upstream_roots=_load_pems(row[7]),
+            created_at=_dtn(row[8]),
+            activated_at=_dt(row[9]),
+        )
+
+    def _authority_params(self, r: AuthorityRecord) -> tuple[object, ...]:
+        return (
+            r.id,
+            r.state,
+            int(r.tainted),
+            int(r.revoked),
+            json.dumps(r.key_ref.to_json()),
+            _pem(r.certificate),
+            _pems(r.upstream_chain),
+            _pems(r.upstream_roots),
+            _ts(r.created_at),
+            _ts(r.activated_at),
+        )
+
+    def save_authority(self, record: AuthorityRecord) -> None:
+        with self._tx() as run:
+            run("DELETE FROM authorities WHERE id = ?", (record.id,))
+            run(
+                f"INSERT INTO authorities ({self._AUTH_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                self._authority_params(record),
+            )
+
+    def replace_authorities(self, records: Sequence[AuthorityRecord]) -> None:
+        """Write the whole slot set at once: a rotation never leaves half of it behind."""
+        with self._tx() as run:
+            run("DELETE FROM authorities")
+            for record in records:
+                run(
+                    f"INSERT INTO authorities ({self._AUTH_COLS}) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    self._authority_params(record),
+                )
+
+    def list_authorities(self) -> list[AuthorityRecord]:
+        with self._tx() as run:
+            rows = run(f"SELECT {self._AUTH_COLS} FROM authorities ORDER BY created_at").fetchall()
+        return [self._authority(r) for r in rows]
+
+    def delete_authority(self, authority_id: str) -> None:
+        with self._tx() as run:
+            run("DELETE FROM authorities WHERE id = ?", (authority_id,))
+
+    # -- ledger --------------------------------------------------------------
+    _LEDGER_COLS = "serial, spiffe_id, not_after, authority_id, caller, entry_id, issued_at"
+
+    @staticmethod
+    def _ledger_params(r: LedgerRecord) -> tuple[object, ...]:
+        return (
+            r.serial,
+            r.spiffe_id,
+            _ts(r.not_after),
+            r.authority_id,
+            r.caller,
+            r.entry_id,
+            _ts(r.issued_at),
+        )
+
+    def record_issued(self, record: LedgerRecord) -> None:
+        self.record_issued_many([record])
+
+    def record_issued_many(self, records: Sequence[LedgerRecord]) -> None:
+        with self._tx() as run:
+            for r in records:
+                run(
+                    f"INSERT INTO ledger ({self._LEDGER_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    self._ledger_params(r),
+                )
+
+    def list_issued(self, *, authority_id: str | None = None) -> list[LedgerRecord]:
+        with self._tx() as run:
+            if authority_id is None:
+                rows = run(f"SELECT {self._LEDGER_COLS} FROM ledger ORDER BY issued_at").fetchall()
+            else:
+                rows = run(
+                    f"SELECT {self._LEDGER_COLS} FROM ledger WHERE authority_id = ? "
+                    "ORDER BY issued_at",
+                    (authority_id,),
+                ).fetchall()
+        return [
+            LedgerRecord(
+                serial=r[0],
+                spiffe_id=r[1],
+                not_after=_dtn(r[2]),
+                authority_id=r[3],
+                caller=r[4],
+                entry_id=r[5],
+                issued_at=_dtn(r[6]),
+            )
+            for r in rows
+        ]
+
+    def latest_not_after(self, authority_id: str) -> dt.datetime | None:
+        with self._tx() as run:
+            row = run(
+                "SELECT MAX(not_after) FROM ledger WHERE authority_id = ?", (authority_id,)
+            ).fetchone()
+        return _dt(row[0]) if row and row[0] is not None else None
+
+    # -- join tokens and agents ----------------------------------------------
+    def create_token(self, record: JoinTokenRecord) -> None:
+        with self._tx() as run:
+            run(
+                "INSERT INTO join_tokens (token_hash, expires_at, created_at, used_at, agent_id) "
+                "VALUES (?, ?, ?, NULL, NULL)",
+                (record.token_hash, _ts(record.expires_at), _ts(record.created_at)),
+            )
+
+    def consume_token(self, token_hash: str, agent_id: str, now: dt.datetime) -> bool:
+        """Mark the token used, atomically: of two racing joins exactly one gets True."""
+        with self._tx() as run:
+            cur = run(
+                "UPDATE join_tokens SET used_at = ?, agent_id = ? "
+                "WHERE token_hash = ? AND used_at IS NULL AND expires_at > ?",
+                (_ts(now), agent_id, token_hash, _ts(now)),
+            )
+            return bool(cur.rowcount == 1)
+
+    _AGENT_COLS = "id, spiffe_id, serial, not_after, joined_at, last_seen, evicted, hostname, meta"
+
+    def save_agent(self, record: AgentRecord) -> None:
+        with self._tx() as run:
+            run("DELETE FROM agents WHERE id = ?", (record.id,))
+            run(
+                f"INSERT INTO agents ({self._AGENT_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    record.id,
+                    record.spiffe_id,
+                    record.serial,
+                    _ts(record.not_after),
+                    _ts(record.joined_at),
+                    _ts(record.last_seen),
+                    int(record.evicted),
+                    record.hostname,
+                    json.dumps(record.meta),
+                ),
+            )
+
+    @staticmethod
+    def _agent(r: Sequence[Any]) -> AgentRecord:
+        return AgentRecord(
+            id=r[0],
+            spiffe_id=r[1],
+            serial=r[2],
+            not_after=_dtn(r[3]),
+            joined_at=_dtn(r[4]),
+            last_seen=_dtn(r[5]),
+            evicted=bool(r[6]),
+            hostname=r[7],
+            meta=json.loads(r[8]),
+        )
+
+    def get_agent(self, agent_id: str) -> AgentRecord:
+        with self._tx() as run:
+            row = run(f"SELECT {self._AGENT_COLS} FROM agents WHERE id = ?", (agent_id,)).fetchone()
+        if row is None:
+            raise NotFoundError(f"no agent with id {agent_id!r}: see 'trustd agent list'")
+        return self._agent(row)
+
+    def list_agents(self) -> list[AgentRecord]:
+        with self._tx() as run:
+            rows = run(f"SELECT {self._AGENT_COLS} FROM agents ORDER BY joined_at").fetchall()
+        return [self._agent(r) for r in rows]
+
+    # -- documents -----------------------------------------------------------
+    def get_doc(self, key: str) -> str | None:
+        with self._tx() as run:
+            row = run("SELECT value FROM docs WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def put_doc(self, key: str, value: str, *, expect: str | None = "\0any") -> bool:
+        """Write a document. With ``expect``, only if the current value equals it (None: absent)."""
+        with self._tx() as run:
+            row = run("SELECT value FROM docs WHERE key = ?", (key,)).fetchone()
+            current = None if row is None else str(row[0])
+            if expect != "\0any" and current != expect:
+                return False
+            if row is None:
+                run("INSERT INTO docs (key, value) VALUES (?, ?)", (key, value))
+            else:
+                run("UPDATE docs SET value = ? WHERE key = ?", (value, key))
+        return True
+
+    def check(self) -> None:
+        with self._tx() as run:
+            run("SELECT 1").fetchone()
