@@ -23,7 +23,9 @@ from trustd.config import ServerConfig
 from trustd.errors import TrustdError
 from trustd.server import factory
 from trustd.server.admin import AdminService
+from trustd.server.agent_api import AgentApiServer
 from trustd.server.audit_hook import Auditor
+from trustd.server.changes import ChangeHub
 from trustd.server.core import ServerCore
 from trustd.spiffeid import TrustDomain
 from trustd.telemetry.http import HealthServer
@@ -74,6 +76,8 @@ class TrustdServer:
             default_ttl=cfg.svid.default_ttl,
             max_ttl=cfg.svid.max_ttl,
         )
+        self.hub = ChangeHub()
+        self.authorities.subscribe(lambda _bundle: self.hub.notify("bundle"))
         self.core = ServerCore(
             trust_domain=self.trust_domain,
             store=self.store,
@@ -83,7 +87,10 @@ class TrustdServer:
             auditor=self.auditor,
             clock=self.clock,
             metrics=self.metrics,
+            hub=self.hub,
         )
+        self.agent_api = AgentApiServer(self.core, self.hub, self.executor)
+        self.agent_api_port: int | None = None
         self._admin_server: grpclib.server.Server | None = None
         self._health = HealthServer(registries=[self.metrics.registry], readiness=self.readiness)
         self._tasks: list[asyncio.Task[Any]] = []
@@ -111,8 +118,9 @@ class TrustdServer:
                 await asyncio.get_running_loop().run_in_executor(
                     self.executor, self.authorities.ensure_active
                 )
-                self._not_ready_reason = ""
                 self.core.refresh_metrics()
+                self.agent_api_port = await self.agent_api.start(self.cfg.server_address)
+                self._not_ready_reason = ""
                 return
             except TrustdError as exc:
                 self._not_ready_reason = f"no active CA: {exc}"
@@ -129,6 +137,7 @@ class TrustdServer:
             await loop.run_in_executor(self.executor, self.core.rotate_tick)
 
     async def start(self) -> None:
+        self.hub.bind(asyncio.get_running_loop())
         health = Health({})
         admin = AdminService(
             self.core,
@@ -163,6 +172,7 @@ class TrustdServer:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self.agent_api.stop()
         if self._admin_server is not None:
             self._admin_server.close()
             await self._admin_server.wait_closed()

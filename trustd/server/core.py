@@ -35,6 +35,7 @@ from trustd.errors import (
 )
 from trustd.selectors import Selector
 from trustd.server.audit_hook import SYSTEM, Actor, Auditor
+from trustd.server.changes import ChangeHub
 from trustd.spiffeid import SpiffeId, TrustDomain
 from trustd.store.base import AuthorityRecord, JoinTokenRecord, LedgerRecord, Store
 from trustd.telemetry.metrics import ServerMetrics
@@ -84,7 +85,9 @@ class ServerCore:
         auditor: Auditor,
         clock: Clock,
         metrics: ServerMetrics,
+        hub: ChangeHub | None = None,
     ) -> None:
+        self.hub = hub or ChangeHub()
         self.trust_domain = trust_domain
         self.store = store
         self.key_manager = key_manager
@@ -210,6 +213,7 @@ class ServerCore:
         except TrustdError:
             self.store.delete_entry(created.id)  # nothing happens unrecorded
             raise
+        self.hub.notify("entries")
         log.info("entry created", entry_id=created.id, spiffe_id=str(sid))
         return created
 
@@ -228,6 +232,7 @@ class ServerCore:
             self._audit_failure("admin.entry.delete", actor, "delete", f"entry/{entry_id}", exc)
             raise
         self.store.delete_entry(entry_id)
+        self.hub.notify("entries")
         log.info("entry deleted", entry_id=entry_id)
         return entry
 
@@ -431,6 +436,7 @@ class ServerCore:
         from dataclasses import replace
 
         self.store.save_agent(replace(rec, evicted=True))
+        self.hub.notify("agents")
         self._audit("agent.evict", actor, "evict", f"agent/{agent_id}", details={"spiffe_id": rec.spiffe_id})
 
     # -- health ----------------------------------------------------------------

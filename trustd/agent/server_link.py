@@ -1,0 +1,288 @@
+"""The agent's upstream when its server is remote: the agent API, gRPC over mTLS.
+
+Joining: a one-time token and a bootstrap trust bundle (or, for labs only,
+``insecureBootstrap``) get the agent its own SVID. The agent's key and SVID
+are kept in the agent's data dir (0600), like SPIRE's, so a restart does not
+need a new token; workload keys never touch disk. The agent SVID is renewed
+at half life; the connection trusts the server only as
+``spiffe://TD/trustd/server``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime as dt
+import json
+import os
+import socket
+import ssl
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import structlog
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from google.protobuf.wrappers_pb2 import BytesValue
+from grpclib.client import Channel, UnaryStreamMethod, UnaryUnaryMethod
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError, StreamTerminatedError
+
+from trustd import tlsutil
+from trustd.agent.upstream import BundleUpdate, EntryUpdate, SignedSvid, SvidRequest
+from trustd.bundle import Bundle
+from trustd.entries import RegistrationEntry
+from trustd.errors import (
+    ConfigError,
+    InvalidArgumentError,
+    NotFoundError,
+    PermissionDeniedError,
+    TrustdError,
+    UnauthenticatedError,
+    UnavailableError,
+)
+from trustd.spiffeid import SpiffeId, TrustDomain
+
+log = structlog.get_logger(__name__)
+
+SERVICE = "trustd.agent.v1.AgentAPI"
+CALL_TIMEOUT = 30.0
+
+
+def _error(exc: GRPCError) -> TrustdError:
+    msg = exc.message or exc.status.name.lower()
+    if exc.status is Status.PERMISSION_DENIED:
+        return PermissionDeniedError(msg)
+    if exc.status is Status.UNAUTHENTICATED:
+        return UnauthenticatedError(msg)
+    if exc.status is Status.INVALID_ARGUMENT:
+        return InvalidArgumentError(msg)
+    if exc.status is Status.NOT_FOUND:
+        return NotFoundError(msg)
+    return UnavailableError(f"server: {msg}")
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    os.replace(tmp, path)
+
+
+class ServerLink:
+    """Implements the agent's Upstream protocol against a remote ``trustd server``."""
+
+    def __init__(
+        self,
+        *,
+        address: str,
+        trust_domain: TrustDomain,
+        data_dir: Path,
+        join_token: str | None,
+        bootstrap_bundle_pem: bytes | None,
+        insecure_bootstrap: bool = False,
+    ) -> None:
+        host, _, port = address.rpartition(":")
+        self.host = host or "127.0.0.1"
+        self.port = int(port)
+        self.td = trust_domain
+        self.data_dir = data_dir
+        self.join_token = join_token
+        self.bootstrap_pem = bootstrap_bundle_pem
+        self.insecure_bootstrap = insecure_bootstrap
+        self.server_id = SpiffeId.parse(f"spiffe://{trust_domain}/trustd/server")
+        self.agent_id: str | None = None
+        self._key: ec.EllipticCurvePrivateKey | None = None
+        self._chain: list[x509.Certificate] = []
+        self._bundle_pem: bytes = bootstrap_bundle_pem or b""
+        self._ctx: ssl.SSLContext | None = None
+        self._channel: Channel | None = None
+        self._renew_task: asyncio.Task[None] | None = None
+
+    # -- identity ------------------------------------------------------------
+    @property
+    def _svid_path(self) -> Path:
+        return self.data_dir / "agent-svid.json"
+
+    def _load_saved(self) -> bool:
+        try:
+            doc = json.loads(self._svid_path.read_text())
+        except (OSError, ValueError):
+            return False
+        key = serialization.load_pem_private_key(doc["key_pem"].encode(), None)
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            return False
+        chain = [x509.load_der_x509_certificate(base64.b64decode(c)) for c in doc["chain_der"]]
+        if chain[0].not_valid_after_utc <= dt.datetime.now(dt.UTC):
+            log.warning("saved agent svid has expired; joining again")
+            return False
+        self._key, self._chain, self.agent_id = key, chain, doc["agent_id"]
+        self._bundle_pem = doc["bundle_pem"].encode()
+        return True
+
+    def _save(self) -> None:
+        assert self._key is not None
+        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        doc = {
+            "agent_id": self.agent_id,
+            "chain_der": [base64.b64encode(c.public_bytes(serialization.Encoding.DER)).decode() for c in self._chain],
+            "key_pem": self._key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            ).decode(),
+            "bundle_pem": self._bundle_pem.decode(),
+        }
+        _write_private(self._svid_path, json.dumps(doc).encode())
+
+    @staticmethod
+    def _csr(key: ec.EllipticCurvePrivateKey) -> str:
+        csr = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([])).sign(key, hashes.SHA256())
+        return base64.b64encode(csr.public_bytes(serialization.Encoding.DER)).decode()
+
+    def _context(self, *, with_identity: bool) -> ssl.SSLContext:
+        if self._bundle_pem:
+            ctx = tlsutil.client_context(self._bundle_pem, self.server_id)
+        elif self.insecure_bootstrap:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            ctx.set_alpn_protocols(["h2"])
+        else:
+            raise ConfigError("no trust bundle to verify the server: set trustBundlePath")
+        if with_identity:
+            assert self._key is not None
+            tlsutil.load_identity(ctx, self._chain, self._key)
+        return ctx
+
+    async def _unary(self, ctx: ssl.SSLContext, method: str, doc: dict[str, Any]) -> dict[str, Any]:
+        channel = Channel(self.host, self.port, ssl=ctx)
+        try:
+            stub = UnaryUnaryMethod(channel, f"/{SERVICE}/{method}", BytesValue, BytesValue)
+            reply = await stub(BytesValue(value=json.dumps(doc).encode()), timeout=CALL_TIMEOUT)
+            result: dict[str, Any] = json.loads(reply.value or b"{}")
+            return result
+        except GRPCError as exc:
+            raise _error(exc) from None
+        except (OSError, ssl.SSLError, StreamTerminatedError, asyncio.TimeoutError) as exc:
+            raise UnavailableError(f"cannot reach the server at {self.host}:{self.port}: {exc}") from None
+        finally:
+            channel.close()
+
+    async def start(self) -> None:
+        """Join (or reuse the saved agent SVID), then keep the agent SVID renewed."""
+        if not self._load_saved():
+            if not self.join_token:
+                raise ConfigError("this agent has not joined yet: set joinToken (trustd token create)")
+            key = ec.generate_private_key(ec.SECP256R1())
+            result = await self._unary(
+                self._context(with_identity=False),
+                "Join",
+                {"token": self.join_token, "csr_der": self._csr(key), "hostname": socket.gethostname()},
+            )
+            self._key = key
+            self._chain = [x509.load_der_x509_certificate(base64.b64decode(c)) for c in result["chain_der"]]
+            self._bundle_pem = result["bundle_pem"].encode()
+            self.agent_id = result["agent_id"]
+            self._save()
+            log.info("agent joined", agent_id=self.agent_id, spiffe_id=result["spiffe_id"])
+        self._ctx = self._context(with_identity=True)
+        self._channel = Channel(self.host, self.port, ssl=self._ctx)
+        self._renew_task = asyncio.create_task(self._renew_loop())
+
+    async def _renew_loop(self) -> None:
+        while True:
+            leaf = self._chain[0]
+            life = leaf.not_valid_after_utc - leaf.not_valid_before_utc
+            due = leaf.not_valid_before_utc + life / 2
+            await asyncio.sleep(max(1.0, (due - dt.datetime.now(dt.UTC)).total_seconds()))
+            try:
+                key = ec.generate_private_key(ec.SECP256R1())
+                assert self._ctx is not None
+                result = await self._unary(self._ctx, "RenewAgent", {"csr_der": self._csr(key)})
+                self._key = key
+                self._chain = [x509.load_der_x509_certificate(base64.b64decode(c)) for c in result["chain_der"]]
+                self._save()
+                self._ctx = self._context(with_identity=True)
+                old, self._channel = self._channel, Channel(self.host, self.port, ssl=self._ctx)
+                if old is not None:
+                    old.close()
+                log.info("agent svid renewed", not_after=self._chain[0].not_valid_after_utc.isoformat())
+            except TrustdError as exc:
+                log.warning("agent svid renewal failed; retrying in 10s", error=str(exc))
+                await asyncio.sleep(10)
+
+    async def close(self) -> None:
+        if self._renew_task is not None:
+            self._renew_task.cancel()
+        if self._channel is not None:
+            self._channel.close()
+
+    # -- Upstream ------------------------------------------------------------
+    async def _stream(self, method: str, doc: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        assert self._channel is not None, "start() first"
+        stub = UnaryStreamMethod(self._channel, f"/{SERVICE}/{method}", BytesValue, BytesValue)
+        try:
+            async with stub.open() as st:
+                await st.send_message(BytesValue(value=json.dumps(doc).encode()), end=True)
+                async for msg in st:
+                    yield json.loads(msg.value)
+        except GRPCError as exc:
+            raise _error(exc) from None
+        except (OSError, ssl.SSLError, StreamTerminatedError) as exc:
+            raise UnavailableError(f"lost the server at {self.host}:{self.port}: {exc}") from None
+        raise UnavailableError("the server closed the stream")
+
+    async def watch_entries(self, *, since_revision: int | None) -> AsyncIterator[EntryUpdate]:
+        async for d in self._stream("WatchEntries", {"since_revision": since_revision}):
+            yield EntryUpdate(
+                revision=int(d["revision"]),
+                full=bool(d["full"]),
+                upserted=tuple(RegistrationEntry.from_json(e) for e in d["upserted"]),
+                removed=tuple(d["removed"]),
+            )
+
+    async def watch_bundles(self) -> AsyncIterator[BundleUpdate]:
+        async for d in self._stream("WatchBundles", {}):
+            bundles = tuple(
+                Bundle.from_spiffe(TrustDomain.parse(b["trust_domain"]), json.dumps(b["spiffe"]))
+                for b in d["bundles"]
+            )
+            own = next((b for b in bundles if b.trust_domain == self.td), None)
+            if own is not None and self._ctx is not None:
+                self._bundle_pem = own.to_pem()
+                self._ctx.load_verify_locations(cadata=self._bundle_pem.decode())
+            yield BundleUpdate(
+                bundles=bundles,
+                tainted_key_ids=frozenset(bytes.fromhex(k) for k in d.get("tainted_key_ids", [])),
+            )
+
+    async def sign_x509_svids(self, requests: Sequence[SvidRequest]) -> list[SignedSvid]:
+        assert self._ctx is not None, "start() first"
+        doc = {
+            "requests": [
+                {"entry_id": r.entry_id, "csr_der": base64.b64encode(r.csr_der).decode()} for r in requests
+            ]
+        }
+        assert self._channel is not None
+        stub = UnaryUnaryMethod(self._channel, f"/{SERVICE}/SignSvids", BytesValue, BytesValue)
+        try:
+            reply = await stub(BytesValue(value=json.dumps(doc).encode()), timeout=CALL_TIMEOUT)
+        except GRPCError as exc:
+            raise _error(exc) from None
+        except (OSError, ssl.SSLError, StreamTerminatedError, asyncio.TimeoutError) as exc:
+            raise UnavailableError(f"cannot reach the server at {self.host}:{self.port}: {exc}") from None
+        result = json.loads(reply.value)
+        return [
+            SignedSvid(
+                entry_id=s["entry_id"],
+                cert_chain_der=tuple(base64.b64decode(c) for c in s["chain_der"]),
+                not_after=dt.datetime.fromisoformat(s["not_after"]),
+            )
+            for s in result["svids"]
+        ]
+
+    async def report(self, telemetry: dict[str, Any]) -> None:
+        assert self._ctx is not None
+        await self._unary(self._ctx, "Report", {"telemetry": telemetry})

@@ -1,0 +1,125 @@
+"""The agent's upstream when server and agent share a process (``trustd up``).
+
+Same contract as the remote agent API: entries as a snapshot then deltas,
+bundles on every change, CSRs signed by the server's issuer. Blocking work
+(store, key manager) runs in the server's thread pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import Executor
+
+from trustd.agent.upstream import BundleUpdate, EntryUpdate, SignedSvid, SvidRequest
+from trustd.bundle import Bundle
+from trustd.errors import NotFoundError, PermissionDeniedError, TrustdError, UnavailableError
+from trustd.server import core as core_mod
+from trustd.server.audit_hook import Actor
+from trustd.server.changes import ChangeHub
+from trustd.server.core import ServerCore
+
+FALLBACK_RECHECK = 5.0  # seconds: catches changes written by another server
+
+
+def bundle_update(bundle: Bundle) -> BundleUpdate:
+    return BundleUpdate(
+        bundles=(bundle,),
+        tainted_key_ids=frozenset(bytes.fromhex(k) for k in bundle.tainted_key_ids),
+    )
+
+
+class ServerUpstream:
+    """Serves one agent identity (``actor``) from a ServerCore."""
+
+    def __init__(
+        self, core: ServerCore, hub: ChangeHub, executor: Executor | None, actor: Actor
+    ) -> None:
+        self.core = core
+        self.hub = hub
+        self.executor = executor
+        self.actor = actor
+
+    async def _run(self, fn: object, *args: object) -> object:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, fn, *args)  # type: ignore[arg-type]
+
+    async def watch_entries(self, *, since_revision: int | None) -> AsyncIterator[EntryUpdate]:
+        store = self.core.store
+        seen = self.hub.version("entries")
+        try:
+            if since_revision is None:
+                head, _ = await self._run(store.entry_changes_since, 2**62)  # type: ignore[misc]
+                entries = await self._run(store.list_entries)
+                revision = int(head)
+                yield EntryUpdate(revision=revision, full=True, upserted=tuple(entries))  # type: ignore[arg-type]
+            else:
+                revision = since_revision
+            while True:
+                head, changes = await self._run(store.entry_changes_since, revision)  # type: ignore[misc]
+                if changes:
+                    yield EntryUpdate(
+                        revision=int(head),
+                        full=False,
+                        upserted=tuple(c.entry for c in changes if c.entry is not None),
+                        removed=tuple(c.entry_id for c in changes if c.entry is None),
+                    )
+                    revision = int(head)
+                seen = await self.hub.wait("entries", seen, FALLBACK_RECHECK)
+        except TrustdError as exc:
+            raise UnavailableError(f"entry sync failed: {exc}") from exc
+
+    async def watch_bundles(self) -> AsyncIterator[BundleUpdate]:
+        seen = self.hub.version("bundle")
+        last_seq = -1
+        while True:
+            try:
+                bundle = await self._run(self.core.bundle)
+            except TrustdError as exc:
+                raise UnavailableError(f"bundle sync failed: {exc}") from exc
+            assert isinstance(bundle, Bundle)
+            if bundle.sequence != last_seq:
+                last_seq = bundle.sequence
+                yield bundle_update(bundle)
+            seen = await self.hub.wait("bundle", seen, FALLBACK_RECHECK)
+
+    def _sign_blocking(self, requests: Sequence[SvidRequest]) -> list[SignedSvid]:
+        reqs = []
+        for r in requests:
+            try:
+                entry = self.core.store.get_entry(r.entry_id)
+            except NotFoundError:
+                raise PermissionDeniedError(
+                    f"entry {r.entry_id} does not exist (deleted?); this agent may not serve it"
+                ) from None
+            reqs.append(core_mod.SvidRequest(entry=entry, csr=r.csr_der))
+        results = self.core.issue_svids(self.actor, reqs, source="agent")
+        out = []
+        for r, res in zip(requests, results, strict=True):
+            if isinstance(res, TrustdError):
+                raise res
+            out.append(
+                SignedSvid(
+                    entry_id=r.entry_id,
+                    cert_chain_der=_without_root(res.chain_der),
+                    not_after=res.not_after,
+                )
+            )
+        return out
+
+    async def sign_x509_svids(self, requests: Sequence[SvidRequest]) -> list[SignedSvid]:
+        result = await self._run(self._sign_blocking, requests)
+        assert isinstance(result, list)
+        return result
+
+
+def _without_root(chain: tuple[bytes, ...]) -> tuple[bytes, ...]:
+    """Leaf first, then intermediates; a self-signed CA at the end is left out (it is in the bundle)."""
+    from cryptography import x509
+
+    if len(chain) <= 1:
+        return chain
+    last = x509.load_der_x509_certificate(chain[-1])
+    if last.issuer == last.subject:
+        return chain[:-1]
+    return chain
