@@ -1,13 +1,22 @@
-"""``trustd up``: the server and one node agent in one process, wired in-process."""
+"""``trustd up``: the server and one node agent in one process, wired in-process.
+
+The agent is the same ``AgentService`` that ``trustd agent`` runs; only its
+upstream differs (direct calls into the server instead of the agent API).
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import structlog
 
+from trustd import envoy_bootstrap
+from trustd.agent.service import AgentService
 from trustd.config import ServerConfig
 from trustd.server.app import TrustdServer
+from trustd.server.audit_hook import Actor
+from trustd.server.inprocess import ServerUpstream
 
 log = structlog.get_logger(__name__)
 
@@ -17,22 +26,56 @@ class Embedded:
         self.cfg = cfg
         self.server = TrustdServer(cfg)
         self.envoy_bootstrap: Path = cfg.data_path / "envoy-sidecar.yaml"
+        td = self.server.trust_domain
+        self.agent_actor = Actor(kind="spiffe", id=f"spiffe://{td}/trustd/agent/embedded")
+        self.agent: AgentService | None = None
 
     async def start(self) -> None:
         await self.server.start()
         await self.server.wait_ready()
+        upstream = ServerUpstream(
+            self.server.core, self.server.hub, self.server.executor, self.agent_actor
+        )
+        self.agent = AgentService(
+            upstream=upstream,
+            socket_path=self.cfg.agent_socket_path,
+            trust_domain=self.server.trust_domain,
+            clock=self.server.clock,
+        )
+        await self.agent.start()
+        await self.agent.wait_ready()
+        self._write_bootstrap()
+
+    def _write_bootstrap(self) -> None:
+        text = envoy_bootstrap.render(
+            agent_socket=self.cfg.agent_socket_path, trust_domain=str(self.server.trust_domain)
+        )
+        tmp = self.envoy_bootstrap.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, self.envoy_bootstrap)
 
     def banner(self) -> str:
         c = self.cfg
         metrics = self.server.metrics_address
-        return (
-            "trustd is up\n"
-            f"  trust domain     {self.server.trust_domain}\n"
-            f"  admin socket     {c.admin_socket_path}\n"
-            f"  agent socket     {c.agent_socket_path}\n"
-            f"  envoy bootstrap  {self.envoy_bootstrap}\n"
-            f"  metrics          http://{metrics[0]}:{metrics[1]}/metrics\n" if metrics else ""
+        lines = [
+            "trustd is up",
+            f"  trust domain     {self.server.trust_domain}",
+            f"  admin socket     {c.admin_socket_path}",
+            f"  agent socket     {c.agent_socket_path}",
+            f"  agent api        127.0.0.1:{self.server.agent_api_port}",
+            f"  envoy bootstrap  {self.envoy_bootstrap}",
+        ]
+        if metrics:
+            lines.append(f"  metrics          http://{metrics[0]}:{metrics[1]}/metrics")
+        lines.append(
+            f"  next: export TRUSTD_ADMIN_SOCKET={c.admin_socket_path} "
+            f"SPIFFE_ENDPOINT_SOCKET=unix://{c.agent_socket_path}"
         )
+        return "\n".join(lines) + "\n"
 
     async def stop(self) -> None:
+        if self.agent is not None:
+            await self.agent.stop()
         await self.server.stop()
