@@ -286,3 +286,45 @@ class ServerLink:
     async def report(self, telemetry: dict[str, Any]) -> None:
         assert self._ctx is not None
         await self._unary(self._ctx, "Report", {"telemetry": telemetry})
+
+
+async def run_remote_agent(cfg: Any, until: Any) -> None:
+    """Join (or resume), serve SDS and the Workload API, until ``until()`` returns."""
+    from trustd.agent.agent_config import AgentConfig
+    from trustd.agent.service import AgentService
+    from trustd.telemetry.http import HealthServer
+
+    assert isinstance(cfg, AgentConfig)
+    data_dir = Path(cfg.data_dir).absolute()
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    bundle = Path(cfg.trust_bundle_path).read_bytes() if cfg.trust_bundle_path else None
+    link = ServerLink(
+        address=cfg.server_address,
+        trust_domain=TrustDomain.parse(cfg.trust_domain),
+        data_dir=data_dir,
+        join_token=cfg.token(),
+        bootstrap_bundle_pem=bundle,
+        insecure_bootstrap=cfg.insecure_bootstrap,
+    )
+    await link.start()
+    agent = AgentService(
+        upstream=link, socket_path=cfg.agent_socket_path, trust_domain=TrustDomain.parse(cfg.trust_domain)
+    )
+    await agent.start()
+
+    def readiness() -> tuple[bool, str]:
+        try:
+            ready = agent.cache.ready
+        except RuntimeError:
+            return False, "starting"
+        return (True, "ok") if ready else (False, "waiting for the first sync with the server")
+
+    health = HealthServer(registries=[agent.metrics.registry], readiness=readiness)
+    await health.start(cfg.metrics_address)
+    log.info("agent running", agent_id=link.agent_id, socket=str(cfg.agent_socket_path))
+    try:
+        await until()
+    finally:
+        await health.stop()
+        await agent.stop()
+        await link.close()

@@ -71,8 +71,8 @@ def run_up(config: str | None, overrides: dict[str, Any]) -> None:
 
 
 def run_agent(config: str) -> None:
-    from trustd.agent.config import load_agent_config
-    from trustd.agent.remote import run_remote_agent
+    from trustd.agent.agent_config import load_agent_config
+    from trustd.agent.server_link import run_remote_agent
 
     cfg = load_agent_config(config)
     tlog.configure(cfg.log_level, cfg.log_format)

@@ -12,6 +12,7 @@ from pathlib import Path
 import structlog
 
 from trustd import envoy_bootstrap
+from trustd.agent.metrics import AgentMetrics
 from trustd.agent.service import AgentService
 from trustd.config import ServerConfig
 from trustd.server.app import TrustdServer
@@ -41,6 +42,7 @@ class Embedded:
             socket_path=self.cfg.agent_socket_path,
             trust_domain=self.server.trust_domain,
             clock=self.server.clock,
+            metrics=AgentMetrics(self.server.metrics.registry),
         )
         await self.agent.start()
         await self.agent.wait_ready()
