@@ -170,7 +170,11 @@ class ServerConfig(_Model):
 
     @property
     def admin_socket_path(self) -> Path:
-        return Path(self.admin_socket).absolute() if self.admin_socket else self.data_path / "admin.sock"
+        return (
+            Path(self.admin_socket).absolute()
+            if self.admin_socket
+            else self.data_path / "admin.sock"
+        )
 
     @property
     def agent_socket_path(self) -> Path:
@@ -244,6 +248,11 @@ def load_server_config(
     for env, key in ENV_KEYS.items():
         if os.environ.get(env):
             data[key] = os.environ[env]
+    if os.environ.get("TRUSTD_STORE_DSN"):
+        store = dict(data.get("store") or {})
+        store.setdefault("kind", "postgresql")
+        store["dsn"] = os.environ["TRUSTD_STORE_DSN"]
+        data["store"] = store
     for key, value in (overrides or {}).items():
         if value is not None:
             data[key] = value
