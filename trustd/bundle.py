@@ -55,7 +55,8 @@ class Bundle:
     x509_authorities: tuple[x509.Certificate, ...]  # CA certificates, oldest first
     sequence: int  # bumped on every change (spiffe_sequence)
     refresh_hint_seconds: int = 300  # how often consumers should re-fetch (spiffe_refresh_hint)
-    tainted_key_ids: frozenset[str] = frozenset()  # hex SKIs of tainted CAs: reissue what they signed
+    # hex SKIs of tainted CAs: agents reissue what they signed
+    tainted_key_ids: frozenset[str] = frozenset()
 
     def to_pem(self) -> bytes:
         return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in self.x509_authorities)

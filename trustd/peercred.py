@@ -18,7 +18,9 @@ class PeerCred:
 
 
 def from_socket(sock: socket.socket) -> PeerCred:
-    pid, uid, gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+    pid, uid, gid = _UCRED.unpack(
+        sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+    )
     return PeerCred(pid=pid, uid=uid, gid=gid)
 
 

@@ -76,9 +76,7 @@ def peer_spiffe_id_checker(expected: Callable[[SpiffeId], bool]) -> type[ssl.SSL
     return _Checked
 
 
-def client_context(
-    bundle_pem: bytes, expected_server: SpiffeId
-) -> ssl.SSLContext:
+def client_context(bundle_pem: bytes, expected_server: SpiffeId) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.check_hostname = False  # the peer is identified by SPIFFE ID, checked in the handshake

@@ -128,9 +128,14 @@ class ServerLink:
         self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         doc = {
             "agent_id": self.agent_id,
-            "chain_der": [base64.b64encode(c.public_bytes(serialization.Encoding.DER)).decode() for c in self._chain],
+            "chain_der": [
+                base64.b64encode(c.public_bytes(serialization.Encoding.DER)).decode()
+                for c in self._chain
+            ],
             "key_pem": self._key.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
             ).decode(),
             "bundle_pem": self._bundle_pem.decode(),
         }
@@ -138,7 +143,11 @@ class ServerLink:
 
     @staticmethod
     def _csr(key: ec.EllipticCurvePrivateKey) -> str:
-        csr = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([])).sign(key, hashes.SHA256())
+        csr = (
+            x509.CertificateSigningRequestBuilder()
+            .subject_name(x509.Name([]))
+            .sign(key, hashes.SHA256())
+        )
         return base64.b64encode(csr.public_bytes(serialization.Encoding.DER)).decode()
 
     def _context(self, *, with_identity: bool) -> ssl.SSLContext:
@@ -165,8 +174,10 @@ class ServerLink:
             return result
         except GRPCError as exc:
             raise _error(exc) from None
-        except (OSError, ssl.SSLError, StreamTerminatedError, asyncio.TimeoutError) as exc:
-            raise UnavailableError(f"cannot reach the server at {self.host}:{self.port}: {exc}") from None
+        except (TimeoutError, OSError, ssl.SSLError, StreamTerminatedError) as exc:
+            raise UnavailableError(
+                f"cannot reach the server at {self.host}:{self.port}: {exc}"
+            ) from None
         finally:
             channel.close()
 
@@ -174,15 +185,23 @@ class ServerLink:
         """Join (or reuse the saved agent SVID), then keep the agent SVID renewed."""
         if not self._load_saved():
             if not self.join_token:
-                raise ConfigError("this agent has not joined yet: set joinToken (trustd token create)")
+                raise ConfigError(
+                    "this agent has not joined yet: set joinToken (trustd token create)"
+                )
             key = ec.generate_private_key(ec.SECP256R1())
             result = await self._unary(
                 self._context(with_identity=False),
                 "Join",
-                {"token": self.join_token, "csr_der": self._csr(key), "hostname": socket.gethostname()},
+                {
+                    "token": self.join_token,
+                    "csr_der": self._csr(key),
+                    "hostname": socket.gethostname(),
+                },
             )
             self._key = key
-            self._chain = [x509.load_der_x509_certificate(base64.b64decode(c)) for c in result["chain_der"]]
+            self._chain = [
+                x509.load_der_x509_certificate(base64.b64decode(c)) for c in result["chain_der"]
+            ]
             self._bundle_pem = result["bundle_pem"].encode()
             self.agent_id = result["agent_id"]
             self._save()
@@ -202,13 +221,17 @@ class ServerLink:
                 assert self._ctx is not None
                 result = await self._unary(self._ctx, "RenewAgent", {"csr_der": self._csr(key)})
                 self._key = key
-                self._chain = [x509.load_der_x509_certificate(base64.b64decode(c)) for c in result["chain_der"]]
+                self._chain = [
+                    x509.load_der_x509_certificate(base64.b64decode(c)) for c in result["chain_der"]
+                ]
                 self._save()
                 self._ctx = self._context(with_identity=True)
                 old, self._channel = self._channel, Channel(self.host, self.port, ssl=self._ctx)
                 if old is not None:
                     old.close()
-                log.info("agent svid renewed", not_after=self._chain[0].not_valid_after_utc.isoformat())
+                log.info(
+                    "agent svid renewed", not_after=self._chain[0].not_valid_after_utc.isoformat()
+                )
             except TrustdError as exc:
                 log.warning("agent svid renewal failed; retrying in 10s", error=str(exc))
                 await asyncio.sleep(10)
@@ -262,7 +285,8 @@ class ServerLink:
         assert self._ctx is not None, "start() first"
         doc = {
             "requests": [
-                {"entry_id": r.entry_id, "csr_der": base64.b64encode(r.csr_der).decode()} for r in requests
+                {"entry_id": r.entry_id, "csr_der": base64.b64encode(r.csr_der).decode()}
+                for r in requests
             ]
         }
         assert self._channel is not None
@@ -271,8 +295,10 @@ class ServerLink:
             reply = await stub(BytesValue(value=json.dumps(doc).encode()), timeout=CALL_TIMEOUT)
         except GRPCError as exc:
             raise _error(exc) from None
-        except (OSError, ssl.SSLError, StreamTerminatedError, asyncio.TimeoutError) as exc:
-            raise UnavailableError(f"cannot reach the server at {self.host}:{self.port}: {exc}") from None
+        except (TimeoutError, OSError, ssl.SSLError, StreamTerminatedError) as exc:
+            raise UnavailableError(
+                f"cannot reach the server at {self.host}:{self.port}: {exc}"
+            ) from None
         result = json.loads(reply.value)
         return [
             SignedSvid(
@@ -308,7 +334,9 @@ async def run_remote_agent(cfg: Any, until: Any) -> None:
     )
     await link.start()
     agent = AgentService(
-        upstream=link, socket_path=cfg.agent_socket_path, trust_domain=TrustDomain.parse(cfg.trust_domain)
+        upstream=link,
+        socket_path=cfg.agent_socket_path,
+        trust_domain=TrustDomain.parse(cfg.trust_domain),
     )
     await agent.start()
 

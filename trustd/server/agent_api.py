@@ -111,9 +111,7 @@ class AgentApi(JsonService):
 
     def _actor(self, rec: AgentRecord, stream: grpclib.server.Stream[Any, Any]) -> Actor:
         addr = stream.peer.addr()
-        return Actor(
-            kind="spiffe", id=rec.spiffe_id, addr=f"{addr[0]}:{addr[1]}" if addr else None
-        )
+        return Actor(kind="spiffe", id=rec.spiffe_id, addr=f"{addr[0]}:{addr[1]}" if addr else None)
 
     async def _run(self, fn: Any, *args: Any) -> Any:
         return await run_blocking(self.executor, fn, *args)
@@ -124,18 +122,26 @@ class AgentApi(JsonService):
         entry = RegistrationEntry(
             id=f"agent:{agent_id}", spiffe_id=sid, selectors=(), created_at=self.core.clock.now()
         )
-        [res] = self.core.issue_svids(actor, [core_mod.SvidRequest(entry=entry, csr=csr)], source="agent")
+        [res] = self.core.issue_svids(
+            actor, [core_mod.SvidRequest(entry=entry, csr=csr)], source="agent"
+        )
         if isinstance(res, TrustdError):
             raise res
         return res
 
-    def _join_blocking(self, token: str, csr: bytes, hostname: str, addr: str | None) -> dict[str, Any]:
+    def _join_blocking(
+        self, token: str, csr: bytes, hostname: str, addr: str | None
+    ) -> dict[str, Any]:
         now = self.core.clock.now()
         agent_id = uuid.uuid4().hex
         digest = self.core.token_hash(token)
-        actor = Actor(kind="unix" if addr is None else "spiffe", id=f"join_token:{digest[:16]}", addr=addr)
+        actor = Actor(
+            kind="unix" if addr is None else "spiffe", id=f"join_token:{digest[:16]}", addr=addr
+        )
         if not self.core.store.consume_token(digest, agent_id, now):
-            exc = PermissionDeniedError("the join token is unknown, used or expired: create a new one")
+            exc = PermissionDeniedError(
+                "the join token is unknown, used or expired: create a new one"
+            )
             self.core._audit_failure("agent.join", actor, "join", f"token/{digest[:16]}", exc)
             raise exc
         svid = self._issue_agent_svid(actor, agent_id, csr)
@@ -187,8 +193,12 @@ class AgentApi(JsonService):
         def renew() -> dict[str, Any]:
             svid = self._issue_agent_svid(actor, rec.id, csr)
             now = self.core.clock.now()
-            self.core.store.save_agent(replace(rec, serial=svid.serial, not_after=svid.not_after, last_seen=now))
-            self.core._audit("agent.renew", actor, "renew", f"agent/{rec.id}", details={"serial": svid.serial})
+            self.core.store.save_agent(
+                replace(rec, serial=svid.serial, not_after=svid.not_after, last_seen=now)
+            )
+            self.core._audit(
+                "agent.renew", actor, "renew", f"agent/{rec.id}", details={"serial": svid.serial}
+            )
             return {"chain_der": [_b64(x) for x in svid.chain_der]}
 
         return await self._run(renew)
@@ -196,7 +206,9 @@ class AgentApi(JsonService):
     async def _sign(self, stream: Any, d: dict[str, Any]) -> Any:
         rec = await self._run(self._agent_of, stream)
         reqs = [
-            AgentSvidRequest(entry_id=str(r["entry_id"]), csr_der=base64.b64decode(str(r["csr_der"])))
+            AgentSvidRequest(
+                entry_id=str(r["entry_id"]), csr_der=base64.b64decode(str(r["csr_der"]))
+            )
             for r in d.get("requests", [])
         ]
         upstream = ServerUpstream(self.core, self.hub, self.executor, self._actor(rec, stream))
@@ -216,7 +228,8 @@ class AgentApi(JsonService):
         rec = await self._run(self._agent_of, stream)
         meta = d.get("telemetry") if isinstance(d.get("telemetry"), dict) else {}
         await self._run(
-            self.core.store.save_agent, replace(rec, last_seen=self.core.clock.now(), meta=meta or {})
+            self.core.store.save_agent,
+            replace(rec, last_seen=self.core.clock.now(), meta=meta or {}),
         )
         return {}
 
@@ -262,7 +275,8 @@ class AgentApi(JsonService):
         async for upd in self._guarded(stream, upstream.watch_bundles()):
             yield {
                 "bundles": [
-                    {"trust_domain": str(b.trust_domain), "spiffe": b.to_spiffe_json()} for b in upd.bundles
+                    {"trust_domain": str(b.trust_domain), "spiffe": b.to_spiffe_json()}
+                    for b in upd.bundles
                 ],
                 "tainted_key_ids": sorted(k.hex() for k in upd.tainted_key_ids),
             }
@@ -290,7 +304,9 @@ class AgentApiServer:
         self._bundle_task: asyncio.Task[None] | None = None
         self.port: int | None = None
 
-    def _server_svid(self) -> tuple[list[x509.Certificate], ec.EllipticCurvePrivateKey, dt.datetime]:
+    def _server_svid(
+        self,
+    ) -> tuple[list[x509.Certificate], ec.EllipticCurvePrivateKey, dt.datetime]:
         from cryptography.hazmat.primitives import hashes, serialization
 
         key = ec.generate_private_key(ec.SECP256R1())
@@ -301,8 +317,12 @@ class AgentApiServer:
             .public_bytes(serialization.Encoding.DER)
         )
         sid = SpiffeId.parse(f"spiffe://{self.core.trust_domain}{SERVER_PATH}")
-        entry = RegistrationEntry(id="server", spiffe_id=sid, selectors=(), created_at=self.core.clock.now())
-        [res] = self.core.issue_svids(SYSTEM, [core_mod.SvidRequest(entry=entry, csr=csr)], source="server")
+        entry = RegistrationEntry(
+            id="server", spiffe_id=sid, selectors=(), created_at=self.core.clock.now()
+        )
+        [res] = self.core.issue_svids(
+            SYSTEM, [core_mod.SvidRequest(entry=entry, csr=csr)], source="server"
+        )
         if isinstance(res, TrustdError):
             raise res
         chain = [x509.load_der_x509_certificate(d) for d in res.chain_der]
@@ -316,7 +336,7 @@ class AgentApiServer:
         tlsutil.load_identity(self._ctx, chain, key)
         self._server = grpclib.server.Server([self.api, Health()])
         await self._server.start(host or "127.0.0.1", int(port), ssl=self._ctx, reuse_address=True)
-        sock = self._server._server.sockets[0] if self._server._server else None  # noqa: SLF001
+        sock = self._server._server.sockets[0] if self._server._server else None
         self.port = sock.getsockname()[1] if sock else int(port)
         self._renew_task = asyncio.create_task(self._renew_loop(not_after))
         self._bundle_task = asyncio.create_task(self._bundle_loop())

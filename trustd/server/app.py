@@ -50,7 +50,9 @@ async def bind_unix_socket_server(server: grpclib.server.Server, path: Path, mod
 
 
 class TrustdServer:
-    def __init__(self, cfg: ServerConfig, *, clock: Clock | None = None, auditor: Auditor | None = None) -> None:
+    def __init__(
+        self, cfg: ServerConfig, *, clock: Clock | None = None, auditor: Auditor | None = None
+    ) -> None:
         self.cfg = cfg
         self.clock = clock or SystemClock()
         self.trust_domain = TrustDomain.parse(cfg.trust_domain)

@@ -13,8 +13,17 @@ from trustd.server.audit_hook import Actor, Auditor
 class _Unwired:
     """Placeholder until the audit log is wired: records nothing, fails nothing."""
 
-    def record(self, *, type: str, actor: Actor, action: str, resource: str, outcome: str,
-               reason: str = "", details: dict[str, Any] | None = None) -> int:
+    def record(
+        self,
+        *,
+        type: str,
+        actor: Actor,
+        action: str,
+        resource: str,
+        outcome: str,
+        reason: str = "",
+        details: dict[str, Any] | None = None,
+    ) -> int:
         return 0
 
     def check(self) -> None:

@@ -52,8 +52,8 @@ def _check_dns_name(name: str) -> str:
     if (
         not lowered
         or len(lowered) > 253
-        or lowered.startswith("spiffe")
-        and "://" in lowered
+        or (lowered.startswith("spiffe")
+        and "://" in lowered)
         or any(
             not label
             or len(label) > 63
@@ -179,7 +179,9 @@ class ServerCore:
             if sid.path.startswith("/trustd/"):
                 raise InvalidArgumentError("the path /trustd/ is reserved for trustd's own agents")
             if not selectors:
-                raise InvalidArgumentError("at least one --selector is required, e.g. unix:uid:1000")
+                raise InvalidArgumentError(
+                    "at least one --selector is required, e.g. unix:uid:1000"
+                )
             parsed = tuple(sorted(set(Selector.parse(s) for s in selectors)))
             if ttl is not None:
                 if ttl <= dt.timedelta(0):
@@ -358,7 +360,9 @@ class ServerCore:
     def bundle(self) -> Bundle:
         return self.authorities.bundle()
 
-    def authority_op(self, actor: Actor, op: str, authority_id: str = "", *, force: bool = False) -> AuthorityRecord:
+    def authority_op(
+        self, actor: Actor, op: str, authority_id: str = "", *, force: bool = False
+    ) -> AuthorityRecord:
         resource = f"authority/{authority_id}" if authority_id else "authority"
         try:
             self.auditor.check()
@@ -437,7 +441,9 @@ class ServerCore:
 
         self.store.save_agent(replace(rec, evicted=True))
         self.hub.notify("agents")
-        self._audit("agent.evict", actor, "evict", f"agent/{agent_id}", details={"spiffe_id": rec.spiffe_id})
+        self._audit(
+            "agent.evict", actor, "evict", f"agent/{agent_id}", details={"spiffe_id": rec.spiffe_id}
+        )
 
     # -- health ----------------------------------------------------------------
     def readiness(self) -> tuple[bool, str]:
@@ -460,4 +466,10 @@ def _label_values(gauge: Any) -> set[str]:
     return {labels[0] for labels in getattr(gauge, "_metrics", {})}
 
 
-__all__ = ["NotFoundError", "PermissionDeniedError", "ServerCore", "SvidRequest", "UnavailableError"]
+__all__ = [
+    "NotFoundError",
+    "PermissionDeniedError",
+    "ServerCore",
+    "SvidRequest",
+    "UnavailableError",
+]

@@ -132,7 +132,10 @@ class SqlStore:
     def _next_revision(self, run: Callable[..., Cursor], entry_id: str, op: str) -> int:
         row = run("SELECT MAX(revision) FROM entry_changes").fetchone()
         rev = (int(row[0]) if row and row[0] is not None else 0) + 1
-        run("INSERT INTO entry_changes (revision, entry_id, op) VALUES (?, ?, ?)", (rev, entry_id, op))
+        run(
+            "INSERT INTO entry_changes (revision, entry_id, op) VALUES (?, ?, ?)",
+            (rev, entry_id, op),
+        )
         return rev
 
     def create_entry(self, entry: RegistrationEntry) -> RegistrationEntry:
@@ -169,7 +172,9 @@ class SqlStore:
 
     def get_entry(self, entry_id: str) -> RegistrationEntry:
         with self._tx() as run:
-            row = run(f"SELECT {self._ENTRY_COLS} FROM entries WHERE id = ?", (entry_id,)).fetchone()
+            row = run(
+                f"SELECT {self._ENTRY_COLS} FROM entries WHERE id = ?", (entry_id,)
+            ).fetchone()
         if row is None:
             raise NotFoundError(f"no entry with id {entry_id!r}: see 'trustd entry list'")
         return self._entry(row)

@@ -43,7 +43,11 @@ class HealthServer:
             method, path = (parts[0], parts[1]) if len(parts) >= 2 else ("", "")
             path = path.split("?", 1)[0]
             if method not in ("GET", "HEAD"):
-                status, ctype, body = "405 Method Not Allowed", "text/plain", b"method not allowed\n"
+                status, ctype, body = (
+                    "405 Method Not Allowed",
+                    "text/plain",
+                    b"method not allowed\n",
+                )
             elif path == "/metrics":
                 body = b"".join(generate_latest(r) for r in self._registries)
                 status, ctype = "200 OK", CONTENT_TYPE_LATEST
@@ -61,7 +65,12 @@ class HealthServer:
                 + (body if method != "HEAD" else b"")
             )
             await writer.drain()
-        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+        except (
+            TimeoutError,
+            asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError,
+            ConnectionError,
+        ):
             pass
         finally:
             writer.close()

@@ -22,7 +22,9 @@ def _redact(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
 
 def configure(level: str = "info", fmt: str = "auto", stream: Any = None) -> None:
     stream = stream or sys.stderr
-    use_console = fmt == "console" or (fmt == "auto" and hasattr(stream, "isatty") and stream.isatty())
+    use_console = fmt == "console" or (
+        fmt == "auto" and hasattr(stream, "isatty") and stream.isatty()
+    )
     renderer: Any = (
         structlog.dev.ConsoleRenderer(colors=True)
         if use_console

@@ -30,7 +30,21 @@ class ServerMetrics:
         self.signing_seconds = Histogram(
             "trustd_signing_duration_seconds",
             "Time to sign one batch of certificates, CSR checks included.",
-            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+            buckets=(
+                0.0005,
+                0.001,
+                0.0025,
+                0.005,
+                0.01,
+                0.025,
+                0.05,
+                0.1,
+                0.25,
+                0.5,
+                1.0,
+                2.5,
+                5.0,
+            ),
             registry=r,
         )
         self.ca_expiry = Gauge(
@@ -55,7 +69,9 @@ class ServerMetrics:
             "trustd_registration_entries", "Registration entries in the store.", registry=r
         )
         self.ready = Gauge(
-            "trustd_ready", "1 when the server can issue (store, key manager, active CA).", registry=r
+            "trustd_ready",
+            "1 when the server can issue (store, key manager, active CA).",
+            registry=r,
         )
 
 

@@ -26,7 +26,9 @@ def _wait_for(path: Path, proc: subprocess.Popen[bytes], timeout: float = 30) ->
     deadline = time.monotonic() + timeout
     while not path.exists():
         if proc.poll() is not None:
-            raise AssertionError(f"process exited early: {proc.stderr.read().decode() if proc.stderr else ''}")
+            raise AssertionError(
+                f"process exited early: {proc.stderr.read().decode() if proc.stderr else ''}"
+            )
         if time.monotonic() > deadline:
             raise AssertionError(f"{path} did not appear")
         time.sleep(0.1)
@@ -48,10 +50,17 @@ def test_agent_joins_remote_server_and_serves_workload_api(tmp_path: Path) -> No
     admin = server_dir / "admin.sock"
     server = subprocess.Popen(
         [
-            TRUSTD, "server", "--data-dir", str(server_dir),
-            "--server-address", f"127.0.0.1:{port}", "--metrics-address", "127.0.0.1:0",
+            TRUSTD,
+            "server",
+            "--data-dir",
+            str(server_dir),
+            "--server-address",
+            f"127.0.0.1:{port}",
+            "--metrics-address",
+            "127.0.0.1:0",
         ],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     agent = None
     try:
@@ -59,7 +68,11 @@ def test_agent_joins_remote_server_and_serves_workload_api(tmp_path: Path) -> No
         # the admin socket exists before the CA is up; bundle show waits for readiness
         deadline = time.monotonic() + 30
         while True:
-            out = subprocess.run([TRUSTD, "--admin-socket", str(admin), "bundle", "show"], capture_output=True, text=True)
+            out = subprocess.run(
+                [TRUSTD, "--admin-socket", str(admin), "bundle", "show"],
+                capture_output=True,
+                text=True,
+            )
             if out.returncode == 0 and "BEGIN CERTIFICATE" in out.stdout:
                 break
             assert time.monotonic() < deadline, out.stderr
@@ -67,8 +80,15 @@ def test_agent_joins_remote_server_and_serves_workload_api(tmp_path: Path) -> No
         bundle = tmp_path / "bundle.pem"
         bundle.write_text(out.stdout)
         token = _cli(admin, "token", "create", "--ttl", "5m").strip()
-        _cli(admin, "entry", "create", "--spiffe-id", "spiffe://trustd.local/ns/ops/sa/me",
-             "--selector", f"unix:uid:{os.getuid()}")
+        _cli(
+            admin,
+            "entry",
+            "create",
+            "--spiffe-id",
+            "spiffe://trustd.local/ns/ops/sa/me",
+            "--selector",
+            f"unix:uid:{os.getuid()}",
+        )
         agent_dir = tmp_path / "agent"
         cfg = tmp_path / "agent.yaml"
         cfg.write_text(
@@ -78,8 +98,11 @@ def test_agent_joins_remote_server_and_serves_workload_api(tmp_path: Path) -> No
             f"dataDir: {agent_dir}\n"
             "metricsAddress: 127.0.0.1:0\n"
         )
-        agent = subprocess.Popen([TRUSTD, "agent", "--config", str(cfg)],
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        agent = subprocess.Popen(
+            [TRUSTD, "agent", "--config", str(cfg)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         sock = agent_dir / "public" / "agent.sock"
         _wait_for(sock, agent)
         listed = _cli(admin, "agent", "list", "-o", "json")
