@@ -100,7 +100,8 @@ class VaultPkiConfig(_Model):
     token_file: str | None = None
     app_role: AppRoleConfig | None = None
     mount: str = "pki"
-    role: str | None = None
+    issuer: str | None = None  # which issuer of the mount signs (pki/issuer/<ref>/sign-intermediate)
+    role: str | None = None  # refused with an explanation: Vault signs intermediates without roles
     namespace: str | None = None
     ca_cert: str | None = None
     tls_skip_verify: bool = False

@@ -17,7 +17,6 @@ import threading
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Protocol
 
 import structlog
 from cryptography import x509
@@ -29,6 +28,9 @@ from trustd.ca import der
 from trustd.ca.errors import AuthorityStateError, NoActiveAuthorityError, SigningError
 from trustd.ca.issuer import BACKDATE, SigningAuthority, new_serial, verify_signature
 from trustd.ca.kms.base import KeyAlgorithm, KeyManager, KeyRef
+from trustd.ca.upstream.base import UpstreamAuthority, UpstreamResult
+
+__all__ = ["AuthorityManager", "RotationSchedule", "UpstreamAuthority", "UpstreamResult"]
 from trustd.clock import Clock
 from trustd.errors import NotFoundError, TrustdError
 from trustd.spiffeid import TrustDomain
@@ -39,18 +41,6 @@ log = structlog.get_logger(__name__)
 PREPARED = "prepared"
 ACTIVE = "active"
 OLD = "old"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class UpstreamResult:
-    chain: tuple[x509.Certificate, ...]  # the signed intermediate first, then upper intermediates
-    roots: tuple[x509.Certificate, ...]  # upstream roots for the trust bundle
-
-
-class UpstreamAuthority(Protocol):
-    def sign_intermediate(self, csr_pem: bytes, ttl: dt.timedelta) -> UpstreamResult: ...
-    def check(self) -> None: ...
-    def close(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -158,7 +148,9 @@ class AuthorityManager:
         self._listeners.append(listener)
 
     # -- writing -------------------------------------------------------------
-    def _commit(self, records: Sequence[AuthorityRecord], event: str, subject: AuthorityRecord) -> None:
+    def _commit(
+        self, records: Sequence[AuthorityRecord], event: str, subject: AuthorityRecord
+    ) -> None:
         self._store.replace_authorities(records)
         seq = int(self._store.get_doc("bundle.sequence") or "0") + 1
         self._store.put_doc("bundle.sequence", str(seq))
@@ -250,7 +242,9 @@ class AuthorityManager:
     ) -> tuple[x509.Certificate, tuple[x509.Certificate, ...], tuple[x509.Certificate, ...]]:
         assert self._upstream is not None
         sig_alg = der.signature_algorithm(ref.algorithm)
-        cri = der.certification_request_info(subject.public_bytes(), der.spki(pub), [str(self._td.id)])
+        cri = der.certification_request_info(
+            subject.public_bytes(), der.spki(pub), [str(self._td.id)]
+        )
         csr_der = der.assemble_certificate(cri, sig_alg, self._sign(ref, cri))
         csr = x509.load_der_x509_csr(csr_der)
         result = self._upstream.sign_intermediate(
@@ -379,7 +373,9 @@ class AuthorityManager:
             try:
                 self._km.retire(target.key_ref)
             except TrustdError as exc:
-                log.warning("could not retire a revoked CA key", authority_id=target.id, error=str(exc))
+                log.warning(
+                    "could not retire a revoked CA key", authority_id=target.id, error=str(exc)
+                )
             return revoked
 
     def rotate(self) -> str | None:
@@ -409,7 +405,9 @@ class AuthorityManager:
                     try:
                         self._km.retire(r.key_ref)
                     except TrustdError as exc:
-                        log.warning("could not retire an old CA key", authority_id=r.id, error=str(exc))
+                        log.warning(
+                            "could not retire an old CA key", authority_id=r.id, error=str(exc)
+                        )
                     return "pruned"
             return None
 

@@ -13,7 +13,7 @@ class InvalidTtlError(InvalidArgumentError):
     """A TTL that is zero, negative, or above the server's maximum."""
 
 
-class NoActiveAuthorityError(FailedPreconditionError):
+class NoActiveAuthorityError(UnavailableError):
     """No CA is active yet; the server is starting or its KMS is down."""
 
 
