@@ -76,11 +76,20 @@ def _ttl(doc: dict[str, Any], key: str = "ttl") -> dt.timedelta | None:
     if isinstance(value, bool):
         raise InvalidArgumentError(f"invalid {key}")
     if isinstance(value, int | float):
-        return dt.timedelta(seconds=value)
+        try:
+            return dt.timedelta(seconds=value)
+        except (OverflowError, ValueError):
+            raise InvalidArgumentError(f"{key} is out of range") from None
     try:
         return durations.parse(str(value))
     except ValueError as exc:
         raise InvalidArgumentError(str(exc)) from None
+
+
+def _token_ttl(doc: dict[str, Any]) -> dt.timedelta:
+    """The asked TTL, or 10 minutes when none was given (a zero TTL is refused, not defaulted)."""
+    ttl = _ttl(doc)
+    return dt.timedelta(minutes=10) if ttl is None else ttl
 
 
 def _str(doc: dict[str, Any], key: str, *, required: bool = True) -> str:
@@ -179,9 +188,7 @@ class AdminService(JsonService):
             return fn
 
         async def token_create(s: Any, d: dict[str, Any]) -> Any:
-            token, expires = await run(
-                lambda: c.create_token(self.actor(s), _ttl(d) or dt.timedelta(minutes=10))
-            )
+            token, expires = await run(lambda: c.create_token(self.actor(s), _token_ttl(d)))
             return {"token": token, "expires_at": _iso(expires)}
 
         async def agent_list(s: Any, d: dict[str, Any]) -> Any:
@@ -222,13 +229,7 @@ class AdminService(JsonService):
         cred = peercred.from_grpclib_stream(stream)
         if cred is None:
             return Actor(kind="unix", id="unknown", addr=str(self.socket_path))
-        exe = _exe(cred.pid)
-        return Actor(
-            kind="unix",
-            id=f"uid:{cred.uid}" + (f" {exe}" if exe else ""),
-            uid=cred.uid,
-            addr=str(self.socket_path),
-        )
+        return Actor.unix(uid=cred.uid, path=_exe(cred.pid), addr=str(self.socket_path))
 
     async def authorize(self, stream: grpclib.server.Stream[Any, Any], method: str) -> None:
         cred = peercred.from_grpclib_stream(stream)

@@ -134,6 +134,12 @@ class TrustdServer:
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(ROTATION_CHECK_INTERVAL)
+            due = getattr(self.auditor, "checkpoint_if_due", None)
+            if due is not None:
+                try:
+                    await loop.run_in_executor(self.executor, due)
+                except TrustdError as exc:
+                    log.error("audit checkpoint failed", error=str(exc))
             if self._not_ready_reason:
                 continue
             await loop.run_in_executor(self.executor, self.core.rotate_tick)

@@ -9,16 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from trustd.audit.events import Actor
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Actor:
-    kind: str  # "unix" (admin socket), "spiffe" (mTLS peer), "system" (the server itself)
-    id: str  # "uid:1000" / a SPIFFE ID / "trustd"
-    uid: int | None = None  # from SO_PEERCRED on a Unix socket
-    addr: str | None = None  # socket path or host:port
+__all__ = ["SYSTEM", "Actor", "Auditor", "MemoryAuditor"]
 
 
-SYSTEM = Actor(kind="system", id="trustd")
+SYSTEM = Actor.system()
 
 
 class Auditor(Protocol):

@@ -6,6 +6,7 @@ upstream differs (direct calls into the server instead of the agent API).
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -33,7 +34,9 @@ class Embedded:
 
     async def start(self) -> None:
         await self.server.start()
-        await self.server.wait_ready()
+        # A sealed or unreachable KMS may hold the first CA back for long: the server
+        # retries with backoff and says why on /readyz, so `up` waits as long as it takes.
+        await self.server.wait_ready(timeout=math.inf)
         upstream = ServerUpstream(
             self.server.core, self.server.hub, self.server.executor, self.agent_actor
         )
