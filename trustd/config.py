@@ -13,11 +13,19 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 from trustd import durations
-from trustd.errors import ConfigError
+from trustd.errors import ConfigError, InvalidArgumentError
 from trustd.spiffeid import TrustDomain
 
 
@@ -31,13 +39,23 @@ def _duration(value: object) -> dt.timedelta:
     if isinstance(value, dt.timedelta):
         return value
     if isinstance(value, int | float) and not isinstance(value, bool):
-        return dt.timedelta(seconds=value)
+        try:
+            return dt.timedelta(seconds=value)
+        except (OverflowError, ValueError):
+            raise ValueError("duration out of range: use forms like 90s, 10m, 1h") from None
     if isinstance(value, str):
         try:
             return durations.parse(value)
         except ValueError as exc:
             raise ValueError(str(exc)) from None
     raise ValueError("expected a duration such as 1h or 10m")
+
+
+def _positive_duration(value: object) -> dt.timedelta:
+    delta = _duration(value)
+    if delta <= dt.timedelta(0):
+        raise ValueError("must be a positive duration such as 1h or 10m")
+    return delta
 
 
 class StoreConfig(_Model):
@@ -100,7 +118,9 @@ class VaultPkiConfig(_Model):
     token_file: str | None = None
     app_role: AppRoleConfig | None = None
     mount: str = "pki"
-    issuer: str | None = None  # which issuer of the mount signs (pki/issuer/<ref>/sign-intermediate)
+    issuer: str | None = (
+        None  # which issuer of the mount signs (pki/issuer/<ref>/sign-intermediate)
+    )
     role: str | None = None  # refused with an explanation: Vault signs intermediates without roles
     namespace: str | None = None
     ca_cert: str | None = None
@@ -112,7 +132,7 @@ class CaConfig(_Model):
     ttl: dt.timedelta = dt.timedelta(hours=24)
     key_type: Literal["ec-p256", "ec-p384", "rsa-2048", "rsa-4096"] = "ec-p256"
 
-    _v = field_validator("ttl", mode="before")(classmethod(lambda cls, v: _duration(v)))
+    _v = field_validator("ttl", mode="before")(classmethod(lambda cls, v: _positive_duration(v)))
 
 
 class SvidConfig(_Model):
@@ -120,8 +140,17 @@ class SvidConfig(_Model):
     max_ttl: dt.timedelta = dt.timedelta(hours=24)
 
     _v = field_validator("default_ttl", "max_ttl", mode="before")(
-        classmethod(lambda cls, v: _duration(v))
+        classmethod(lambda cls, v: _positive_duration(v))
     )
+
+    @model_validator(mode="after")
+    def _default_within_max(self) -> SvidConfig:
+        if self.default_ttl > self.max_ttl:
+            raise ValueError(
+                f"defaultTtl {durations.format(self.default_ttl)} is above maxTtl "
+                f"{durations.format(self.max_ttl)}: lower defaultTtl or raise maxTtl"
+            )
+        return self
 
 
 class SyslogConfig(_Model):
@@ -144,6 +173,12 @@ class AuditConfig(_Model):
     )
 
 
+class RolloutConfig(_Model):
+    settle_period: dt.timedelta = dt.timedelta(seconds=30)  # no plaintext this long before STRICT
+
+    _v = field_validator("settle_period", mode="before")(classmethod(lambda cls, v: _duration(v)))
+
+
 class ServerConfig(_Model):
     trust_domain: str = "trustd.local"
     data_dir: str = ".trustd"
@@ -153,6 +188,7 @@ class ServerConfig(_Model):
     ca: CaConfig = CaConfig()
     svid: SvidConfig = SvidConfig()
     audit: AuditConfig = AuditConfig()
+    rollout: RolloutConfig = RolloutConfig()
     admin_socket: str | None = None  # default D/admin.sock
     agent_socket: str | None = None  # `trustd up`: default D/public/agent.sock
     server_address: str = "127.0.0.1:8081"
@@ -163,7 +199,10 @@ class ServerConfig(_Model):
     @field_validator("trust_domain")
     @classmethod
     def _td(cls, v: str) -> str:
-        return TrustDomain.parse(v).name
+        try:
+            return TrustDomain.parse(v).name
+        except InvalidArgumentError as exc:  # pydantic reports only ValueError with the key
+            raise ValueError(str(exc)) from None
 
     @property
     def data_path(self) -> Path:
@@ -204,7 +243,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
     seen: set[Any] = set()
     for key_node, _ in node.value:
-        key = loader.construct_object(key_node)  # type: ignore[no-untyped-call]
+        key = loader.construct_object(key_node)
         if key in seen:
             raise ConfigError(f"duplicate key {key!r} at line {key_node.start_mark.line + 1}")
         seen.add(key)

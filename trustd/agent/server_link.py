@@ -309,6 +309,24 @@ class ServerLink:
             for s in result["svids"]
         ]
 
+    async def watch_policy(self) -> AsyncIterator[dict[str, Any]]:
+        async for d in self._stream("WatchPolicy", {}):
+            yield d["policy"]
+
+    async def send_policy_reports(
+        self,
+        *,
+        acks: list[tuple[str, int]],
+        statuses: list[dict[str, Any]],
+        denials: list[dict[str, Any]],
+    ) -> None:
+        assert self._ctx is not None, "start() first"
+        await self._unary(
+            self._ctx,
+            "ReportPolicy",
+            {"acks": [list(a) for a in acks], "statuses": statuses, "denials": denials},
+        )
+
     async def report(self, telemetry: dict[str, Any]) -> None:
         assert self._ctx is not None
         await self._unary(self._ctx, "Report", {"telemetry": telemetry})
@@ -337,6 +355,7 @@ async def run_remote_agent(cfg: Any, until: Any) -> None:
         upstream=link,
         socket_path=cfg.agent_socket_path,
         trust_domain=TrustDomain.parse(cfg.trust_domain),
+        policy_upstream=link,
     )
     await agent.start()
 

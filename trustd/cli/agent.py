@@ -38,6 +38,10 @@ def list_(ctx: typer.Context, output: OutputOpt = None) -> None:
 
 
 @app.command("evict")
-def evict(ctx: typer.Context, agent_id: Annotated[str, typer.Argument(metavar="ID")], output: OutputOpt = None) -> None:
+def evict(
+    ctx: typer.Context,
+    agent_id: Annotated[str, typer.Argument(metavar="ID")],
+    output: OutputOpt = None,
+) -> None:
     """Cut an agent off: it can no longer sync or get SVIDs signed."""
     emit(call(ctx, "AgentEvict", {"id": agent_id}), fmt(ctx, output))

@@ -32,7 +32,11 @@ def activate(ctx: typer.Context, output: OutputOpt = None) -> None:
 
 
 @app.command("taint")
-def taint(ctx: typer.Context, authority_id: Annotated[str, typer.Argument(metavar="ID")], output: OutputOpt = None) -> None:
+def taint(
+    ctx: typer.Context,
+    authority_id: Annotated[str, typer.Argument(metavar="ID")],
+    output: OutputOpt = None,
+) -> None:
     """Force every SVID signed by an old CA to be reissued."""
     emit(call(ctx, "AuthorityTaint", {"id": authority_id}), fmt(ctx, output), columns=COLUMNS)
 
@@ -41,8 +45,14 @@ def taint(ctx: typer.Context, authority_id: Annotated[str, typer.Argument(metava
 def revoke(
     ctx: typer.Context,
     authority_id: Annotated[str, typer.Argument(metavar="ID")],
-    force: Annotated[bool, typer.Option(help="even if valid SVIDs it signed were not reissued")] = False,
+    force: Annotated[
+        bool, typer.Option(help="even if valid SVIDs it signed were not reissued")
+    ] = False,
     output: OutputOpt = None,
 ) -> None:
     """Drop a tainted CA from the bundle once nothing valid depends on it."""
-    emit(call(ctx, "AuthorityRevoke", {"id": authority_id, "force": force}), fmt(ctx, output), columns=COLUMNS)
+    emit(
+        call(ctx, "AuthorityRevoke", {"id": authority_id, "force": force}),
+        fmt(ctx, output),
+        columns=COLUMNS,
+    )

@@ -21,7 +21,9 @@ class BundleFormat(enum.StrEnum):
 @app.command("show")
 def show(
     ctx: typer.Context,
-    format_: Annotated[BundleFormat, typer.Option("--format", help="pem or spiffe")] = BundleFormat.pem,
+    format_: Annotated[
+        BundleFormat, typer.Option("--format", help="pem or spiffe")
+    ] = BundleFormat.pem,
 ) -> None:
     """Print the trust bundle on stdout."""
     result = call(ctx, "BundleShow")

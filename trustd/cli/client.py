@@ -33,6 +33,11 @@ def admin_socket(flag: str | None) -> Path:
 
 
 def _unreachable(path: Path, exc: BaseException) -> ServerError:
+    if isinstance(exc, PermissionError):
+        return ServerError(
+            f"permission denied on the admin socket {path}: only the user the server runs as, "
+            "or root, may use it"
+        )
     return ServerError(
         f"cannot reach the trustd server at {path} ({exc.__class__.__name__}): "
         "is it running? (start it with 'trustd up', or set --admin-socket)"
@@ -50,7 +55,7 @@ async def _call(path: Path, method: str, doc: dict[str, Any]) -> dict[str, Any]:
         return result
     except GRPCError as exc:
         raise ServerError(exc.message or exc.status.name.lower(), exc.status) from None
-    except (OSError, StreamTerminatedError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, OSError, StreamTerminatedError) as exc:
         raise _unreachable(path, exc) from None
     finally:
         channel.close()

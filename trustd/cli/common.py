@@ -29,9 +29,7 @@ def call(ctx: typer.Context, method: str, doc: dict[str, Any] | None = None) -> 
     return client.call(state(ctx).admin_socket, method, doc)
 
 
-OutputOpt = Annotated[
-    Format | None, typer.Option("--output", "-o", help="table, json or yaml")
-]
+OutputOpt = Annotated[Format | None, typer.Option("--output", "-o", help="table, json or yaml")]
 
 
 def fmt(ctx: typer.Context, override: Format | None) -> Format:

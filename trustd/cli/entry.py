@@ -9,7 +9,9 @@ import typer
 from trustd.cli.common import OutputOpt, call, fmt
 from trustd.cli.output import emit
 
-app = typer.Typer(help="Register workloads: which selectors get which SPIFFE ID.", no_args_is_help=True)
+app = typer.Typer(
+    help="Register workloads: which selectors get which SPIFFE ID.", no_args_is_help=True
+)
 COLUMNS = ["id", "spiffe_id", "selectors", "ttl", "dns_names"]
 
 
@@ -17,14 +19,17 @@ COLUMNS = ["id", "spiffe_id", "selectors", "ttl", "dns_names"]
 def create(
     ctx: typer.Context,
     spiffe_id: Annotated[str, typer.Option("--spiffe-id", help="spiffe://TD/path")],
-    selector: Annotated[list[str], typer.Option("--selector", help="T:K:V, e.g. unix:uid:1000; repeatable")],
+    selector: Annotated[
+        list[str], typer.Option("--selector", help="T:K:V, e.g. unix:uid:1000; repeatable")
+    ],
     ttl: Annotated[str | None, typer.Option(help="SVID TTL, e.g. 1h")] = None,
-    dns: Annotated[list[str] | None, typer.Option("--dns", help="extra DNS SAN; repeatable")] = None,
+    dns: Annotated[
+        list[str] | None, typer.Option("--dns", help="extra DNS SAN; repeatable")
+    ] = None,
     output: OutputOpt = None,
 ) -> None:
     """Register a workload; prints the entry id."""
     from trustd.cli.main import parse_ttl
-
     from trustd.selectors import Selector
     from trustd.spiffeid import SpiffeId
 
@@ -51,12 +56,20 @@ def list_(ctx: typer.Context, output: OutputOpt = None) -> None:
 
 
 @app.command("show")
-def show(ctx: typer.Context, entry_id: Annotated[str, typer.Argument(metavar="ID")], output: OutputOpt = None) -> None:
+def show(
+    ctx: typer.Context,
+    entry_id: Annotated[str, typer.Argument(metavar="ID")],
+    output: OutputOpt = None,
+) -> None:
     """Show one entry."""
     emit(call(ctx, "EntryShow", {"id": entry_id}), fmt(ctx, output), columns=COLUMNS)
 
 
 @app.command("delete")
-def delete(ctx: typer.Context, entry_id: Annotated[str, typer.Argument(metavar="ID")], output: OutputOpt = None) -> None:
+def delete(
+    ctx: typer.Context,
+    entry_id: Annotated[str, typer.Argument(metavar="ID")],
+    output: OutputOpt = None,
+) -> None:
     """Delete an entry; agents stop serving its SVID."""
     emit(call(ctx, "EntryDelete", {"id": entry_id}), fmt(ctx, output), columns=COLUMNS)

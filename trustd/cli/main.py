@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import Annotated
 
 import typer
 from typer.exceptions import TyperException
 
 from trustd import __version__, durations
-from trustd.cli import agent, authority, bundle, entry, svid, token
+from trustd.cli import agent, authority, bundle, entry, policy, rollout, svid, token
 from trustd.cli.client import ServerError
 from trustd.cli.common import CheckFailed, State
 from trustd.cli.output import Format
@@ -45,15 +44,25 @@ def parse_ttl(text: str | None) -> int | None:
 def root(
     ctx: typer.Context,
     admin_socket: Annotated[
-        Path | None,
-        typer.Option("--admin-socket", envvar="TRUSTD_ADMIN_SOCKET", help="the server's admin socket"),
+        # str, not Path: a Path option is checked for readability, and a socket the caller
+        # may not use must reach the client as "permission denied" (exit 2), not bad flags
+        str | None,
+        typer.Option(
+            "--admin-socket", envvar="TRUSTD_ADMIN_SOCKET", help="the server's admin socket"
+        ),
     ] = None,
-    output: Annotated[Format, typer.Option("--output", "-o", help="table, json or yaml")] = Format.table,
+    output: Annotated[
+        Format, typer.Option("--output", "-o", help="table, json or yaml")
+    ] = Format.table,
     debug: Annotated[bool, typer.Option("--debug", help="show tracebacks")] = False,
 ) -> None:
     from trustd.cli.client import admin_socket as resolve
 
-    ctx.obj = State(admin_socket=resolve(str(admin_socket) if admin_socket else None), output=output, debug=debug)
+    ctx.obj = State(
+        admin_socket=resolve(admin_socket),
+        output=output,
+        debug=debug,
+    )
 
 
 @app.command("version")
@@ -66,11 +75,21 @@ def version() -> None:
 def up(
     config: Annotated[str | None, typer.Option("--config", help="YAML config file")] = None,
     data_dir: Annotated[str | None, typer.Option("--data-dir", envvar="TRUSTD_DATA_DIR")] = None,
-    trust_domain: Annotated[str | None, typer.Option("--trust-domain", envvar="TRUSTD_TRUST_DOMAIN")] = None,
-    admin_socket: Annotated[str | None, typer.Option("--admin-socket", envvar="TRUSTD_ADMIN_SOCKET")] = None,
-    agent_socket: Annotated[str | None, typer.Option("--agent-socket", envvar="TRUSTD_AGENT_SOCKET")] = None,
-    server_address: Annotated[str | None, typer.Option("--server-address", envvar="TRUSTD_SERVER_ADDRESS")] = None,
-    metrics_address: Annotated[str | None, typer.Option("--metrics-address", envvar="TRUSTD_METRICS_ADDRESS")] = None,
+    trust_domain: Annotated[
+        str | None, typer.Option("--trust-domain", envvar="TRUSTD_TRUST_DOMAIN")
+    ] = None,
+    admin_socket: Annotated[
+        str | None, typer.Option("--admin-socket", envvar="TRUSTD_ADMIN_SOCKET")
+    ] = None,
+    agent_socket: Annotated[
+        str | None, typer.Option("--agent-socket", envvar="TRUSTD_AGENT_SOCKET")
+    ] = None,
+    server_address: Annotated[
+        str | None, typer.Option("--server-address", envvar="TRUSTD_SERVER_ADDRESS")
+    ] = None,
+    metrics_address: Annotated[
+        str | None, typer.Option("--metrics-address", envvar="TRUSTD_METRICS_ADDRESS")
+    ] = None,
 ) -> None:
     """Server and node agent in one process, with embedded defaults (SQLite, local key file)."""
     from trustd.cli.run import run_up
@@ -92,10 +111,18 @@ def up(
 def server(
     config: Annotated[str | None, typer.Option("--config", help="YAML config file")] = None,
     data_dir: Annotated[str | None, typer.Option("--data-dir", envvar="TRUSTD_DATA_DIR")] = None,
-    trust_domain: Annotated[str | None, typer.Option("--trust-domain", envvar="TRUSTD_TRUST_DOMAIN")] = None,
-    admin_socket: Annotated[str | None, typer.Option("--admin-socket", envvar="TRUSTD_ADMIN_SOCKET")] = None,
-    server_address: Annotated[str | None, typer.Option("--server-address", envvar="TRUSTD_SERVER_ADDRESS")] = None,
-    metrics_address: Annotated[str | None, typer.Option("--metrics-address", envvar="TRUSTD_METRICS_ADDRESS")] = None,
+    trust_domain: Annotated[
+        str | None, typer.Option("--trust-domain", envvar="TRUSTD_TRUST_DOMAIN")
+    ] = None,
+    admin_socket: Annotated[
+        str | None, typer.Option("--admin-socket", envvar="TRUSTD_ADMIN_SOCKET")
+    ] = None,
+    server_address: Annotated[
+        str | None, typer.Option("--server-address", envvar="TRUSTD_SERVER_ADDRESS")
+    ] = None,
+    metrics_address: Annotated[
+        str | None, typer.Option("--metrics-address", envvar="TRUSTD_METRICS_ADDRESS")
+    ] = None,
 ) -> None:
     """CA, KMS bridge, registry, policy, audit, admin API and agent API."""
     from trustd.cli.run import run_server
@@ -118,23 +145,38 @@ app.add_typer(bundle.app, name="bundle")
 app.add_typer(authority.app, name="authority")
 app.add_typer(token.app, name="token")
 app.add_typer(agent.app, name="agent")
+app.add_typer(policy.app, name="policy")
+app.add_typer(rollout.app, name="rollout")
+
+
+@app.command("proxy")
+def proxy(config: Annotated[str, typer.Option("--config", help="proxy config file (YAML)")]) -> None:
+    """The bundled mTLS sidecar: SVIDs and policy from the local agent."""
+    from trustd.dataplane.run import run as run_proxy
+
+    code = run_proxy(config)
+    if code:
+        raise typer.Exit(code)
 
 
 def _fail(message: str, code: int) -> int:
-    sys.stderr.write(f"trustd: {message}\n")
+    one_line = "; ".join(part.strip() for part in message.splitlines() if part.strip())
+    sys.stderr.write(f"trustd: {one_line}\n")
     return code
 
 
 def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:
-        app(args=argv, prog_name="trustd", standalone_mode=False)
+        # Without standalone mode, a command's `raise typer.Exit(n)` comes back as n.
+        rc = app(args=argv, prog_name="trustd", standalone_mode=False)
     except typer.Exit as exc:
         return int(exc.exit_code or 0)
     except typer.Abort:
         return _fail("aborted", 1)
     except TyperException as exc:  # bad flags, missing options
-        return _fail(exc.format_message(), 1)
+        message = exc.format_message()
+        return _fail(message, 1) if message else 1  # no args: the help was printed already
     except ServerError as exc:
         if debug:
             raise
@@ -147,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(str(exc), 1)
     except KeyboardInterrupt:
         return 130
-    return 0
+    return rc if isinstance(rc, int) and not isinstance(rc, bool) else 0
 
 
 def entrypoint() -> None:

@@ -19,7 +19,9 @@ class Format(enum.StrEnum):
     yaml = "yaml"
 
 
-def emit(data: Any, fmt: Format, *, columns: Sequence[str] | None = None, rows_key: str | None = None) -> None:
+def emit(
+    data: Any, fmt: Format, *, columns: Sequence[str] | None = None, rows_key: str | None = None
+) -> None:
     if fmt is Format.json:
         sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
         return

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import structlog
@@ -27,7 +27,7 @@ async def _until_signalled() -> None:
         loop.remove_signal_handler(sig)
 
 
-def _run(main: Callable[[], Awaitable[None]]) -> None:
+def _run(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(main())
 

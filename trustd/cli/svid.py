@@ -19,28 +19,36 @@ app = typer.Typer(help="Mint X.509-SVIDs by hand.", no_args_is_help=True)
 
 def _write(path: Path, data: bytes, mode: int) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    # An existing file keeps its old mode through O_CREAT: narrow it before the key goes in.
+    os.fchmod(fd, mode)
     with os.fdopen(fd, "wb") as fh:
         fh.write(data)
-    os.chmod(path, mode)
 
 
 @app.command("mint")
 def mint(
     ctx: typer.Context,
     spiffe_id: Annotated[str, typer.Option("--spiffe-id", help="spiffe://TD/path")],
-    out_dir: Annotated[Path, typer.Option("--out-dir", help="writes svid.pem, svid.key, bundle.pem")],
+    out_dir: Annotated[
+        Path, typer.Option("--out-dir", help="writes svid.pem, svid.key, bundle.pem")
+    ],
     ttl: Annotated[str | None, typer.Option(help="e.g. 10m; default: the server's")] = None,
-    dns: Annotated[list[str] | None, typer.Option("--dns", help="extra DNS SAN; repeatable")] = None,
+    dns: Annotated[
+        list[str] | None, typer.Option("--dns", help="extra DNS SAN; repeatable")
+    ] = None,
     output: OutputOpt = None,
 ) -> None:
     """Mint an SVID. The private key is made here and never leaves this machine."""
     from trustd.cli.main import parse_ttl
-
     from trustd.spiffeid import SpiffeId
 
     SpiffeId.parse(spiffe_id)
     key = ec.generate_private_key(ec.SECP256R1())
-    csr = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([])).sign(key, hashes.SHA256())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([]))
+        .sign(key, hashes.SHA256())
+    )
     result = call(
         ctx,
         "SvidMint",
@@ -56,7 +64,9 @@ def mint(
     _write(
         out_dir / "svid.key",
         key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
         ),
         0o600,
     )

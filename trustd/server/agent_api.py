@@ -38,12 +38,14 @@ from trustd.errors import (
     PermissionDeniedError,
     TrustdError,
     UnauthenticatedError,
+    UnavailableError,
 )
 from trustd.server import core as core_mod
 from trustd.server.audit_hook import SYSTEM, Actor
 from trustd.server.changes import ChangeHub
 from trustd.server.core import ServerCore
-from trustd.server.inprocess import ServerUpstream
+from trustd.server.inprocess import PolicyUpstreamInProcess, ServerUpstream
+from trustd.server.policy_plane import PolicyPlane
 from trustd.server.rpc import JsonService, run_blocking
 from trustd.spiffeid import SpiffeId
 from trustd.store.base import AgentRecord
@@ -66,17 +68,26 @@ def entry_doc(e: RegistrationEntry) -> dict[str, Any]:
 class AgentApi(JsonService):
     service_name = SERVICE
 
-    def __init__(self, core: ServerCore, hub: ChangeHub, executor: Executor | None) -> None:
+    def __init__(
+        self,
+        core: ServerCore,
+        hub: ChangeHub,
+        executor: Executor | None,
+        policy: PolicyPlane | None = None,
+    ) -> None:
         super().__init__()
         self.core = core
         self.hub = hub
         self.executor = executor
+        self.policy = policy
         self.unary("Join", self._join)
         self.unary("RenewAgent", self._renew)
         self.unary("SignSvids", self._sign)
         self.unary("Report", self._report)
         self.server_stream("WatchEntries", self._watch_entries)
         self.server_stream("WatchBundles", self._watch_bundles)
+        self.server_stream("WatchPolicy", self._watch_policy)
+        self.unary("ReportPolicy", self._report_policy)
 
     # -- identity of the caller ---------------------------------------------
     def _peer_cert(self, stream: grpclib.server.Stream[Any, Any]) -> x509.Certificate | None:
@@ -269,6 +280,22 @@ class AgentApi(JsonService):
                 "removed": list(upd.removed),
             }
 
+    async def _watch_policy(self, stream: Any, d: dict[str, Any]) -> AsyncIterator[Any]:
+        rec = await self._run(self._agent_of, stream)
+        upstream = _policy_upstream(self, rec, stream)
+        async for doc in self._guarded(stream, upstream.watch_policy()):
+            yield {"policy": doc}
+
+    async def _report_policy(self, stream: Any, d: dict[str, Any]) -> Any:
+        rec = await self._run(self._agent_of, stream)
+        upstream = _policy_upstream(self, rec, stream)
+        await upstream.send_policy_reports(
+            acks=[(str(a[0]), int(a[1])) for a in d.get("acks", [])],
+            statuses=[s for s in d.get("statuses", []) if isinstance(s, dict)],
+            denials=[e for e in d.get("denials", []) if isinstance(e, dict)],
+        )
+        return {}
+
     async def _watch_bundles(self, stream: Any, d: dict[str, Any]) -> AsyncIterator[Any]:
         rec = await self._run(self._agent_of, stream)
         upstream = ServerUpstream(self.core, self.hub, self.executor, self._actor(rec, stream))
@@ -282,6 +309,12 @@ class AgentApi(JsonService):
             }
 
 
+def _policy_upstream(api: AgentApi, rec: AgentRecord, stream: Any) -> PolicyUpstreamInProcess:
+    if api.policy is None:
+        raise UnavailableError("this server has no policy plane")
+    return PolicyUpstreamInProcess(api.policy, api.hub, api._actor(rec, stream))
+
+
 def _issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
     try:
         cert.verify_directly_issued_by(ca)
@@ -293,11 +326,17 @@ def _issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
 class AgentApiServer:
     """The TLS listener for agents, with the server's own SVID, renewed at half life."""
 
-    def __init__(self, core: ServerCore, hub: ChangeHub, executor: Executor | None) -> None:
+    def __init__(
+        self,
+        core: ServerCore,
+        hub: ChangeHub,
+        executor: Executor | None,
+        policy: PolicyPlane | None = None,
+    ) -> None:
         self.core = core
         self.hub = hub
         self.executor = executor
-        self.api = AgentApi(core, hub, executor)
+        self.api = AgentApi(core, hub, executor, policy)
         self._server: grpclib.server.Server | None = None
         self._ctx: ssl.SSLContext | None = None
         self._renew_task: asyncio.Task[None] | None = None

@@ -24,7 +24,9 @@ from trustd.errors import TrustdError
 from trustd.server import factory
 from trustd.server.admin import AdminService
 from trustd.server.agent_api import AgentApiServer
+from trustd.server.admin_policy import register as register_policy_admin
 from trustd.server.audit_hook import Auditor
+from trustd.server.policy_plane import PolicyPlane
 from trustd.server.changes import ChangeHub
 from trustd.server.core import ServerCore
 from trustd.spiffeid import TrustDomain
@@ -91,7 +93,14 @@ class TrustdServer:
             metrics=self.metrics,
             hub=self.hub,
         )
-        self.agent_api = AgentApiServer(self.core, self.hub, self.executor)
+        self.policy = PolicyPlane(
+            store=self.store,
+            clock=self.clock,
+            auditor=self.auditor,
+            changes=self.hub,
+            settle_period=cfg.rollout.settle_period,
+        )
+        self.agent_api = AgentApiServer(self.core, self.hub, self.executor, self.policy)
         self.agent_api_port: int | None = None
         self._admin_server: grpclib.server.Server | None = None
         self._health = HealthServer(registries=[self.metrics.registry], readiness=self.readiness)
@@ -153,11 +162,13 @@ class TrustdServer:
             socket_path=self.cfg.admin_socket_path,
             owner_uid=os.getuid(),
         )
+        register_policy_admin(admin, self.policy)
         self._admin_server = grpclib.server.Server([admin, health])
         await bind_unix_socket_server(self._admin_server, self.cfg.admin_socket_path, 0o600)
         self.metrics_address = await self._health.start(self.cfg.metrics_address)
         self._tasks.append(asyncio.create_task(self._bring_up_ca()))
         self._tasks.append(asyncio.create_task(self._rotation_loop()))
+        self.policy.start()
         log.info(
             "server started",
             trust_domain=str(self.trust_domain),
@@ -181,6 +192,7 @@ class TrustdServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.agent_api.stop()
+        await self.policy.stop()
         if self._admin_server is not None:
             self._admin_server.close()
             await self._admin_server.wait_closed()

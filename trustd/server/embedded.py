@@ -18,7 +18,7 @@ from trustd.agent.service import AgentService
 from trustd.config import ServerConfig
 from trustd.server.app import TrustdServer
 from trustd.server.audit_hook import Actor
-from trustd.server.inprocess import ServerUpstream
+from trustd.server.inprocess import PolicyUpstreamInProcess, ServerUpstream
 
 log = structlog.get_logger(__name__)
 
@@ -46,6 +46,9 @@ class Embedded:
             trust_domain=self.server.trust_domain,
             clock=self.server.clock,
             metrics=AgentMetrics(self.server.metrics.registry),
+            policy_upstream=PolicyUpstreamInProcess(
+                self.server.policy, self.server.hub, self.agent_actor
+            ),
         )
         await self.agent.start()
         await self.agent.wait_ready()

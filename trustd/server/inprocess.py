@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
+from typing import Any
 from concurrent.futures import Executor
 
 from trustd.agent.upstream import BundleUpdate, EntryUpdate, SignedSvid, SvidRequest
@@ -123,3 +124,52 @@ def _without_root(chain: tuple[bytes, ...]) -> tuple[bytes, ...]:
     if last.issuer == last.subject:
         return chain[:-1]
     return chain
+
+
+class PolicyUpstreamInProcess:
+    """The agent's policy relay wired straight into the server's policy plane."""
+
+    def __init__(self, plane: Any, hub: ChangeHub, actor: Actor) -> None:
+        self.plane = plane
+        self.hub = hub
+        self.actor = actor
+
+    async def watch_policy(self) -> AsyncIterator[dict[str, Any]]:
+        seen = self.hub.version("policy")
+        last = -1
+        while True:
+            current = self.plane.current()
+            if current.version != last:
+                last = current.version
+                yield current.to_json()
+            seen = await self.hub.wait("policy", seen, FALLBACK_RECHECK)
+
+    async def send_policy_reports(
+        self,
+        *,
+        acks: list[tuple[str, int]],
+        statuses: list[dict[str, Any]],
+        denials: list[dict[str, Any]],
+    ) -> None:
+        apply_policy_reports(self.plane, self.actor, acks=acks, statuses=statuses, denials=denials)
+
+
+def apply_policy_reports(
+    plane: Any,
+    actor: Actor,
+    *,
+    acks: list[tuple[str, int]],
+    statuses: list[dict[str, Any]],
+    denials: list[dict[str, Any]],
+) -> None:
+    from trustd.policy.status import ProxyStatus
+
+    for proxy_id, version in acks:
+        plane.ack(proxy_id, version)
+    for doc in statuses:
+        try:
+            plane.report(ProxyStatus.from_json(doc))
+        except (ValueError, KeyError, TypeError, TrustdError):
+            continue  # a malformed report is dropped, never fatal
+    for event in denials:
+        plane.denial(actor, event)

@@ -1,0 +1,55 @@
+"""trustd rollout start|status|pause|resume|abort"""
+
+from __future__ import annotations
+
+import enum
+from typing import Annotated
+
+import typer
+
+from trustd.cli.common import OutputOpt, call, fmt
+from trustd.cli.output import Format, emit
+
+app = typer.Typer(help="Lossless mTLS rollouts: servers first, clients follow.", no_args_is_help=True)
+COLUMNS = ["id", "state", "step", "phase", "target", "selector", "policyVersion", "waitingFor"]
+
+
+class Target(enum.StrEnum):
+    STRICT = "STRICT"
+    DISABLE = "DISABLE"
+
+
+def _show(result: dict[str, object], f: Format) -> None:
+    emit(result, f, columns=COLUMNS)
+
+
+@app.command("start")
+def start(
+    ctx: typer.Context,
+    selector: Annotated[str, typer.Option(help="server SPIFFE ID glob, e.g. spiffe://trustd.local/ns/shop/**")],
+    to: Annotated[Target, typer.Option("--to", case_sensitive=False, help="STRICT or DISABLE")],
+    canary: Annotated[int, typer.Option(help="instances to change first")] = 0,
+    step_timeout: Annotated[str | None, typer.Option("--step-timeout", help="e.g. 5m")] = None,
+    output: OutputOpt = None,
+) -> None:
+    """Start a rollout; each step waits for every affected proxy to acknowledge it."""
+    result = call(
+        ctx,
+        "RolloutStart",
+        {"selector": selector, "target": to.value, "canary": canary, "step_timeout": step_timeout},
+    )
+    _show(result, fmt(ctx, output))
+
+
+def _simple(name: str, method: str, doc: str) -> None:
+    def cmd(ctx: typer.Context, output: OutputOpt = None) -> None:
+        _show(call(ctx, method), fmt(ctx, output))
+
+    cmd.__doc__ = doc
+    app.command(name)(cmd)
+
+
+_simple("status", "RolloutStatus", "The current or last rollout: state, step, target.")
+_simple("pause", "RolloutPause", "Stop advancing after the current step.")
+_simple("resume", "RolloutResume", "Continue a paused or failed rollout.")
+_simple("abort", "RolloutAbort", "Roll back to the last safe step.")

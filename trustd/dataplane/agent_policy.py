@@ -1,0 +1,136 @@
+"""The proxy's policy from the local agent: a versioned watch stream it acknowledges.
+
+Talks to ``trustd.policy.v1.PolicyRelay`` on the agent socket. The first
+version is waited for at start (a proxy never serves on a guess); after that
+the last version is kept through agent restarts while the stream reconnects
+with backoff. ACKs, reports and denials are sent in the background and never
+block a connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+from google.protobuf.wrappers_pb2 import BytesValue
+from grpclib.client import Channel, UnaryStreamMethod, UnaryUnaryMethod
+from grpclib.exceptions import GRPCError, StreamTerminatedError
+
+from trustd.dataplane.policysource import PolicyListener
+from trustd.dataplane.proxy import DenialEvent
+from trustd.errors import UnavailableError
+from trustd.policy.effective import PolicySet
+from trustd.policy.status import ProxyStatus
+
+log = structlog.get_logger(__name__)
+
+SERVICE = "trustd.policy.v1.PolicyRelay"
+
+
+class AgentPolicySource:
+    def __init__(self, *, socket_path: str, proxy_id: str, first_policy_timeout: float = 15.0) -> None:
+        self._path = socket_path
+        self.proxy_id = proxy_id
+        self._timeout = first_policy_timeout
+        self._policy: PolicySet | None = None
+        self._listeners: dict[int, PolicyListener] = {}
+        self._next = 0
+        self._first = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._watch: asyncio.Task[None] | None = None
+
+    def _channel(self) -> Channel:
+        return Channel(path=self._path)
+
+    async def start(self) -> None:
+        self._watch = asyncio.ensure_future(self._follow())
+        try:
+            await asyncio.wait_for(self._first.wait(), self._timeout)
+        except TimeoutError:
+            raise UnavailableError(
+                f"no policy from the agent at {self._path} within {self._timeout:.0f}s: "
+                "is the agent running, and does this process have an entry?"
+            ) from None
+
+    async def _follow(self) -> None:
+        delay = 0.2
+        while True:
+            channel = self._channel()
+            try:
+                stub = UnaryStreamMethod(channel, f"/{SERVICE}/Watch", BytesValue, BytesValue)
+                async with stub.open() as st:
+                    await st.send_message(
+                        BytesValue(value=json.dumps({"proxy_id": self.proxy_id}).encode()), end=True
+                    )
+                    async for msg in st:
+                        doc = json.loads(msg.value)
+                        self._set(PolicySet.from_json(doc["policy"]))
+                        delay = 0.2
+            except (GRPCError, OSError, StreamTerminatedError, ValueError, KeyError) as exc:
+                log.warning("policy stream from the agent lost; retrying", error=str(exc), retry_in=delay)
+            finally:
+                channel.close()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+    def _set(self, policy: PolicySet) -> None:
+        if self._policy is not None and policy.version <= self._policy.version:
+            return
+        self._policy = policy
+        self._first.set()
+        for listener in list(self._listeners.values()):
+            listener(policy)
+
+    # -- PolicySource ------------------------------------------------------------
+    def current(self) -> PolicySet:
+        return self._policy if self._policy is not None else PolicySet.empty()
+
+    def subscribe(self, listener: PolicyListener) -> Callable[[], None]:
+        key = self._next
+        self._next += 1
+        self._listeners[key] = listener
+
+        def unsubscribe() -> None:
+            self._listeners.pop(key, None)
+
+        return unsubscribe
+
+    def _send(self, method: str, doc: dict[str, Any]) -> None:
+        async def call() -> None:
+            channel = self._channel()
+            try:
+                stub = UnaryUnaryMethod(channel, f"/{SERVICE}/{method}", BytesValue, BytesValue)
+                await stub(BytesValue(value=json.dumps(doc, default=str).encode()), timeout=10)
+            except (GRPCError, OSError, StreamTerminatedError, TimeoutError) as exc:
+                log.warning("could not send to the agent", method=method, error=str(exc))
+            finally:
+                channel.close()
+
+        task = asyncio.ensure_future(call())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def ack(self, version: int) -> None:
+        self._send("Ack", {"proxy_id": self.proxy_id, "version": version})
+
+    def report(self, status: ProxyStatus) -> None:
+        self._send("Report", {"status": status.to_json()})
+
+    def deny(self, event: DenialEvent) -> None:
+        doc = dataclasses.asdict(event)
+        doc["time"] = event.time.isoformat()
+        self._send("Deny", {"event": doc})
+
+    async def close(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+        for task in list(self._tasks):
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(task, 2)

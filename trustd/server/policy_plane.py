@@ -1,0 +1,235 @@
+"""The policy control plane inside the server: policy, rollouts, proxy ACKs and reports.
+
+It wraps the in-memory :class:`trustd.policy.hub.PolicyHub` (publication,
+settling, safety checks) and :class:`trustd.policy.rollout.RolloutEngine`,
+keeps both in the store so a restart resumes where it was, records every
+change in the audit log, and tells agents (through the ChangeHub topic
+``policy``) that a new version exists. Proxies' ACKs, reports and denials
+arrive through agents. Everything here runs on the server's event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+from typing import Any
+
+import structlog
+
+from trustd.clock import Clock
+from trustd.errors import TrustdError
+from trustd.policy.effective import PolicySet
+from trustd.policy.hub import ApplyResult, PolicyHub
+from trustd.policy.model import PolicyObject
+from trustd.policy.rollout import RolloutEngine, RolloutEvent, RolloutStatus
+from trustd.policy.status import ProxyStatus
+from trustd.server.audit_hook import SYSTEM, Actor, Auditor
+from trustd.server.changes import ChangeHub
+from trustd.store.base import Store
+
+log = structlog.get_logger(__name__)
+
+POLICY_DOC = "policy.current"
+ROLLOUT_DOC = "rollout.state"
+TICK_SECONDS = 1.0
+STATUS_MAX_AGE = dt.timedelta(minutes=2)  # a proxy silent this long no longer counts
+
+
+class StoreRolloutStore:
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    def load(self) -> dict[str, Any] | None:
+        text = self._store.get_doc(ROLLOUT_DOC)
+        return None if text is None else dict(json.loads(text))
+
+    def save(self, state: dict[str, Any]) -> None:
+        self._store.put_doc(ROLLOUT_DOC, json.dumps(state))
+
+
+class PolicyPlane:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        clock: Clock,
+        auditor: Auditor,
+        changes: ChangeHub,
+        settle_period: dt.timedelta = dt.timedelta(seconds=30),
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self._auditor = auditor
+        self._changes = changes
+        text = store.get_doc(POLICY_DOC)
+        initial = PolicySet.from_json(json.loads(text)) if text else None
+        self.hub = PolicyHub(clock=clock, initial=initial)
+        self.hub.subscribe(self._published)
+        self.engine = RolloutEngine(
+            publisher=self.hub,
+            store=StoreRolloutStore(store),
+            clock=clock,
+            on_event=self._rollout_event,
+            settle_period=settle_period,
+        )
+        self._task: asyncio.Task[None] | None = None
+
+    # -- publication ---------------------------------------------------------
+    def _published(self, policy: PolicySet) -> None:
+        self._store.put_doc(POLICY_DOC, json.dumps(policy.to_json()))
+        self._changes.notify("policy")
+
+    def current(self) -> PolicySet:
+        return self.hub.current()
+
+    def _audit(self, type_: str, actor: Actor, action: str, resource: str, outcome: str = "success",
+               reason: str = "", details: dict[str, Any] | None = None) -> None:
+        self._auditor.record(
+            type=type_, actor=actor, action=action, resource=resource, outcome=outcome,
+            reason=reason, details=details or {},
+        )
+
+    def apply(
+        self,
+        actor: Actor,
+        objects: list[PolicyObject],
+        *,
+        prune: bool,
+        force: bool,
+        dry_run: bool,
+    ) -> ApplyResult:
+        names = [f"{o.kind}/{o.metadata.namespace}/{o.metadata.name}" for o in objects]
+        if not dry_run:
+            self._auditor.check()
+        try:
+            result = self.hub.apply(objects, prune=prune, force=force, dry_run=dry_run)
+        except TrustdError as exc:
+            if not dry_run:
+                self._audit("policy.apply", actor, "apply", ",".join(names)[:1000], "failure", str(exc))
+            raise
+        if not dry_run:
+            self._audit(
+                "policy.apply",
+                actor,
+                "apply",
+                ",".join(names)[:1000],
+                details={
+                    "version": result.policy.version,
+                    "published": result.published,
+                    "forced_reasons": list(result.forced_reasons),
+                    "changes": result.diff.lines()[:50],
+                },
+            )
+        return result
+
+    def client_tls_off(self, actor: Actor, off: bool, *, force: bool) -> ApplyResult:
+        self._auditor.check()
+        result = self.hub.set_client_tls_off_global(off, force=force)
+        self._audit(
+            "policy.client_tls",
+            actor,
+            "off" if off else "on",
+            "client-tls/global",
+            details={"version": result.policy.version, "forced_reasons": list(result.forced_reasons)},
+        )
+        return result
+
+    # -- rollouts ------------------------------------------------------------
+    def _rollout_event(self, event: RolloutEvent) -> None:
+        try:
+            self._audit(
+                "rollout.step",
+                SYSTEM,
+                event.action,
+                f"rollout/{event.rollout_id}",
+                "failure" if event.action in ("failed",) else "success",
+                event.reason or "",
+                {
+                    "step": event.step,
+                    "phase": event.phase,
+                    "policy_version": event.policy_version,
+                    **{k: v for k, v in event.details.items() if isinstance(v, str | int | float | bool | list)},
+                },
+            )
+        except TrustdError:
+            log.error("rollout event could not be audited", rollout=event.rollout_id, action=event.action)
+
+    def rollout(self, actor: Actor, command: str, **kwargs: Any) -> RolloutStatus:
+        self._auditor.check()
+        statuses = self.hub.statuses(max_age=STATUS_MAX_AGE)
+        if command == "start":
+            status = self.engine.start(statuses=statuses, **kwargs)
+        elif command == "pause":
+            status = self.engine.pause()
+        elif command == "resume":
+            status = self.engine.resume()
+        elif command == "abort":
+            status = self.engine.abort()
+        else:
+            status = self.engine.status()
+            return status
+        self._audit(
+            "admin.rollout." + command,
+            actor,
+            command,
+            f"rollout/{status.id}",
+            details={"state": status.state.value, "step": status.step, "target": status.target.value},
+        )
+        return status
+
+    def tick(self) -> None:
+        if not self.engine.has_rollout():
+            return
+        try:
+            self.engine.tick(self.hub.statuses(max_age=STATUS_MAX_AGE))
+        except TrustdError as exc:
+            log.warning("rollout tick failed", error=str(exc))
+
+    # -- proxies (through agents) ------------------------------------------
+    def ack(self, proxy_id: str, version: int) -> None:
+        self.hub.ack(proxy_id, version)
+
+    def report(self, status: ProxyStatus) -> None:
+        self.hub.report(status)
+
+    def denial(self, agent: Actor, event: dict[str, Any]) -> None:
+        """A proxy refused a connection: one audit event, actor = the proxy's peer as seen."""
+        peer = event.get("peer_spiffe_id")
+        actor = (
+            Actor(kind="spiffe", id=str(peer), addr=str(event.get("peer_address") or "") or None)
+            if peer
+            else Actor(kind="unix", id=f"peer:{event.get('peer_address', 'unknown')}"[:200],
+                       addr=str(event.get("peer_address") or "") or None)
+        )
+        self._audit(
+            "proxy.connection.deny",
+            actor,
+            "connect",
+            str(event.get("listener", ""))[:200],
+            "failure",
+            str(event.get("detail", ""))[:500],
+            {
+                "proxy_id": str(event.get("proxy_id", ""))[:200],
+                "reason_code": str(event.get("reason", ""))[:100],
+                "local_spiffe_id": str(event.get("local_spiffe_id") or ""),
+                "policy_version": int(event.get("policy_version") or 0),
+                "reported_by": agent.id,
+            },
+        )
+
+    # -- lifecycle -----------------------------------------------------------
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_SECONDS)
+            self.tick()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
