@@ -9,7 +9,7 @@ import typer
 from typer.exceptions import TyperException
 
 from trustd import __version__, durations
-from trustd.cli import agent, authority, bundle, entry, policy, rollout, svid, token
+from trustd.cli import agent, audit, authority, bundle, entry, policy, rollout, svid, token
 from trustd.cli.client import ServerError
 from trustd.cli.common import CheckFailed, State
 from trustd.cli.output import Format
@@ -147,6 +147,7 @@ app.add_typer(token.app, name="token")
 app.add_typer(agent.app, name="agent")
 app.add_typer(policy.app, name="policy")
 app.add_typer(rollout.app, name="rollout")
+app.add_typer(audit.app, name="audit")
 
 
 @app.command("proxy")

@@ -24,7 +24,9 @@ from trustd.errors import TrustdError
 from trustd.server import factory
 from trustd.server.admin import AdminService
 from trustd.server.agent_api import AgentApiServer
+from trustd.server.admin_audit import register as register_audit_admin
 from trustd.server.admin_policy import register as register_policy_admin
+from trustd.server.auditing import AuditLogAuditor
 from trustd.server.audit_hook import Auditor
 from trustd.server.policy_plane import PolicyPlane
 from trustd.server.changes import ChangeHub
@@ -163,6 +165,8 @@ class TrustdServer:
             owner_uid=os.getuid(),
         )
         register_policy_admin(admin, self.policy)
+        if isinstance(self.auditor, AuditLogAuditor):
+            register_audit_admin(admin, self.auditor)
         self._admin_server = grpclib.server.Server([admin, health])
         await bind_unix_socket_server(self._admin_server, self.cfg.admin_socket_path, 0o600)
         self.metrics_address = await self._health.start(self.cfg.metrics_address)
