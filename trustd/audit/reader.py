@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -21,12 +22,21 @@ import structlog
 from trustd import durations
 from trustd.audit.errors import AuditEventError
 from trustd.audit.events import format_time
-from trustd.audit.record import AuditRecord, parse_line, record_from_json
+from trustd.audit.record import (
+    AuditRecord,
+    Row,
+    parse_json_line,
+    parse_line,
+    record_from_json,
+    row_from_line,
+    row_from_record,
+)
 from trustd.audit.segments import Segment, last_lines, list_segments
 
 log = structlog.get_logger(__name__)
 
 _CHUNK = 1 << 20
+_SEQ_RE = re.compile(rb'\{"id":"[^"\\]*","seq":(\d+),')
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -64,6 +74,19 @@ class _Matcher:
     @property
     def everything(self) -> bool:
         return not (self.since or self.until or self.exact or self.prefixes or self.outcome)
+
+    def row(self, row: Row) -> bool:
+        t = row[2]
+        if self.since is not None and t < self.since:
+            return False
+        if self.until is not None and t >= self.until:
+            return False
+        if self.outcome is not None and row[10] != self.outcome:
+            return False
+        if self.exact or self.prefixes:
+            typ = row[3]
+            return typ in self.exact or (bool(self.prefixes) and typ.startswith(self.prefixes))
+        return True
 
     def __call__(self, data: dict[str, Any]) -> bool:
         t = data["time"]
@@ -104,33 +127,86 @@ def iter_records(
     *,
     where: EventFilter | None = None,
     from_seq: int = 1,
+    lazy: bool = False,
 ) -> Iterator[AuditRecord]:
     """Events in seq order across segments, filtered; unreadable lines are logged and skipped
-    (``verify`` is what judges damage)."""
+    (``verify`` is what judges damage).
+
+    ``lazy`` (without filters): records parse on first access, so a JSON lines export
+    copies lines as they are; reading a field of a damaged line then raises ValueError
+    instead of the line being skipped here.
+    """
     match = (where or EventFilter()).matcher()
     everything = match.everything
+    if lazy and everything and from_seq <= 1:
+        yield from _iter_lazy(list_segments(directory))
+        return
     segments = list_segments(directory)
-    loads = json.loads
     for i, seg in enumerate(segments):
         if i + 1 < len(segments) and segments[i + 1].first_seq <= from_seq:
             continue
         try:
-            fh = seg.path.open("rb")
+            fh = seg.path.open("r", encoding="utf-8", errors="replace", newline="\n")
         except FileNotFoundError:  # removed by retention since it was listed
             continue
         with fh:
             for lineno, line in enumerate(fh, 1):
-                if not line.endswith(b"\n"):
+                if line[-1:] != "\n":
                     break  # an append in progress, or a torn line
                 try:
-                    data = loads(line)
-                    if data["seq"] < from_seq or not (everything or match(data)):
+                    data = parse_json_line(line[:-1])
+                    if (from_seq > 1 and data["seq"] < from_seq) or not (everything or match(data)):
                         continue
-                    yield record_from_json(data, raw=line[:-1].decode("utf-8"))
+                    rec = record_from_json(data, raw=line[:-1])
                 except (ValueError, KeyError, TypeError):
                     log.warning(
                         "audit line unreadable, skipped", segment=seg.path.name, line=lineno
                     )
+                    continue
+                yield rec
+
+
+def iter_rows(directory: Path, *, where: EventFilter | None = None) -> Iterator[Row]:
+    """Events as export rows, in seq order across segments, filtered: the export fast path
+    (a regex instead of a JSON parse for the usual line, no per-event object)."""
+    match = (where or EventFilter()).matcher()
+    everything = match.everything
+    skipped = 0
+    for seg in list_segments(directory):
+        try:
+            fh = seg.path.open("r", encoding="utf-8", errors="replace", newline="\n")
+        except FileNotFoundError:
+            continue
+        with fh:
+            for line in fh:
+                if line[-1:] != "\n":
+                    break  # an append in progress, or a torn line
+                raw = line[:-1]
+                row = row_from_line(raw)
+                if row is None:  # escapes in the head, or not the canonical shape
+                    try:
+                        row = row_from_record(parse_line(raw))
+                    except (ValueError, KeyError, TypeError):
+                        skipped += 1
+                        continue
+                if everything or match.row(row):
+                    yield row
+    if skipped:
+        log.warning("audit lines unreadable, skipped", lines=skipped)
+
+
+def _iter_lazy(segments: list[Segment]) -> Iterator[AuditRecord]:
+    lazy = AuditRecord.lazy
+    for seg in segments:
+        try:
+            fh = seg.path.open("r", encoding="utf-8", errors="replace", newline="\n")
+        except FileNotFoundError:
+            continue
+        with fh:
+            for line in fh:
+                if line[-1:] != "\n":
+                    break
+                yield lazy(line[:-1])
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -234,6 +310,9 @@ class Follower:
             pos = Position(segment=self._seg.first_seq, offset=self._buf_offset)
             self._buf = self._buf[nl + 1 :]
             self._buf_offset += nl + 1
+            m = _SEQ_RE.match(line)
+            if m is not None and int(m.group(1)) < self._next_seq:
+                continue  # seeking forward: no need to parse what is skipped
             try:
                 rec = parse_line(line)
             except (ValueError, KeyError, TypeError):
@@ -288,7 +367,7 @@ def tail(
     match = (where or EventFilter()).matcher()
     recent = last_records(directory, last) if last > 0 else []
     for rec in recent:
-        if match.everything or match(rec.to_json()):
+        if match.everything or match(rec.data):
             yield rec
     if not follow:
         return
@@ -305,7 +384,7 @@ def tail(
         while stop is None or not stop.is_set():
             batch = follower.read()
             for rec, _ in batch:
-                if match.everything or match(rec.to_json()):
+                if match.everything or match(rec.data):
                     yield rec
             if batch:
                 continue

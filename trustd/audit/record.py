@@ -19,7 +19,7 @@ import datetime as dt
 import hashlib
 import json
 import re
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 from trustd.audit.events import Actor, Outcome
@@ -40,28 +40,118 @@ FIELDS = (
     "hash",
 )
 ACTOR_FIELDS = ("kind", "id", "uid", "addr")
-_HASH_MEMBER_LEN = len(',"hash":""}') + 64
 _HASH_SUFFIX_RE = re.compile(rb',"hash":"([0-9a-f]{64})"\}\n?$')
 _ENCODER = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), allow_nan=False)
+_esc: Callable[[str], str] = json.encoder.encode_basestring_ascii  # what JSONEncoder uses
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+def _no_default(obj: object) -> object:
+    raise TypeError(f"{type(obj).__name__} is not JSON data")
+
+
+try:  # the C encoder JSONEncoder.encode ends up in, without its Python-level layers
+    from _json import make_encoder as _make_encoder
+
+    _c_encode = _make_encoder(
+        None, _no_default, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, False
+    )
+
+    def encode_json(obj: Any) -> str:
+        """Compact, ASCII-only JSON, exactly as ``_ENCODER.encode`` would produce."""
+        if isinstance(obj, str):
+            return _esc(obj)
+        return "".join(_c_encode(obj, 0))
+except ImportError:  # pragma: no cover - CPython always has _json
+
+    def encode_json(obj: Any) -> str:
+        return _ENCODER.encode(obj)
+
+
 class AuditRecord:
-    """An event as stored: the input fields plus what the log added."""
+    """A stored event: a read-only view over its stored line.
 
-    id: str  # random UUID4 text, unique per event
-    seq: int  # 1, 2, 3 ... with no gap, across segments
-    time: str  # RFC 3339 UTC with microseconds, e.g. "2026-01-01T00:00:00.000000Z"
-    type: str  # dotted event type, e.g. "svid.issue"
-    actor: Actor  # who did it
-    action: str  # the operation
-    resource: str  # what it was done to
-    outcome: Outcome  # "success" or "failure"
-    reason: str  # why it failed or was denied
-    details: dict[str, Any]  # extra JSON data, keys sorted
-    prev_hash: str  # hash of the event before (GENESIS_HASH for seq 1)
-    hash: str  # SHA-256 hex of this event's canonical encoding without "hash"
-    raw: str = field(default="", repr=False, compare=False)  # the stored line, no newline
+    Not a dataclass on purpose: readers go through millions of these, so fields are
+    read from the parsed JSON on access instead of being copied at construction, and
+    ``actor`` is built on first use.
+    """
+
+    __slots__ = ("_actor", "_d", "raw")
+
+    def __init__(self, data: dict[str, Any] | None, raw: str = "") -> None:
+        self._d = data  # the parsed line, fields in FIELDS order; None until parsed (lazy)
+        self._actor: Actor | None = None
+        self.raw = raw  # the stored line without its newline ("" when built in memory)
+
+    @classmethod
+    def lazy(cls, raw: str) -> AuditRecord:
+        """A record parsed on first access (a JSON lines export never needs to parse).
+        Reading a field of a damaged line raises ValueError."""
+        return cls(None, raw)
+
+    @property
+    def data(self) -> dict[str, Any]:
+        """The event as parsed (do not modify)."""
+        if self._d is None:
+            self._d = parse_line(self.raw).data
+        return self._d
+
+    @property
+    def id(self) -> str:  # random UUID4 text, unique per event
+        return str(self.data["id"])
+
+    @property
+    def seq(self) -> int:  # 1, 2, 3 ... with no gap, across segments
+        return int(self.data["seq"])
+
+    @property
+    def time(self) -> str:  # RFC 3339 UTC with microseconds, "2026-01-01T00:00:00.000000Z"
+        return str(self.data["time"])
+
+    @property
+    def type(self) -> str:  # dotted event type, e.g. "svid.issue"
+        return str(self.data["type"])
+
+    @property
+    def actor(self) -> Actor:  # who did it
+        if self._actor is None:
+            a = self.data["actor"]
+            # Built without Actor.__post_init__: stored data is reported as it is, even if odd.
+            act = object.__new__(Actor)
+            object.__setattr__(act, "kind", a["kind"])
+            object.__setattr__(act, "id", a["id"])
+            object.__setattr__(act, "uid", a["uid"])
+            object.__setattr__(act, "addr", a["addr"])
+            self._actor = act
+        return self._actor
+
+    @property
+    def action(self) -> str:  # the operation
+        return str(self.data["action"])
+
+    @property
+    def resource(self) -> str:  # what it was done to
+        return str(self.data["resource"])
+
+    @property
+    def outcome(self) -> Outcome:  # "success" or "failure"
+        return "success" if self.data["outcome"] == "success" else "failure"
+
+    @property
+    def reason(self) -> str:  # why it failed or was denied
+        return str(self.data["reason"])
+
+    @property
+    def details(self) -> dict[str, Any]:  # extra JSON data, keys sorted
+        details: dict[str, Any] = self.data["details"]
+        return details
+
+    @property
+    def prev_hash(self) -> str:  # hash of the event before (GENESIS_HASH for seq 1)
+        return str(self.data["prev_hash"])
+
+    @property
+    def hash(self) -> str:  # SHA-256 hex of this event's canonical encoding without "hash"
+        return str(self.data["hash"])
 
     @property
     def timestamp(self) -> dt.datetime:
@@ -72,43 +162,135 @@ class AuditRecord:
         """Milliseconds since the Unix epoch (what OCSF ``time`` and CEF ``rt`` carry)."""
         return time_ms(self.time)
 
+    def details_json(self) -> str:
+        """``details`` as canonical JSON, cut from the stored line when there is one."""
+        raw = self.raw
+        if raw and _tail_ok(raw):
+            start = raw.find(',"details":')
+            if start > 0:
+                return raw[start + 11 : len(raw) - _TAIL_LEN]
+        return encode_json(self.data["details"])
+
     def to_json(self) -> dict[str, Any]:
         """The event as a JSON object with the SPEC §9 fields in order."""
-        return {
-            "id": self.id,
-            "seq": self.seq,
-            "time": self.time,
-            "type": self.type,
-            "actor": self.actor.to_json(),
-            "action": self.action,
-            "resource": self.resource,
-            "outcome": self.outcome,
-            "reason": self.reason,
-            "details": self.details,
-            "prev_hash": self.prev_hash,
-            "hash": self.hash,
-        }
+        return dict(self.data)
 
     def line(self) -> str:
         """The stored JSON line (without the newline)."""
-        return self.raw or _ENCODER.encode(self.to_json())
+        return self.raw or _ENCODER.encode(self.data)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, AuditRecord) and self.data == other.data
+
+    def __hash__(self) -> int:
+        return hash(self.data["hash"])
+
+    def __repr__(self) -> str:
+        if self._d is None:
+            return f"AuditRecord(raw={self.raw[:60]!r})"
+        return f"AuditRecord(seq={self._d.get('seq')!r}, type={self._d.get('type')!r})"
+
+
+# ',"prev_hash":"<64>","hash":"<64>"}' closes every stored line
+_TAIL_LEN = len(',"prev_hash":"","hash":""}') + 128
+
+
+def _tail_ok(raw: str) -> bool:
+    return (
+        raw[-_TAIL_LEN : -_TAIL_LEN + 14] == ',"prev_hash":"'
+        and raw[-76:-66] == '","hash":"'
+        and raw[-2:] == '"}'
+    )
+
+
+# A stored event flattened for exports: (id, seq, time, type, actor kind, actor id, actor
+# uid, actor addr, action, resource, outcome, reason, details as JSON text, prev_hash, hash).
+Row = tuple[str, int, str, str, str, str, int | None, str | None, str, str, str, str, str, str, str]
+
+_PLAIN = r'"([^"\\]*)"'  # a JSON string with no escapes: its text is its value
+_ROW_RE = re.compile(
+    r'\{"id":' + _PLAIN + r',"seq":(\d+),"time":' + _PLAIN + r',"type":' + _PLAIN
+    + r',"actor":\{"kind":' + _PLAIN + r',"id":' + _PLAIN + r',"uid":(?:null|(\d+))'
+    + r',"addr":(?:null|' + _PLAIN + r')\},"action":' + _PLAIN + r',"resource":' + _PLAIN
+    + r',"outcome":' + _PLAIN + r',"reason":' + _PLAIN + r',"details":'
+)  # fmt: skip
+
+
+def row_from_line(raw: str) -> Row | None:
+    """The row of a stored line whose head strings need no unescaping (almost all of them),
+    read with one regex instead of a JSON parse; None otherwise (use ``row_from_record``)."""
+    m = _ROW_RE.match(raw)
+    if m is None or not _tail_ok(raw):
+        return None
+    i, seq, t, typ, kind, aid, uid, addr, action, resource, outcome, reason = m.groups()
+    return (
+        i,
+        int(seq),
+        t,
+        typ,
+        kind,
+        aid,
+        None if uid is None else int(uid),
+        addr,
+        action,
+        resource,
+        outcome,
+        reason,
+        raw[m.end() : len(raw) - _TAIL_LEN],
+        raw[-140:-76],
+        raw[-66:-2],
+    )
+
+
+def row_from_record(rec: AuditRecord) -> Row:
+    d = rec.data
+    a = d["actor"]
+    uid = a["uid"]
+    addr = a["addr"]
+    return (
+        str(d["id"]),
+        int(d["seq"]),
+        str(d["time"]),
+        str(d["type"]),
+        str(a["kind"]),
+        str(a["id"]),
+        None if uid is None else int(uid),
+        None if addr is None else str(addr),
+        str(d["action"]),
+        str(d["resource"]),
+        str(d["outcome"]),
+        str(d["reason"]),
+        rec.details_json(),
+        rec.prev_hash,
+        rec.hash,
+    )
 
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_SECONDS: dict[str, int] = {}
 
 
 def time_ms(text: str) -> int:
-    when = dt.datetime.fromisoformat(text)
-    delta = when - _EPOCH
+    """Milliseconds since the epoch for an RFC 3339 time (fast for the stored form)."""
+    if len(text) == 27 and text[19] == "." and text[26] == "Z":
+        sec = _SECONDS.get(text[:19])
+        if sec is None:
+            delta = dt.datetime.fromisoformat(text[:19] + "+00:00") - _EPOCH
+            sec = delta.days * 86_400 + delta.seconds
+            if len(_SECONDS) > 100_000:
+                _SECONDS.clear()
+            _SECONDS[text[:19]] = sec
+        return sec * 1000 + int(text[20:23])
+    delta = dt.datetime.fromisoformat(text) - _EPOCH
     return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
 
 
 def encode_unhashed(
     *,
-    id: str,  # noqa: A002 - the SPEC field name
+    id: str,
     seq: int,
     time: str,
-    type: str,  # noqa: A002 - the SPEC field name
+    type: str,
     actor: dict[str, Any],
     action: str,
     resource: str,
@@ -117,22 +299,30 @@ def encode_unhashed(
     details: dict[str, Any],
     prev_hash: str,
 ) -> str:
-    """The canonical encoding of an event without ``hash`` (details must be normalised)."""
-    return _ENCODER.encode(
-        {
-            "id": id,
-            "seq": seq,
-            "time": time,
-            "type": type,
-            "actor": actor,
-            "action": action,
-            "resource": resource,
-            "outcome": outcome,
-            "reason": reason,
-            "details": details,
-            "prev_hash": prev_hash,
-        }
-    )
+    """The canonical encoding of an event without ``hash`` (details must be normalised).
+
+    Byte for byte what ``JSONEncoder(ensure_ascii=True, separators=(",", ":"))`` makes of
+    the object, assembled by hand because this is on every action's path.
+    """
+    uid = actor["uid"]
+    addr = actor["addr"]
+    return (
+        '{"id":' + _esc(id)
+        + ',"seq":' + str(int(seq))
+        + ',"time":' + _esc(time)
+        + ',"type":' + _esc(type)
+        + ',"actor":{"kind":' + _esc(actor["kind"])
+        + ',"id":' + _esc(actor["id"])
+        + ',"uid":' + ("null" if uid is None else str(int(uid)))
+        + ',"addr":' + ("null" if addr is None else _esc(addr))
+        + '},"action":' + _esc(action)
+        + ',"resource":' + _esc(resource)
+        + ',"outcome":' + _esc(outcome)
+        + ',"reason":' + _esc(reason)
+        + ',"details":' + encode_json(details)
+        + ',"prev_hash":' + _esc(prev_hash)
+        + "}"
+    )  # fmt: skip
 
 
 def seal(unhashed: str) -> tuple[str, str]:
@@ -151,18 +341,31 @@ def check_line_hash(line: bytes) -> tuple[str, str] | None:
 
 
 def record_from_json(data: Any, raw: str = "") -> AuditRecord:
-    """Build a record from a parsed line; ValueError when a field is missing or of a wrong type."""
-    if not isinstance(data, dict):
-        raise ValueError("event is not a JSON object")
-    if tuple(data) != FIELDS:
-        missing = [f for f in FIELDS if f not in data]
-        extra = [f for f in data if f not in FIELDS]
-        if missing or extra:
-            raise ValueError(f"event fields differ from the spec: missing {missing}, extra {extra}")
-        raise ValueError("event fields are not in the canonical order")
+    """A record over a parsed line; ValueError when its fields are not the SPEC's.
+
+    Checks the field names only (cheap enough for exports); ``validate`` checks types.
+    """
+    if not isinstance(data, dict) or tuple(data) != FIELDS:
+        raise ValueError(_field_problem(data))
     actor = data["actor"]
     if not isinstance(actor, dict) or tuple(actor) != ACTOR_FIELDS:
-        raise ValueError("event actor must have exactly kind, id, uid and addr")
+        raise ValueError("event actor must have exactly kind, id, uid and addr, in that order")
+    return AuditRecord(data, raw)
+
+
+def _field_problem(data: Any) -> str:
+    if not isinstance(data, dict):
+        return "event is not a JSON object"
+    missing = [f for f in FIELDS if f not in data]
+    extra = [f for f in data if f not in FIELDS]
+    if missing or extra:
+        return f"event fields differ from the spec: missing {missing}, extra {extra}"
+    return "event fields are not in the canonical order"
+
+
+def validate(rec: AuditRecord) -> None:
+    """ValueError when a field of a stored event has the wrong type or value."""
+    data = rec.data
     seq = data["seq"]
     if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
         raise ValueError("event seq must be a positive integer")
@@ -175,36 +378,40 @@ def record_from_json(data: Any, raw: str = "") -> AuditRecord:
             raise ValueError(f"event {name} must be 64 hex characters")
     if not isinstance(data["details"], dict):
         raise ValueError("event details must be an object")
+    actor = data["actor"]
+    for name in ("kind", "id"):
+        if not isinstance(actor[name], str):
+            raise ValueError(f"event actor {name} must be a string")
     uid = actor["uid"]
     if uid is not None and (not isinstance(uid, int) or isinstance(uid, bool)):
         raise ValueError("event actor uid must be an integer or null")
+    if actor["addr"] is not None and not isinstance(actor["addr"], str):
+        raise ValueError("event actor addr must be a string or null")
     if data["outcome"] not in ("success", "failure"):
         raise ValueError("event outcome must be success or failure")
-    # Built without Actor.__post_init__: stored data is reported as it is, even if odd.
-    act = object.__new__(Actor)
-    object.__setattr__(act, "kind", actor["kind"])
-    object.__setattr__(act, "id", actor["id"])
-    object.__setattr__(act, "uid", uid)
-    object.__setattr__(act, "addr", actor["addr"])
-    return AuditRecord(
-        id=data["id"],
-        seq=seq,
-        time=data["time"],
-        type=data["type"],
-        actor=act,
-        action=data["action"],
-        resource=data["resource"],
-        outcome=data["outcome"],
-        reason=data["reason"],
-        details=data["details"],
-        prev_hash=data["prev_hash"],
-        hash=data["hash"],
-        raw=raw,
-    )
+    try:
+        time_ms(data["time"])
+    except ValueError as exc:
+        raise ValueError("event time is not RFC 3339") from exc
+
+
+_scan = json.JSONDecoder().scan_once  # type: ignore[attr-defined]  # json.loads minus wrappers
+
+
+def parse_json_line(text: str) -> Any:
+    """Parse one line of JSON (no surrounding whitespace, no newline) quickly."""
+    try:
+        obj, end = _scan(text, 0)
+    except StopIteration as exc:
+        raise ValueError("not JSON") from exc
+    if end != len(text):
+        raise ValueError("trailing data after the JSON value")
+    return obj
 
 
 def parse_line(line: bytes | str) -> AuditRecord:
     """Parse one stored line (with or without its newline); ValueError when it is not an event."""
-    text = line.decode("utf-8") if isinstance(line, bytes) else line
-    text = text.rstrip("\n")
-    return record_from_json(json.loads(text), raw=text)
+    text = line.decode("utf-8", errors="replace") if isinstance(line, bytes) else line
+    if text.endswith("\n"):
+        text = text[:-1]
+    return record_from_json(parse_json_line(text), raw=text)

@@ -26,7 +26,13 @@ from pathlib import Path
 
 from trustd.audit.checkpoint import Checkpoint, signature_valid
 from trustd.audit.errors import AuditCorruptError
-from trustd.audit.record import GENESIS_HASH, check_line_hash, record_from_json
+from trustd.audit.record import (
+    GENESIS_HASH,
+    check_line_hash,
+    parse_json_line,
+    record_from_json,
+    validate,
+)
 from trustd.audit.segments import CHECKPOINT_FILE, KEY_FILE, list_segments
 from trustd.ca.kms.base import KeyManager, KeyRef, PublicKey
 from trustd.errors import TrustdError
@@ -62,7 +68,7 @@ def load_key_refs(directory: Path) -> list[KeyRef]:
     return refs
 
 
-class _Damage(Exception):  # noqa: N818 - internal control flow, never escapes
+class _Damage(Exception):
     def __init__(self, seq: int | None, problem: str) -> None:
         super().__init__(problem)
         self.seq = seq
@@ -128,9 +134,14 @@ def _load_checkpoints(
 ) -> list[Checkpoint]:
     if trusted_keys is None:
         try:
-            trusted_keys = [r for r in load_key_refs(directory) if r.backend == key_manager.kind]
+            recorded = load_key_refs(directory)
         except AuditCorruptError as exc:
             raise _Damage(None, str(exc)) from exc
+        if not recorded and (list_segments(directory) or (directory / CHECKPOINT_FILE).exists()):
+            raise _Damage(
+                None, f"{KEY_FILE} is missing: the checkpoints cannot be checked; restore it"
+            )
+        trusted_keys = [r for r in recorded if r.backend == key_manager.kind]
     trusted = set(trusted_keys)
     publics: dict[KeyRef, PublicKey] = {}
     path = directory / CHECKPOINT_FILE
@@ -210,7 +221,8 @@ def _walk_events(directory: Path, checkpoints: list[Checkpoint], state: _Walk) -
             where = f"{seg.path.name} line {lineno}"
             hashes = check_line_hash(line)
             try:
-                rec = record_from_json(json.loads(line))
+                rec = record_from_json(parse_json_line(line.decode("utf-8", errors="replace")))
+                validate(rec)
             except ValueError as exc:
                 raise _Damage(expected, f"{where} is not an audit event: {exc}") from exc
             seq = rec.seq
@@ -229,11 +241,11 @@ def _walk_events(directory: Path, checkpoints: list[Checkpoint], state: _Walk) -
                 if seq == anchor_seq and rec.prev_hash != anchor_prev:
                     raise _Damage(seq, f"event {seq} does not chain to the signed anchor")
                 state.first_seq = seq
+                last_good_cp_seq = seq - 1  # nothing before the oldest kept event to vouch for
             elif seq > expected:
                 raise _Damage(
                     expected,
-                    f"event {expected} is missing at {where} (found seq {seq}): "
-                    "deleted or moved",
+                    f"event {expected} is missing at {where} (found seq {seq}): deleted or moved",
                 )
             elif seq < expected:
                 raise _Damage(

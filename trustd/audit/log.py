@@ -1,0 +1,979 @@
+"""The tamper-evident audit log: append-only, hash-chained, segmented, checkpoint-signed.
+
+``AuditLog.append`` is the ``AuditSink`` every action records through. It writes
+the whole line with one ``write`` and returns only once the kernel has it; if the
+line cannot be written it raises ``AuditWriteError`` (an ``UnavailableError``) and
+the seq does not advance, so the action that asked must fail. Events are not
+fsynced one by one: segments are fsynced at checkpoints, at rotation and on
+``close``. A checkpoint is signed at ``checkpoint_interval``, at open when the
+head moved, on retention and on ``close``, so a crash loses at most the unsigned
+tail, never a signed event.
+
+Thread-safe; one writer process per directory (an advisory ``flock`` on
+``audit.lock`` refuses a second one). Readers (``iter_events``, ``tail``,
+``verify``, the syslog forwarder) need no lock.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import datetime as dt
+import errno
+import fcntl
+import json
+import os
+import secrets
+import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, TextIO
+
+import structlog
+
+from trustd.audit import metrics
+from trustd.audit.checkpoint import Checkpoint, sign_checkpoint
+from trustd.audit.errors import AuditCorruptError, AuditEventError, AuditWriteError
+from trustd.audit.events import (
+    ACTOR_KINDS,
+    AUDIT_EXPORT,
+    OUTCOMES,
+    Actor,
+    AuditEvent,
+    format_time,
+    hmac_token,
+)
+from trustd.audit.export import (
+    CSV_COLUMNS,
+    ExportFormat,
+    ProgressCallback,
+    renderer,
+    write_jsonl,
+    write_rendered,
+)
+from trustd.audit.reader import EventFilter, count_records, iter_records, iter_rows, tail
+from trustd.audit.record import (
+    GENESIS_HASH,
+    AuditRecord,
+    check_line_hash,
+    encode_unhashed,
+    parse_line,
+    seal,
+)
+from trustd.audit.segments import (
+    CHECKPOINT_FILE,
+    HMAC_KEY_FILE,
+    KEY_FILE,
+    last_lines,
+    list_segments,
+    read_first_line,
+    segment_path,
+)
+from trustd.audit.verify import VerifyReport, load_key_refs, verify
+from trustd.ca.kms.base import KeyAlgorithm, KeyManager, KeyRef
+from trustd.clock import Clock
+
+log = structlog.get_logger(__name__)
+
+MiB = 1 << 20
+LOCK_FILE = "audit.lock"
+MAX_LINE_BYTES = 1 * MiB
+_MIN_FREE_BYTES = 64 * 1024  # check() reports the disk full below this
+_OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class ActorLike(Protocol):
+    """What ``record`` needs of an actor (the server's Actor type has these fields)."""
+
+    @property
+    def kind(self) -> str: ...
+    @property
+    def id(self) -> str: ...
+    @property
+    def uid(self) -> int | None: ...
+    @property
+    def addr(self) -> str | None: ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChainHead:
+    seq: int  # the newest event's seq (0 for an empty log)
+    hash: str  # its hash (GENESIS_HASH for an empty log)
+
+
+@dataclass(slots=True, kw_only=True)
+class _SegInfo:
+    first_seq: int  # from the file name
+    path: Path
+    first_prev_hash: str  # prev_hash of its first event: the anchor if older ones go
+    day: str  # UTC date (YYYY-MM-DD) of its first event
+    last_time: str  # time of its newest event
+
+
+def _errno_name(exc: OSError) -> str:
+    return errno.errorcode.get(exc.errno or 0, "EIO")
+
+
+def _write_error(action: str, where: Path, exc: OSError) -> AuditWriteError:
+    code = exc.errno
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        hint = f"the disk holding {where} is full: free space, then retry"
+    elif code in (errno.EACCES, errno.EPERM, errno.EROFS):
+        hint = f"trustd may not write {where}: fix its permissions or mount it read-write"
+    else:
+        hint = f"check the disk and the filesystem holding {where}"
+    return AuditWriteError(f"cannot {action} ({_errno_name(exc)}): {hint}")
+
+
+class _Ids:
+    """Random UUID4 text from a pool of urandom bytes (uuid.uuid4() costs several times more:
+    one getrandom call per id). Called under the log's lock."""
+
+    def __init__(self) -> None:
+        self._hex = ""
+        self._pos = 0
+
+    def next(self) -> str:
+        if self._pos >= len(self._hex):
+            self._hex = os.urandom(16 * 256).hex()
+            self._pos = 0
+        x = self._hex[self._pos : self._pos + 32]
+        self._pos += 32
+        # version 4 in the 13th hex digit; variant 10xx in the 17th
+        return f"{x[:8]}-{x[8:12]}-4{x[13:16]}-{'89ab'[int(x[16], 16) & 3]}{x[17:20]}-{x[20:]}"
+
+
+_EVENTS_OK = metrics.EVENTS.labels("success")
+_EVENTS_FAILED = metrics.EVENTS.labels("failure")
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_file_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        _write_all(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+class AuditLog:
+    """The audit log in ``directory`` (created 0700; files 0600).
+
+    Parameters:
+        directory: where segments, checkpoints and the key reference live.
+        key_manager: signs checkpoints with the audit key (created on first use as
+            ``audit-<random>``, or ``key_name``; its KeyRef is kept in audit-key.json
+            so a restart reuses it).
+        clock: decides event times, day rotation, checkpoint and retention times.
+        segment_max_bytes: a new segment starts before a line would make it bigger.
+        rotate_daily: a new segment starts with the first event of each UTC day.
+        retention: whole segments whose newest event is older than this are deleted
+            (never the segment being written); None keeps everything.
+        checkpoint_interval: how often ``append`` (or ``checkpoint_if_due``) signs one.
+        key_name: the audit key's name when it has to be created.
+        inline_maintenance: sign due checkpoints and apply retention inside ``append``.
+            Set it to False when a timer in a worker thread calls ``checkpoint_if_due``,
+            so that no append ever waits for the key manager.
+
+    Raises ``AuditWriteError`` when the directory cannot be set up,
+    ``AuditCorruptError`` when the log on disk cannot be continued (its tail is
+    damaged or shorter than its last signed checkpoint), and the key manager's
+    errors when the audit key cannot be created or used.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        key_manager: KeyManager,
+        clock: Clock,
+        segment_max_bytes: int = 64 * MiB,
+        rotate_daily: bool = True,
+        retention: dt.timedelta | None = None,
+        checkpoint_interval: dt.timedelta = dt.timedelta(minutes=5),
+        key_name: str | None = None,
+        inline_maintenance: bool = True,
+    ) -> None:
+        if segment_max_bytes < 4096:
+            raise AuditEventError("audit segment_max_bytes must be at least 4096")
+        if checkpoint_interval <= dt.timedelta(0):
+            raise AuditEventError("audit checkpoint_interval must be positive")
+        if retention is not None and retention <= dt.timedelta(0):
+            raise AuditEventError("audit retention must be positive, or None to keep everything")
+        self._dir = Path(directory)
+        self._km = key_manager
+        self._clock = clock
+        self._max_bytes = segment_max_bytes
+        self._rotate_daily = rotate_daily
+        self._retention = retention
+        self._interval = checkpoint_interval
+        self._inline = inline_maintenance
+        self._lock = threading.RLock()
+        self._retention_lock = threading.Lock()  # verify holds it so retention waits
+        self._ids = _Ids()
+        self._subscribers: set[threading.Event] = set()
+        self._stops: set[threading.Event] = set()  # tails to end on close
+        self._closed = False
+        self._fd: int | None = None  # the current segment, opened on first append
+        self._needs_repair = False  # a failed write may have left bytes past _seg_size
+        self._dir_dirty = False  # a file was created since the directory was fsynced
+        self._segments: list[_SegInfo] = []
+        self._seg_size = 0
+        self._seq = 0
+        self._hash = GENESIS_HASH
+        self._anchor = (1, GENESIS_HASH)
+        self._last_cp: Checkpoint | None = None
+        self._lock_fd: int | None = None
+
+        self._prepare_directory()
+        try:
+            self._key_ref, self._previous_keys = self._load_or_create_key(key_name)
+            self._hmac_key = self._load_or_create_hmac_key()
+            last_cp = self._recover()
+            self._last_cp = last_cp
+            now = self._clock.now()
+            self._next_cp_at = now + self._interval
+            if last_cp is None or (last_cp.seq, last_cp.hash) != (self._seq, self._hash):
+                self._checkpoint_locked(now)
+        except BaseException:
+            self._release_lock_file()
+            raise
+        metrics.LAST_SEQ.set_function(lambda: self._seq)  # read at scrape time, not per append
+        log.info(
+            "audit log opened",
+            directory=str(self._dir),
+            seq=self._seq,
+            segments=len(self._segments),
+            key_id=self._key_ref.key_id,
+        )
+
+    # ------------------------------------------------------------------ setup
+
+    def _prepare_directory(self) -> None:
+        try:
+            self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            if self._dir.stat().st_mode & 0o077:
+                os.chmod(self._dir, 0o700)
+            fd = os.open(self._dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise _write_error("set up the audit directory", self._dir, exc) from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            raise AuditWriteError(
+                f"audit log {self._dir} is in use by another trustd process: stop it, "
+                "or give this one its own data directory"
+            ) from exc
+        self._lock_fd = fd
+
+    def _release_lock_file(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing drops the flock
+            self._lock_fd = None
+
+    def _load_or_create_key(self, key_name: str | None) -> tuple[KeyRef, list[KeyRef]]:
+        path = self._dir / KEY_FILE
+        refs = load_key_refs(self._dir)
+        if refs and refs[0].backend == self._km.kind:
+            return refs[0], refs[1:]
+        name = key_name or f"audit-{secrets.token_hex(8)}"
+        ref = self._km.create_key(name, KeyAlgorithm.EC_P256)
+        previous = refs
+        if refs:
+            log.warning(
+                "audit key manager changed: new audit key",
+                old_backend=refs[0].backend,
+                new_backend=ref.backend,
+                key_id=ref.key_id,
+            )
+        body = {"current": ref.to_json(), "previous": [r.to_json() for r in previous]}
+        try:
+            _write_file_atomic(path, (json.dumps(body, indent=2) + "\n").encode())
+        except OSError as exc:
+            raise _write_error("record the audit key reference", path, exc) from exc
+        log.info("audit key created", key_id=ref.key_id, backend=ref.backend)
+        return ref, previous
+
+    def _load_or_create_hmac_key(self) -> bytes:
+        path = self._dir / HMAC_KEY_FILE
+        try:
+            if path.exists():
+                key = base64.b64decode(path.read_text().strip(), validate=True)
+                if len(key) >= 16:
+                    return key
+                raise AuditCorruptError(f"token HMAC key {path} is too short: restore it")
+            key = secrets.token_bytes(32)
+            _write_file_atomic(path, base64.b64encode(key) + b"\n")
+        except OSError as exc:
+            raise _write_error("create the token HMAC key", path, exc) from exc
+        except ValueError as exc:
+            raise AuditCorruptError(f"token HMAC key {path} is not base64: restore it") from exc
+        return key
+
+    def _recover(self) -> Checkpoint | None:
+        """Find the head of the chain and the segments; return the last checkpoint."""
+        segments = list_segments(self._dir)
+        # A segment is created just before its first line is written: a crash in between
+        # leaves an empty file, which holds nothing to keep.
+        while segments and segments[-1].path.stat().st_size == 0:
+            segments.pop().path.unlink()
+        infos: list[_SegInfo] = []
+        for i, seg in enumerate(segments):
+            is_last = i == len(segments) - 1
+            lines, complete = last_lines(seg.path, 1)
+            size = seg.path.stat().st_size
+            if is_last and size > complete:
+                log.warning(
+                    "audit segment ends with a torn line: removing it",
+                    segment=seg.path.name,
+                    bytes=size - complete,
+                )
+                try:
+                    os.truncate(seg.path, complete)
+                except OSError as exc:
+                    raise _write_error("repair the audit segment", seg.path, exc) from exc
+            try:
+                first_rec = parse_line(read_first_line(seg.path) or b"")
+                last_rec = parse_line(lines[-1] if lines else b"")
+            except (ValueError, KeyError, TypeError) as exc:
+                raise AuditCorruptError(
+                    f"audit segment {seg.path.name} is damaged: run trustd audit verify, "
+                    "keep the directory as evidence and start a new one"
+                ) from exc
+            infos.append(
+                _SegInfo(
+                    first_seq=seg.first_seq,
+                    path=seg.path,
+                    first_prev_hash=first_rec.prev_hash,
+                    day=first_rec.time[:10],
+                    last_time=last_rec.time,
+                )
+            )
+            if is_last:
+                hashes = check_line_hash(lines[-1])
+                if hashes is None or hashes[0] != hashes[1]:
+                    raise AuditCorruptError(
+                        f"the newest audit event (seq {last_rec.seq}) does not match its hash: "
+                        "run trustd audit verify, keep the directory as evidence and start a new one"
+                    )
+                self._seq, self._hash = last_rec.seq, last_rec.hash
+                self._seg_size = complete
+        self._segments = infos
+        if infos:
+            self._anchor = (infos[0].first_seq, infos[0].first_prev_hash)
+        cp = self._read_last_checkpoint()
+        if cp is None:
+            if infos:
+                # Events are only ever written after the first checkpoint.
+                raise AuditCorruptError(
+                    f"the audit log in {self._dir} has events but no signed checkpoint: the "
+                    "checkpoint file was removed; keep the directory as evidence and start a new one"
+                )
+            return None
+        self._anchor = (cp.first_seq, cp.first_prev_hash)
+        if cp.seq > self._seq:
+            raise AuditCorruptError(
+                f"the audit log ends at seq {self._seq} but checkpoint {cp.time} signed seq "
+                f"{cp.seq}: the tail was cut off; keep the directory as evidence and "
+                "start a new one"
+            )
+        if infos and infos[0].first_seq > cp.first_seq:
+            raise AuditCorruptError(
+                f"the audit log starts at seq {infos[0].first_seq} but checkpoint {cp.time} "
+                f"anchors it at seq {cp.first_seq}: old segments were deleted; keep the "
+                "directory as evidence and start a new one"
+            )
+        return cp
+
+    def _read_last_checkpoint(self) -> Checkpoint | None:
+        path = self._dir / CHECKPOINT_FILE
+        lines, complete = last_lines(path, 1)
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            return None
+        if size > complete:
+            log.warning("audit checkpoint file ends with a torn line: removing it")
+            try:
+                os.truncate(path, complete)
+            except OSError as exc:
+                raise _write_error("repair the audit checkpoint file", path, exc) from exc
+        if not lines:
+            return None
+        try:
+            return Checkpoint.from_line(lines[-1])
+        except ValueError as exc:
+            raise AuditCorruptError(
+                f"the newest audit checkpoint is damaged ({exc}): run trustd audit verify"
+            ) from exc
+
+    # ------------------------------------------------------------------ writing
+
+    def append(self, event: AuditEvent) -> int:
+        """Write ``event``; return its seq. Raises ``AuditWriteError`` if it is not written."""
+        if not isinstance(event, AuditEvent):
+            raise AuditEventError("append takes an AuditEvent")
+        with self._lock:
+            if self._closed:
+                raise AuditWriteError("the audit log is closed: the action cannot be recorded")
+            now = self._clock.now()
+            ts = format_time(now)
+            seq = self._seq + 1
+            unhashed = encode_unhashed(
+                id=self._ids.next(),
+                seq=seq,
+                time=ts,
+                type=event.type,
+                actor=event.actor.to_json(),
+                action=event.action,
+                resource=event.resource,
+                outcome=event.outcome,
+                reason=event.reason,
+                details=event.details,  # type: ignore[arg-type]  # normalised to a dict
+                prev_hash=self._hash,
+            )
+            line, digest = seal(unhashed)
+            data = line.encode("ascii") + b"\n"
+            if len(data) > MAX_LINE_BYTES:
+                raise AuditEventError(
+                    f"audit event of type {event.type} is {len(data)} bytes: keep details "
+                    f"under {MAX_LINE_BYTES} bytes"
+                )
+            rotated = self._write_line(seq, ts, data)
+            self._seq, self._hash = seq, digest
+            self._segments[-1].last_time = ts
+            (_EVENTS_OK if event.outcome == "success" else _EVENTS_FAILED).inc()
+            if self._inline:
+                if rotated and self._retention is not None:
+                    self._retention_quietly(now)
+                if now >= self._next_cp_at:
+                    self._checkpoint_quietly(now)
+            subscribers = list(self._subscribers)
+        for ev in subscribers:
+            ev.set()
+        return seq
+
+    def record(
+        self,
+        *,
+        type: str,
+        actor: ActorLike,
+        action: str,
+        resource: str = "",
+        outcome: str = "success",
+        reason: str = "",
+        details: Mapping[str, Any] | None = None,
+    ) -> int:
+        """``append`` with keyword arguments; ``actor`` is anything with kind, id, uid, addr
+        (the server's own Actor type works). Same errors as ``append``."""
+        if actor.kind not in ACTOR_KINDS:
+            raise AuditEventError(f"invalid actor kind {actor.kind!r}")
+        if outcome not in OUTCOMES:
+            raise AuditEventError(f"invalid audit outcome {outcome[:40]!r}: use success or failure")
+        event = AuditEvent(
+            type=type,
+            actor=Actor(
+                kind=actor.kind,  # type: ignore[arg-type]  # checked above
+                id=actor.id,
+                uid=actor.uid,
+                addr=actor.addr,
+            ),
+            action=action,
+            resource=resource,
+            outcome=outcome,  # type: ignore[arg-type]  # checked above
+            reason=reason,
+            details=details or {},
+        )
+        return self.append(event)
+
+    def check(self) -> None:
+        """Raise ``AuditWriteError`` when an event could not be written right now (closed
+        log, segment not writable, disk full): for readiness checks and pre-flight."""
+        with self._lock:
+            if self._closed:
+                raise AuditWriteError("the audit log is closed: the action cannot be recorded")
+            if not self._segments:
+                path = self._dir
+                try:
+                    ok = os.access(self._dir, os.W_OK)
+                except OSError:
+                    ok = False
+                if not ok:
+                    raise AuditWriteError(
+                        f"cannot write the audit log: trustd may not write {path}: fix its "
+                        "permissions or mount it read-write"
+                    )
+                stat = os.statvfs(self._dir)
+            else:
+                path = self._segments[-1].path
+                if self._fd is None:
+                    try:
+                        self._fd = os.open(path, _OPEN_FLAGS, 0o600)
+                    except OSError as exc:
+                        raise _write_error("open the audit segment", path, exc) from exc
+                if self._needs_repair:
+                    try:
+                        os.ftruncate(self._fd, self._seg_size)
+                    except OSError as exc:
+                        raise _write_error("repair the audit segment", path, exc) from exc
+                    self._needs_repair = False
+                stat = os.fstatvfs(self._fd)
+            if stat.f_bavail * stat.f_frsize < _MIN_FREE_BYTES:
+                raise AuditWriteError(
+                    f"cannot write the audit log (ENOSPC): the disk holding {path} is full: "
+                    "free space, then retry"
+                )
+
+    def _write_line(self, seq: int, ts: str, data: bytes) -> bool:
+        """Put ``data`` at the end of the right segment; True if a new segment was started."""
+        day = ts[:10]
+        rotated = False
+        cur = self._segments[-1] if self._segments else None
+        if cur is None or (
+            self._seg_size > 0
+            and (
+                self._seg_size + len(data) > self._max_bytes
+                or (self._rotate_daily and day != cur.day)
+            )
+        ):
+            self._open_new_segment(seq, day)
+            rotated = True
+        elif self._fd is None:
+            try:
+                self._fd = os.open(cur.path, _OPEN_FLAGS, 0o600)
+            except OSError as exc:
+                metrics.WRITE_FAILURES.labels(_errno_name(exc)).inc()
+                raise _write_error("open the audit segment", cur.path, exc) from exc
+        assert self._fd is not None
+        path = self._segments[-1].path
+        try:
+            if self._needs_repair:
+                os.ftruncate(self._fd, self._seg_size)
+                self._needs_repair = False
+            _write_all(self._fd, data)
+        except OSError as exc:
+            metrics.WRITE_FAILURES.labels(_errno_name(exc)).inc()
+            try:  # take back a partly written line so the next append starts clean
+                os.ftruncate(self._fd, self._seg_size)
+            except OSError:
+                self._needs_repair = True
+            log.error("audit write failed", segment=path.name, seq=seq, errno=_errno_name(exc))
+            raise _write_error(f"write audit event {seq}", path, exc) from exc
+        self._seg_size += len(data)
+        return rotated
+
+    def _open_new_segment(self, seq: int, day: str) -> None:
+        path = segment_path(self._dir, seq)
+        try:
+            fd = os.open(path, _OPEN_FLAGS, 0o600)
+            if os.fstat(fd).st_size != 0:
+                os.close(fd)
+                raise AuditCorruptError(
+                    f"audit segment {path.name} exists already and is not empty: "
+                    "run trustd audit verify"
+                )
+        except OSError as exc:
+            metrics.WRITE_FAILURES.labels(_errno_name(exc)).inc()
+            log.error("audit segment not created", segment=path.name, errno=_errno_name(exc))
+            raise _write_error("start a new audit segment", path, exc) from exc
+        old_fd = self._fd
+        if self._segments and self._segments[-1].first_seq == seq:
+            self._segments.pop()  # a segment created earlier whose first write failed
+        self._segments.append(
+            _SegInfo(first_seq=seq, path=path, first_prev_hash=self._hash, day=day, last_time="")
+        )
+        self._fd = fd
+        self._seg_size = 0
+        self._needs_repair = False
+        self._dir_dirty = True
+        if old_fd is not None:
+            try:
+                os.fsync(old_fd)
+            except OSError as exc:
+                log.error("audit segment fsync failed", errno=_errno_name(exc))
+            os.close(old_fd)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def checkpoint(self) -> Checkpoint:
+        """Fsync and sign the current head now. Raises ``AuditWriteError`` or the KMS's error."""
+        with self._lock:
+            if self._closed:
+                raise AuditWriteError("the audit log is closed")
+            return self._checkpoint_locked(self._clock.now())
+
+    def checkpoint_if_due(self) -> Checkpoint | None:
+        """For a timer: apply retention and sign a checkpoint when the interval has passed."""
+        with self._lock:
+            if self._closed:
+                return None
+            now = self._clock.now()
+            if self._retention is not None:
+                self.apply_retention()
+            if now < self._next_cp_at:
+                return None
+            if self._last_cp is not None and self._last_cp.seq == self._seq:
+                self._next_cp_at = now + self._interval  # nothing new to vouch for
+                return None
+            return self._checkpoint_locked(now)
+
+    def _checkpoint_locked(self, now: dt.datetime) -> Checkpoint:
+        try:
+            if self._fd is not None:
+                os.fsync(self._fd)
+            if self._dir_dirty:
+                _fsync_dir(self._dir)
+                self._dir_dirty = False
+        except OSError as exc:
+            metrics.CHECKPOINT_FAILURES.inc()
+            raise _write_error("sync the audit log to disk", self._dir, exc) from exc
+        cp = sign_checkpoint(
+            self._km,
+            self._key_ref,
+            seq=self._seq,
+            hash=self._hash,
+            time=format_time(now),
+            first_seq=self._anchor[0],
+            first_prev_hash=self._anchor[1],
+        )
+        path = self._dir / CHECKPOINT_FILE
+        data = cp.to_line().encode("ascii") + b"\n"
+        try:
+            fd = os.open(path, _OPEN_FLAGS, 0o600)
+        except OSError as exc:
+            metrics.CHECKPOINT_FAILURES.inc()
+            raise _write_error("write an audit checkpoint", path, exc) from exc
+        try:
+            size = os.fstat(fd).st_size
+            try:
+                _write_all(fd, data)
+                os.fsync(fd)
+            except OSError as exc:
+                metrics.CHECKPOINT_FAILURES.inc()
+                try:
+                    os.ftruncate(fd, size)
+                except OSError:
+                    log.error("audit checkpoint file left with a torn line", path=str(path))
+                raise _write_error("write an audit checkpoint", path, exc) from exc
+        finally:
+            os.close(fd)
+        if size == 0:
+            try:
+                _fsync_dir(self._dir)
+            except OSError as exc:
+                raise _write_error("sync the audit directory", self._dir, exc) from exc
+        self._last_cp = cp
+        self._next_cp_at = now + self._interval
+        metrics.CHECKPOINTS.inc()
+        metrics.LAST_CHECKPOINT.set(now.timestamp())
+        log.info("audit checkpoint signed", seq=cp.seq, key_id=cp.key.key_id)
+        return cp
+
+    def _checkpoint_quietly(self, now: dt.datetime) -> None:
+        # The event is written already: a failed checkpoint must not fail its action
+        # (a retry would record it twice). Log, count, and retry soon.
+        try:
+            self._checkpoint_locked(now)
+        except Exception as exc:
+            metrics.CHECKPOINT_FAILURES.inc()
+            self._next_cp_at = now + min(self._interval, dt.timedelta(minutes=1))
+            log.error("audit checkpoint failed", error=str(exc), error_type=type(exc).__name__)
+
+    # ------------------------------------------------------------------ retention
+
+    def apply_retention(self) -> list[Path]:
+        """Delete whole segments whose newest event is older than ``retention``.
+
+        A checkpoint anchoring the oldest kept event is signed first, so ``verify``
+        still accepts the shorter chain. Returns the deleted files. Skipped (returns
+        []) while a ``verify`` is reading the directory.
+        """
+        if self._retention is None:
+            return []
+        with self._lock:
+            if not self._retention_lock.acquire(blocking=False):
+                return []
+            try:
+                return self._apply_retention_locked(self._clock.now())
+            finally:
+                self._retention_lock.release()
+
+    def _apply_retention_locked(self, now: dt.datetime) -> list[Path]:
+        assert self._retention is not None
+        cutoff = format_time(now - self._retention)
+        doomed: list[_SegInfo] = []
+        for info in self._segments[:-1]:  # never the segment being written
+            if info.last_time and info.last_time < cutoff:
+                doomed.append(info)
+            else:
+                break
+        if not doomed:
+            return []
+        keep = self._segments[len(doomed)]
+        old_anchor = self._anchor
+        self._anchor = (keep.first_seq, keep.first_prev_hash)
+        try:
+            self._checkpoint_locked(now)
+        except BaseException:
+            self._anchor = old_anchor
+            raise
+        removed: list[Path] = []
+        for info in doomed:
+            with contextlib.suppress(FileNotFoundError):
+                info.path.unlink()
+            removed.append(info.path)
+            metrics.SEGMENTS_DELETED.inc()
+        self._segments = self._segments[len(doomed) :]
+        try:
+            _fsync_dir(self._dir)
+        except OSError as exc:
+            log.error("audit directory fsync failed", errno=_errno_name(exc))
+        log.info(
+            "audit segments deleted by retention",
+            segments=len(removed),
+            first_kept_seq=keep.first_seq,
+        )
+        return removed
+
+    def _retention_quietly(self, now: dt.datetime) -> None:
+        if not self._retention_lock.acquire(blocking=False):
+            return
+        try:
+            self._apply_retention_locked(now)
+        except Exception as exc:
+            log.error("audit retention failed", error=str(exc), error_type=type(exc).__name__)
+        finally:
+            self._retention_lock.release()
+
+    # ------------------------------------------------------------------ reading
+
+    @property
+    def directory(self) -> Path:
+        return self._dir
+
+    @property
+    def key_ref(self) -> KeyRef:
+        """The audit key that signs checkpoints."""
+        return self._key_ref
+
+    @property
+    def head(self) -> ChainHead:
+        with self._lock:
+            return ChainHead(seq=self._seq, hash=self._hash)
+
+    @property
+    def last_checkpoint(self) -> Checkpoint | None:
+        with self._lock:
+            return self._last_cp
+
+    def token_hmac(self, secret: str) -> str:
+        """``hmac_token`` with this deployment's salt key: how a token may appear in an event."""
+        return hmac_token(secret, self._hmac_key)
+
+    def iter_events(
+        self,
+        *,
+        since: dt.datetime | None = None,
+        until: dt.datetime | None = None,
+        types: Iterable[str] = (),
+        outcome: str | None = None,
+        from_seq: int = 1,
+    ) -> Iterator[AuditRecord]:
+        """Events in seq order across segments. ``since`` inclusive, ``until`` exclusive;
+        ``types`` exact or ``prefix*``; ``outcome`` "success" or "failure"."""
+        where = EventFilter(since=since, until=until, types=tuple(types), outcome=outcome)
+        return iter_records(self._dir, where=where, from_seq=from_seq)
+
+    def export(
+        self,
+        out: TextIO,
+        *,
+        format: ExportFormat | str,
+        since: dt.datetime | None = None,
+        until: dt.datetime | None = None,
+        types: Iterable[str] = (),
+        outcome: str | None = None,
+        progress: ProgressCallback | None = None,
+        progress_every: int = 10_000,
+        actor: Actor | None = None,
+    ) -> int:
+        """Export matching events to ``out`` (see ``trustd.audit.export``); returns the count.
+
+        With ``actor``, an ``audit.export`` event naming the format and filters is
+        appended first, so an export that cannot be audited does not happen.
+        """
+        try:
+            fmt = ExportFormat(format)
+        except ValueError as exc:
+            raise AuditEventError(
+                f"unknown export format {str(format)[:20]!r}: use jsonl, csv, ocsf or cef"
+            ) from exc
+        where = EventFilter(since=since, until=until, types=tuple(types), outcome=outcome)
+        if actor is not None:
+            self.append(
+                AuditEvent(
+                    type=AUDIT_EXPORT,
+                    actor=actor,
+                    action="export",
+                    resource="audit",
+                    details={
+                        "format": str(fmt),
+                        "since": since,
+                        "until": until,
+                        "types": list(where.types),
+                        "outcome": outcome,
+                    },
+                )
+            )
+        if fmt == ExportFormat.JSONL:
+            return write_jsonl(
+                iter_records(self._dir, where=where, lazy=True),
+                out,
+                progress=progress,
+                progress_every=progress_every,
+            )
+        fmt = ExportFormat(fmt)
+        return write_rendered(
+            map(renderer(fmt), iter_rows(self._dir, where=where)),
+            out,
+            progress=progress,
+            progress_every=progress_every,
+            header=",".join(CSV_COLUMNS) if fmt is ExportFormat.CSV else None,
+            line_end="\r\n" if fmt is ExportFormat.CSV else "\n",
+        )
+
+    def count(
+        self,
+        *,
+        since: dt.datetime | None = None,
+        until: dt.datetime | None = None,
+        types: Iterable[str] = (),
+        outcome: str | None = None,
+    ) -> int:
+        """How many events ``iter_events`` would yield (the total for a progress bar)."""
+        where = EventFilter(since=since, until=until, types=tuple(types), outcome=outcome)
+        if not (since or until or where.types or outcome):
+            with self._lock:
+                if not self._segments:
+                    return 0
+                return self._seq - self._segments[0].first_seq + 1
+        return count_records(self._dir, where=where)
+
+    def tail(
+        self,
+        *,
+        follow: bool = False,
+        last: int = 10,
+        types: Iterable[str] = (),
+        outcome: str | None = None,
+        poll_interval: float = 0.25,
+        stop: threading.Event | None = None,
+    ) -> Iterator[AuditRecord]:
+        """The last ``last`` events, then (``follow``) each new one as it is appended,
+        until ``stop`` is set, the log is closed (which sets ``stop``) or the consumer
+        stops iterating."""
+        wake = self.subscribe()
+        where = EventFilter(types=tuple(types), outcome=outcome)
+        done = stop or threading.Event()
+        with self._lock:
+            if self._closed:
+                done.set()
+            self._stops.add(done)
+
+        def generate() -> Iterator[AuditRecord]:
+            try:
+                yield from tail(
+                    self._dir,
+                    follow=follow,
+                    last=last,
+                    where=where,
+                    poll_interval=poll_interval,
+                    stop=done,
+                    wake=wake,
+                )
+            finally:
+                self.unsubscribe(wake)
+                with self._lock:
+                    self._stops.discard(done)
+
+        return generate()
+
+    def subscribe(self) -> threading.Event:
+        """An Event set after every append (and on close): wakes followers without polling."""
+        ev = threading.Event()
+        with self._lock:
+            self._subscribers.add(ev)
+        return ev
+
+    def unsubscribe(self, ev: threading.Event) -> None:
+        with self._lock:
+            self._subscribers.discard(ev)
+
+    def verify(
+        self, *, min_seq: int | None = None, trusted_keys: Sequence[KeyRef] | None = None
+    ) -> VerifyReport:
+        """Verify the whole log (see ``trustd.audit.verify``); retention waits meanwhile."""
+        if trusted_keys is None:
+            trusted_keys = [
+                r for r in (self._key_ref, *self._previous_keys) if r.backend == self._km.kind
+            ]
+        keys = trusted_keys
+        with self._retention_lock:
+            return verify(self._dir, key_manager=self._km, trusted_keys=keys, min_seq=min_seq)
+
+    # ------------------------------------------------------------------ closing
+
+    def close(self) -> None:
+        """Sign a final checkpoint, fsync and close. Idempotent. Raises if the final
+        checkpoint could not be written (the log is closed all the same)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            error: BaseException | None = None
+            try:
+                if self._last_cp is None or self._last_cp.seq != self._seq:
+                    self._checkpoint_locked(self._clock.now())
+            except Exception as exc:
+                error = exc
+                log.error("final audit checkpoint failed", error=str(exc))
+            if self._fd is not None:
+                try:
+                    os.fsync(self._fd)
+                except OSError as exc:
+                    log.error("audit segment fsync failed", errno=_errno_name(exc))
+                os.close(self._fd)
+                self._fd = None
+            self._release_lock_file()
+            subscribers = list(self._subscribers) + list(self._stops)
+        for ev in subscribers:
+            ev.set()
+        log.info("audit log closed", seq=self._seq)
+        if error is not None:
+            raise error
+
+    def __enter__(self) -> AuditLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
