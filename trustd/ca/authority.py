@@ -12,10 +12,11 @@ CA certificate is an intermediate signed by it (Vault/OpenBao PKI).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import threading
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 
 import structlog
@@ -86,6 +87,7 @@ class AuthorityManager:
         self._lock = threading.RLock()
         self._signing: SigningAuthority | None = None
         self._listeners: list[Callable[[Bundle], None]] = []
+        self._before_commit: Callable[[str, AuthorityRecord], None] | None = None
 
     # -- reading -------------------------------------------------------------
     def records(self) -> list[AuthorityRecord]:
@@ -148,9 +150,25 @@ class AuthorityManager:
         self._listeners.append(listener)
 
     # -- writing -------------------------------------------------------------
+    @contextlib.contextmanager
+    def audited(self, record: Callable[[str, AuthorityRecord], None]) -> Iterator[None]:
+        """Within this block every slot change is first handed to ``record`` (the audit log).
+
+        If ``record`` raises, the change is not written and the error propagates: a
+        rotation that cannot be recorded does not happen.
+        """
+        with self._lock:
+            previous, self._before_commit = self._before_commit, record
+            try:
+                yield
+            finally:
+                self._before_commit = previous
+
     def _commit(
         self, records: Sequence[AuthorityRecord], event: str, subject: AuthorityRecord
     ) -> None:
+        if self._before_commit is not None:
+            self._before_commit(event, subject)
         self._store.replace_authorities(records)
         seq = int(self._store.get_doc("bundle.sequence") or "0") + 1
         self._store.put_doc("bundle.sequence", str(seq))
@@ -270,7 +288,7 @@ class AuthorityManager:
                 return self.activate()
             now = self._clock.now()
             record = replace(self._mint_ca(now), state=ACTIVE, activated_at=now)
-            self._commit([*records, record], "activated", record)
+            self._commit_new([*records, record], "activated", record)
             return record
 
     def prepare(self) -> AuthorityRecord:
@@ -281,8 +299,21 @@ class AuthorityManager:
                     "a prepared CA exists already: activate it with 'trustd authority activate'"
                 )
             record = self._mint_ca(self._clock.now())
-            self._commit([*records, record], "prepared", record)
+            self._commit_new([*records, record], "prepared", record)
             return record
+
+    def _commit_new(
+        self, records: Sequence[AuthorityRecord], event: str, subject: AuthorityRecord
+    ) -> None:
+        """Commit a freshly minted CA; if that fails, its KMS key is retired again."""
+        try:
+            self._commit(records, event, subject)
+        except BaseException:
+            try:
+                self._km.retire(subject.key_ref)
+            except TrustdError:
+                log.warning("could not retire an unused CA key", key=subject.key_ref.key_id)
+            raise
 
     def activate(self) -> AuthorityRecord:
         with self._lock:
@@ -291,6 +322,12 @@ class AuthorityManager:
             if prepared is None:
                 raise AuthorityStateError(
                     "no prepared CA to activate: run 'trustd authority prepare' first"
+                )
+            if prepared.tainted:
+                # Everything it signed would be reissued at once: discard it instead.
+                raise AuthorityStateError(
+                    f"the prepared CA {prepared.id[:16]} is tainted: revoke it with "
+                    "'trustd authority revoke' and prepare a new one"
                 )
             now = self._clock.now()
             new: list[AuthorityRecord] = []

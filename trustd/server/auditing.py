@@ -6,17 +6,20 @@ from pathlib import Path
 from typing import Any
 
 from trustd.audit import AuditEvent, AuditLog
+from trustd.audit.syslog import SyslogConfig, SyslogForwarder, tls_client_context
 from trustd.ca.kms.base import KeyManager
 from trustd.clock import Clock
 from trustd.config import ServerConfig
+from trustd.errors import ConfigError
 from trustd.server.audit_hook import Actor
 
 
 class AuditLogAuditor:
     """The server's Auditor over an AuditLog: every record is appended before the call returns."""
 
-    def __init__(self, log: AuditLog) -> None:
+    def __init__(self, log: AuditLog, forwarder: SyslogForwarder | None = None) -> None:
         self.log = log
+        self.forwarder = forwarder
 
     def record(
         self,
@@ -48,6 +51,8 @@ class AuditLogAuditor:
         self.log.checkpoint_if_due()
 
     def close(self) -> None:
+        if self.forwarder is not None:
+            self.forwarder.stop()
         self.log.close()
 
 
@@ -64,5 +69,21 @@ def open_audit_log(cfg: ServerConfig, key_manager: KeyManager, clock: Clock) -> 
         rotate_daily=cfg.audit.rotate_daily,
         retention=cfg.audit.retention,
         checkpoint_interval=cfg.audit.checkpoint_interval,
+        inline_maintenance=False,  # the server's timer checkpoints off the event loop
     )
-    return AuditLogAuditor(log)
+    forwarder = None
+    sink = cfg.audit.syslog
+    if sink is not None:
+        host, _, port = sink.address.rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(f"audit.syslog.address {sink.address!r}: use host:port")
+        tls = None
+        if sink.tls:
+            if not sink.ca_file:
+                raise ConfigError("audit.syslog.caFile is required with tls: true")
+            tls = tls_client_context(ca_file=Path(sink.ca_file))
+        forwarder = SyslogForwarder(
+            log, SyslogConfig(host=host, port=int(port), tls=tls, app_name=sink.app_name)
+        )
+        forwarder.start()
+    return AuditLogAuditor(log, forwarder)

@@ -363,48 +363,62 @@ class ServerCore:
     def authority_op(
         self, actor: Actor, op: str, authority_id: str = "", *, force: bool = False
     ) -> AuthorityRecord:
+        """A manual rotation step. Its audit event is written before the change is."""
         resource = f"authority/{authority_id}" if authority_id else "authority"
+
+        def record(event: str, rec: AuthorityRecord) -> None:
+            self._audit(
+                f"authority.{op}",
+                actor,
+                op,
+                f"authority/{rec.id}",
+                details={"event": event, "not_after": rec.not_after.isoformat(), "state": rec.state},
+            )
+
         try:
             self.auditor.check()
-            if op == "prepare":
-                rec = self.authorities.prepare()
-            elif op == "activate":
-                rec = self.authorities.activate()
-            elif op == "taint":
-                rec = self.authorities.taint(authority_id)
-            elif op == "revoke":
-                rec = self.authorities.revoke(authority_id, force=force)
-            else:
-                raise InvalidArgumentError(f"unknown authority operation {op!r}")
+            with self.authorities.audited(record):
+                if op == "prepare":
+                    rec = self.authorities.prepare()
+                elif op == "activate":
+                    rec = self.authorities.activate()
+                elif op == "taint":
+                    rec = self.authorities.taint(authority_id)
+                elif op == "revoke":
+                    rec = self.authorities.revoke(authority_id, force=force)
+                else:
+                    raise InvalidArgumentError(f"unknown authority operation {op!r}")
         except TrustdError as exc:
             self._audit_failure(f"authority.{op}", actor, op, resource, exc)
             raise
         self.metrics.ca_rotations.labels(event=op).inc()
-        self._audit(
-            f"authority.{op}",
-            actor,
-            op,
-            f"authority/{rec.id}",
-            details={"not_after": rec.not_after.isoformat(), "state": rec.state},
-        )
         self.refresh_metrics()
         return rec
 
+    def _record_automatic(self, event: str, rec: AuthorityRecord) -> None:
+        self._audit(
+            f"authority.{event}",
+            SYSTEM,
+            event,
+            f"authority/{rec.id}",
+            details={"automatic": True, "not_after": rec.not_after.isoformat()},
+        )
+
+    def ensure_ca(self) -> AuthorityRecord:
+        """At start-up: an active CA, creating the first one (audited) if there is none."""
+        with self.authorities.audited(self._record_automatic):
+            return self.authorities.ensure_active()
+
     def rotate_tick(self) -> str | None:
-        """Automatic rotation, run periodically by the server."""
+        """Automatic rotation, run periodically by the server; audited like a manual one."""
         try:
-            did = self.authorities.rotate()
+            with self.authorities.audited(self._record_automatic):
+                did = self.authorities.rotate()
         except TrustdError as exc:
             log.warning("automatic ca rotation failed; will retry", error=str(exc))
             return None
         if did:
             self.metrics.ca_rotations.labels(event=did).inc()
-            active = [r for r in self.authorities.records() if r.state == "active"]
-            resource = f"authority/{active[0].id}" if active else "authority"
-            try:
-                self._audit(f"authority.{did}", SYSTEM, did, resource, details={"automatic": True})
-            except TrustdError:
-                log.error("audit event for automatic rotation could not be written", event=did)
             self.refresh_metrics()
         return did
 
