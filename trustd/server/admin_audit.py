@@ -9,7 +9,8 @@ import threading
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-from trustd.errors import InvalidArgumentError, UnavailableError
+from trustd.audit import parse_time
+from trustd.errors import InvalidArgumentError, TrustdError, UnavailableError
 from trustd.server.auditing import AuditLogAuditor
 
 if TYPE_CHECKING:
@@ -18,14 +19,16 @@ if TYPE_CHECKING:
 CHUNK = 256 * 1024
 
 
-def _time(value: Any, name: str) -> dt.datetime | None:
+def _time(value: Any, name: str, now: dt.datetime) -> dt.datetime | None:
+    """RFC 3339, a date, or a duration ago ("24h")."""
     if value in (None, ""):
         return None
     try:
-        when = dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    except ValueError:
-        raise InvalidArgumentError(f"invalid --{name}: use RFC 3339, e.g. 2026-11-26T10:00:00Z") from None
-    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
+        return parse_time(str(value), now=now)
+    except (ValueError, TrustdError):
+        raise InvalidArgumentError(
+            f"invalid --{name}: use RFC 3339 (2026-11-26T10:00:00Z), a date, or a duration ago (24h)"
+        ) from None
 
 
 class _QueueWriter:
@@ -73,8 +76,8 @@ def register(admin: AdminService, auditor: AuditLogAuditor) -> None:
         if outcome not in (None, "", "success", "failure"):
             raise InvalidArgumentError("invalid --outcome: use success or failure")
         return {
-            "since": _time(d.get("since"), "since"),
-            "until": _time(d.get("until"), "until"),
+            "since": _time(d.get("since"), "since", admin.core.clock.now()),
+            "until": _time(d.get("until"), "until", admin.core.clock.now()),
             "types": [str(t) for t in types],
             "outcome": outcome or None,
         }
