@@ -50,7 +50,7 @@ def peer_credentials(sock: _SockOpt) -> tuple[int, int, int]:
 def _read_at(dir_fd: int, name: str) -> bytes:
     fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
     try:
-        chunks = []
+        chunks: list[bytes] = []
         while True:
             chunk = os.read(fd, 65536)
             if not chunk:

@@ -19,13 +19,15 @@ drive renewal with ``await cache.rotate_due()`` after moving a ``FakeClock``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
+import functools
 import hashlib
 import math
 import random
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import structlog
 from cryptography import x509
@@ -53,7 +55,16 @@ WorkloadKey = frozenset[Selector]  # every selector a caller satisfies; what mat
 
 
 def workload_key(caller: Caller) -> WorkloadKey:
-    return caller.selectors()
+    """The selectors of a caller, remembered across connections of the same kind of process."""
+    return _selectors_of(caller.uid, caller.gid, caller.exe, caller.supplementary_gids)
+
+
+@functools.lru_cache(maxsize=4096)
+def _selectors_of(
+    uid: int, gid: int, exe: str | None, groups: frozenset[int]
+) -> WorkloadKey:
+    # user and group names come from the name service; the pid plays no part in matching.
+    return Caller(uid=uid, gid=gid, pid=0, exe=exe, supplementary_gids=groups).selectors()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -121,7 +132,7 @@ class AgentCache:
         self.watches_live = 0  # open watch streams to the server
 
         metrics.bind_sync_age(self._sync_age)
-        metrics.bind_seconds_until_expiry(self._seconds_until_expiry)
+        metrics.bind_seconds_until_expiry(self.seconds_until_expiry)
 
     # ------------------------------------------------------------------ state from the server
 
@@ -332,16 +343,15 @@ class AgentCache:
         if batch:
             self._spawn(self._sign_batch_reporting(batch))
 
-    def _spawn(self, coro: object) -> None:
-        task: asyncio.Task[None] = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
     async def _sign_batch_reporting(self, batch: list[RegistrationEntry]) -> None:
-        try:
+        # Failures are already resolved into the waiting futures and logged.
+        with contextlib.suppress(TrustdError):
             await self._sign(batch)
-        except TrustdError:
-            pass  # already resolved into the waiting futures and logged
 
     async def _sign(self, batch: list[RegistrationEntry]) -> int:
         """Sign ``batch`` (futures for each entry are in ``_inflight`` or created here)."""
@@ -352,64 +362,88 @@ class AgentCache:
         done = 0
         size = max(1, self._settings.sign_batch_size)
         for start in range(0, len(batch), size):
-            chunk = batch[start : start + size]
-            keys: dict[str, ec.EllipticCurvePrivateKey] = {}
-            requests = []
-            for e in chunk:
-                keys[e.id] = new_key()
-                requests.append(SvidRequest(entry_id=e.id, csr_der=make_csr(keys[e.id], e.spiffe_id)))
             try:
-                signed = await self._upstream.sign_x509_svids(requests)
-                if len(signed) != len(requests):
-                    raise BadSvidError("server answered a different number of svids than asked")
-            except Exception as exc:
-                rest = batch[start:]
-                self._signing_failed(rest, exc)
-                err = self._as_signing_error(exc)
-                for e in rest:
-                    self._resolve(e.id, err)
-                raise err from exc
-            self.mark_synced()
-            changed: set[str] = set()
-            for e, s in zip(chunk, signed, strict=True):
-                current = self._entries.get(e.id)
-                try:
-                    if s.entry_id != e.id:
-                        raise BadSvidError("server answered svids out of order")
-                    svid = build_svid(
-                        entry_id=e.id,
-                        spiffe_id=e.spiffe_id,
-                        key=keys[e.id],
-                        chain_der=s.cert_chain_der,
-                        renew_fraction=self._renew_fraction(),
-                    )
-                except BadSvidError as exc:
-                    self._signing_failed([e], exc)
-                    self._resolve(e.id, exc)
-                    continue
-                if current is None or current.spiffe_id != e.spiffe_id:
-                    # Removed or re-pointed while we were signing: do not serve it.
-                    self._resolve(e.id, NoIdentityError("the registration entry changed"))
-                    continue
-                old = self._svids.get(e.id)
-                self._svids[e.id] = svid
-                self._retry.pop(e.id, None)
-                self._forced.discard(e.id)
-                self._metrics.svid_renewals.labels(outcome="success").inc()
-                log.info(
-                    "svid rotated" if old else "svid issued",
+                done += await self._sign_chunk(batch[start : start + size])
+            except UnavailableError as err:
+                # The server is down: do not hammer it with the rest of the batch now.
+                rest = batch[start + size :]
+                if rest:
+                    self._signing_failed(rest, err)
+                    for e in rest:
+                        self._resolve(e.id, err)
+                raise
+            except TrustdError:
+                continue  # this entry was refused; the others still get their SVIDs
+        return done
+
+    async def _sign_chunk(self, chunk: list[RegistrationEntry]) -> int:
+        keys: dict[str, ec.EllipticCurvePrivateKey] = {}
+        requests = []
+        for e in chunk:
+            keys[e.id] = new_key()
+            csr = make_csr(keys[e.id], e.spiffe_id)
+            requests.append(SvidRequest(entry_id=e.id, csr_der=csr))
+        try:
+            signed = await self._upstream.sign_x509_svids(requests)
+            if len(signed) != len(requests):
+                raise BadSvidError("server answered a different number of svids than asked")
+        except Exception as exc:
+            refused = isinstance(exc, TrustdError) and not isinstance(exc, UnavailableError)
+            if refused and len(chunk) > 1:
+                # One entry the server refuses (deleted meanwhile, not this agent's) must not
+                # hold back the others: ask for each on its own.
+                done = 0
+                for e in chunk:
+                    with contextlib.suppress(TrustdError):
+                        done += await self._sign_chunk([e])
+                return done
+            self._signing_failed(chunk, exc)
+            err = self._as_signing_error(exc)
+            for e in chunk:
+                self._resolve(e.id, err)
+            raise err from exc
+        self.mark_synced()
+        done = 0
+        changed: set[str] = set()
+        for e, s in zip(chunk, signed, strict=True):
+            current = self._entries.get(e.id)
+            try:
+                if s.entry_id != e.id:
+                    raise BadSvidError("server answered svids out of order")
+                svid = build_svid(
                     entry_id=e.id,
-                    spiffe_id=str(e.spiffe_id),
-                    serial=f"{svid.serial:x}",
-                    not_after=svid.not_after.isoformat(),
-                    renew_at=svid.renew_at.isoformat(),
+                    spiffe_id=e.spiffe_id,
+                    key=keys[e.id],
+                    chain_der=s.cert_chain_der,
+                    renew_fraction=self._renew_fraction(),
                 )
-                changed.add(e.id)
-                done += 1
-                self._resolve(e.id, svid)
-            if changed:
-                self._update_svid_metrics()
-                self._notify_entries(changed)
+            except BadSvidError as exc:
+                self._signing_failed([e], exc)
+                self._resolve(e.id, exc)
+                continue
+            if current is None or current.spiffe_id != e.spiffe_id:
+                # Removed or re-pointed while we were signing: do not serve it.
+                self._resolve(e.id, NoIdentityError("the registration entry changed"))
+                continue
+            old = self._svids.get(e.id)
+            self._svids[e.id] = svid
+            self._retry.pop(e.id, None)
+            self._forced.discard(e.id)
+            self._metrics.svid_renewals.labels(outcome="success").inc()
+            log.info(
+                "svid rotated" if old else "svid issued",
+                entry_id=e.id,
+                spiffe_id=str(e.spiffe_id),
+                serial=f"{svid.serial:x}",
+                not_after=svid.not_after.isoformat(),
+                renew_at=svid.renew_at.isoformat(),
+            )
+            changed.add(e.id)
+            done += 1
+            self._resolve(e.id, svid)
+        if changed:
+            self._update_svid_metrics()
+            self._notify_entries(changed)
         return done
 
     def _resolve(self, entry_id: str, result: Svid | BaseException) -> None:
@@ -516,10 +550,8 @@ class AgentCache:
                 delay = min(delay, max(0.0, (nxt - self._clock.now()).total_seconds()))
             if delay <= 0:
                 delay = 0.05  # something is due but in flight: look again shortly
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake_rotation.wait(), timeout=delay)
-            except TimeoutError:
-                pass
 
     # ------------------------------------------------------------------ metrics
 
@@ -535,7 +567,7 @@ class AgentCache:
             return 0.0 if self.watches_live > 0 else math.nan
         return max(0.0, (self._clock.now() - self.last_sync).total_seconds())
 
-    def _seconds_until_expiry(self) -> float:
+    def seconds_until_expiry(self) -> float:
         earliest = min((s.not_after for s in self._svids.values()), default=None)
         if earliest is None:
             return math.nan
@@ -545,10 +577,8 @@ class AgentCache:
         for t in list(self._background):
             t.cancel()
         for t in list(self._background):
-            try:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
-            except (asyncio.CancelledError, Exception):  # noqa: S110 - shutting down
-                pass
         for fut in self._inflight.values():
             if not fut.done():
                 fut.cancel()

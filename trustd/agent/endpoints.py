@@ -51,13 +51,21 @@ class _AttestingProtocol(asyncio.Protocol):
     """Wraps grpclib's HTTP/2 protocol: attests the peer, then hands everything on."""
 
     def __init__(
-        self, inner: asyncio.Protocol, attestor: Attestor, callers: CallerRegistry
+        self,
+        inner: asyncio.Protocol,
+        attestor: Attestor,
+        callers: CallerRegistry,
+        live: set[asyncio.BaseTransport],
     ) -> None:
         self._inner = inner
         self._attestor = attestor
         self._callers = callers
+        self._live = live
+        self._transport: asyncio.BaseTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport
+        self._live.add(transport)
         sock = transport.get_extra_info("socket")
         caller: Caller | None = None
         if sock is not None:
@@ -75,6 +83,8 @@ class _AttestingProtocol(asyncio.Protocol):
         return self._inner.eof_received()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._transport is not None:
+            self._live.discard(self._transport)
         self._inner.connection_lost(exc)
 
     def pause_writing(self) -> None:
@@ -124,10 +134,22 @@ class AttestingServer(Server):
         super().__init__(handlers)
         self._callers = callers
         self._attestor = attestor
+        self._live: set[asyncio.BaseTransport] = set()
 
     def _protocol_factory(self) -> Any:  # overrides grpclib's per-connection factory
         inner = super()._protocol_factory()
-        return _AttestingProtocol(inner, self._attestor, self._callers)
+        return _AttestingProtocol(inner, self._attestor, self._callers, self._live)
+
+    @property
+    def connection_count(self) -> int:
+        return len(self._live)
+
+    def close_connections(self) -> None:
+        """Close every client connection. grpclib's ``close()`` only stops accepting and
+        cancels handlers; in a process that keeps running (``trustd up``, tests) the
+        connections would stay open, and clients like Envoy would not reconnect."""
+        for transport in list(self._live):
+            transport.close()
 
 
 def prepare_socket_path(path: Path) -> None:

@@ -10,6 +10,7 @@ Every certificate built here is parsed back and verified by the caller.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import hashlib
 from collections.abc import Iterable
@@ -35,7 +36,28 @@ def _len(n: int) -> bytes:
 
 
 def tlv(tag: int, body: bytes) -> bytes:
-    return bytes((tag,)) + _len(len(body)) + body
+    n = len(body)
+    if n < 0x80:  # the common case, on the issuance hot path
+        return bytes((tag, n)) + body
+    return bytes((tag,)) + _len(n) + body
+
+
+def read_tlv(data: bytes, pos: int) -> tuple[int, int, int]:
+    """One DER element at ``pos``: its tag and the start and end of its contents."""
+    tag = data[pos]
+    first = data[pos + 1]
+    pos += 2
+    if first < 0x80:
+        length = first
+    else:
+        count = first & 0x7F
+        if count == 0 or count > 4:
+            raise ValueError("unsupported DER length")
+        length = int.from_bytes(data[pos : pos + count], "big")
+        pos += count
+    if pos + length > len(data):
+        raise ValueError("truncated DER element")
+    return tag, pos, pos + length
 
 
 def seq(*parts: bytes) -> bytes:
@@ -47,10 +69,10 @@ def oid(dotted: str) -> bytes:
     out = bytearray((40 * arcs[0] + arcs[1],))
     for arc in arcs[2:]:
         chunk = [arc & 0x7F]
-        arc >>= 7
-        while arc:
-            chunk.append(0x80 | (arc & 0x7F))
-            arc >>= 7
+        rest = arc >> 7
+        while rest:
+            chunk.append(0x80 | (rest & 0x7F))
+            rest >>= 7
         out += bytes(reversed(chunk))
     return tlv(0x06, bytes(out))
 
@@ -75,10 +97,11 @@ NULL = b"\x05\x00"
 
 
 def _time(when: dt.datetime) -> bytes:
-    when = when.astimezone(dt.UTC)
-    if 1950 <= when.year < 2050:
-        return tlv(0x17, when.strftime("%y%m%d%H%M%SZ").encode())
-    return tlv(0x18, when.strftime("%Y%m%d%H%M%SZ").encode())
+    w = when.astimezone(dt.UTC)
+    hms = (w.month, w.day, w.hour, w.minute, w.second)
+    if 1950 <= w.year < 2050:
+        return tlv(0x17, b"%02d%02d%02d%02d%02d%02dZ" % (w.year % 100, *hms))
+    return tlv(0x18, b"%04d%02d%02d%02d%02d%02dZ" % (w.year, *hms))
 
 
 # Object identifiers used below.
@@ -136,6 +159,22 @@ def spki(public_key: PublicKey) -> bytes:
     )
 
 
+def spki_and_key_identifier(public_key: PublicKey) -> tuple[bytes, bytes]:
+    """The DER SubjectPublicKeyInfo and its RFC 5280 method-1 key identifier, in one encoding.
+
+    The identifier is the SHA-1 of the subjectPublicKey BIT STRING's value, which
+    is what ``key_identifier`` hashes (the X9.62 point, or the PKCS#1 RSA key).
+    """
+    info = spki(public_key)
+    _, start, _ = read_tlv(info, 0)  # SubjectPublicKeyInfo
+    _, _, alg_end = read_tlv(info, start)  # AlgorithmIdentifier
+    tag, bits_start, bits_end = read_tlv(info, alg_end)  # subjectPublicKey
+    if tag != 0x03 or info[bits_start] != 0:
+        raise ValueError("unexpected SubjectPublicKeyInfo encoding")
+    key_id = hashlib.sha1(info[bits_start + 1 : bits_end], usedforsecurity=False).digest()
+    return info, key_id
+
+
 def san(uris: Iterable[str] = (), dns_names: Iterable[str] = ()) -> bytes:
     names = b"".join(tlv(0x86, u.encode("ascii")) for u in uris)
     names += b"".join(tlv(0x82, d.encode("ascii")) for d in dns_names)
@@ -186,17 +225,22 @@ def leaf_extensions(
 ) -> tuple[bytes, ...]:
     """X.509-SVID extensions: cA=false, digitalSignature (+keyEncipherment for RSA), server+client EKU."""
     return (
-        extension(_EXT_BASIC_CONSTRAINTS, seq(), critical=True),
-        extension(
-            _EXT_KEY_USAGE,
-            KU_DIGITAL_SIGNATURE_KEY_ENCIPHERMENT if rsa_key else KU_DIGITAL_SIGNATURE,
-            critical=True,
-        ),
-        extension(_EXT_EXT_KEY_USAGE, _EKU_SERVER_CLIENT),
+        _LEAF_BASIC_CONSTRAINTS,
+        _LEAF_KEY_USAGE_RSA if rsa_key else _LEAF_KEY_USAGE_EC,
+        _LEAF_EXT_KEY_USAGE,
         extension(_EXT_SKI, octet_string(subject_key_id)),
         extension(_EXT_AKI, seq(tlv(0x80, authority_key_id))),
         extension(_EXT_SAN, san([spiffe_id], dns_names), critical=subject_empty),
     )
+
+
+# The leaf extensions that are the same in every SVID, encoded once.
+_LEAF_BASIC_CONSTRAINTS = extension(_EXT_BASIC_CONSTRAINTS, seq(), critical=True)
+_LEAF_KEY_USAGE_EC = extension(_EXT_KEY_USAGE, KU_DIGITAL_SIGNATURE, critical=True)
+_LEAF_KEY_USAGE_RSA = extension(
+    _EXT_KEY_USAGE, KU_DIGITAL_SIGNATURE_KEY_ENCIPHERMENT, critical=True
+)
+_LEAF_EXT_KEY_USAGE = extension(_EXT_EXT_KEY_USAGE, _EKU_SERVER_CLIENT)
 
 
 def ca_extensions(
@@ -226,3 +270,10 @@ def certification_request_info(subject: bytes, subject_spki: bytes, uris: Iterab
 
 def is_rsa(public_key: PublicKey) -> bool:
     return isinstance(public_key, rsa.RSAPublicKey)
+
+
+def certificate_pem(cert_der: bytes) -> bytes:
+    """PEM of a DER certificate, byte for byte what ``cryptography`` writes."""
+    b64 = base64.b64encode(cert_der)
+    lines = b"\n".join(b64[i : i + 64] for i in range(0, len(b64), 64))
+    return b"-----BEGIN CERTIFICATE-----\n" + lines + b"\n-----END CERTIFICATE-----\n"

@@ -106,6 +106,8 @@ def _port_keys(value: Any) -> Any:
             raise ValueError(f"port {key!r} is not a number: write ports as 1-65535")
         if not MIN_PORT <= key <= MAX_PORT:
             raise ValueError(f"port {key} is out of range: write ports as 1-65535")
+        if key in out:
+            raise ValueError(f"port {key} appears twice: keep one entry per port")
         out[key] = item
     return out
 

@@ -127,13 +127,17 @@ class LocalKeyManager:
             doc = json.loads(path.read_text())
         except FileNotFoundError:
             raise NotFoundError(f"key {ref.key_id!r} does not exist or was retired") from None
+        except (OSError, ValueError):
+            raise PermissionDeniedError(
+                f"key file for {ref.key_id!r} cannot be read or is not a trustd key file"
+            ) from None
         try:
             der = self._aead.decrypt(
                 base64.b64decode(doc["nonce"]),
                 base64.b64decode(doc["ciphertext"]),
                 ref.key_id.encode(),
             )
-        except InvalidTag:
+        except (InvalidTag, KeyError, TypeError, ValueError):  # wrong KEK, or a damaged file
             raise PermissionDeniedError(
                 f"key {ref.key_id!r} cannot be decrypted: wrong key-encryption key, "
                 "or the file was altered"

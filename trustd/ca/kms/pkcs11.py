@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pkcs11
 import pkcs11.exceptions as p11e
@@ -46,7 +46,17 @@ from trustd.ca.kms.errors import (
     KmsPermissionDeniedError,
     KmsUnavailableError,
 )
-from trustd.errors import TrustdError
+from trustd.errors import (
+    AlreadyExistsError,
+    ConfigError,
+    NotFoundError,
+    PermissionDeniedError,
+    TrustdError,
+    UnavailableError,
+)
+
+if TYPE_CHECKING:
+    from trustd.config import Pkcs11Config
 
 log = structlog.get_logger(__name__)
 
@@ -85,6 +95,20 @@ _SESSION_LOST = (
     p11e.DeviceError,
     p11e.DeviceMemory,
 )
+
+
+def _outcome(err: TrustdError) -> str:
+    """The metric outcome label: ok, unavailable, denied, not_found, exists, invalid, config."""
+    for cls, label in (
+        (UnavailableError, "unavailable"),
+        (PermissionDeniedError, "denied"),
+        (NotFoundError, "not_found"),
+        (AlreadyExistsError, "exists"),
+        (ConfigError, "config"),
+    ):
+        if isinstance(err, cls):
+            return label
+    return "invalid"
 
 
 def ecdsa_raw_to_der(raw: bytes) -> bytes:
@@ -274,13 +298,12 @@ class Pkcs11KeyManager:
                         )
                 raise AssertionError("unreachable")  # pragma: no cover
         except TrustdError as exc:
-            outcome = type(exc).__name__
+            outcome = _outcome(exc)
             raise
         except p11e.PKCS11Error as exc:
-            outcome = type(exc).__name__
+            outcome = "unavailable"
             raise KmsUnavailableError(
-                f"the pkcs11 token {self._token_label!r} failed {operation} "
-                f"({type(exc).__name__})"
+                f"the pkcs11 token {self._token_label!r} failed {operation} ({type(exc).__name__})"
             ) from None
         finally:
             PKCS11_OPERATIONS.labels(operation, outcome).inc()
@@ -471,3 +494,15 @@ class Pkcs11KeyManager:
         with self._lock:
             self._closed = True
             self._drop_session()
+
+
+def from_config(cfg: Pkcs11Config) -> Pkcs11KeyManager:
+    """The ``keyManager: {kind: pkcs11, ...}`` block as a key manager."""
+    return Pkcs11KeyManager(
+        module=cfg.module,
+        token_label=cfg.token_label,
+        pin=cfg.pin.get_secret_value() if cfg.pin is not None else None,
+        pin_file=cfg.pin_file,
+        pin_env=cfg.pin_env,
+        slot=cfg.slot,
+    )

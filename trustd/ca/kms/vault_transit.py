@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 import hvac
@@ -60,6 +60,9 @@ from trustd.errors import (
     TrustdError,
     UnavailableError,
 )
+
+if TYPE_CHECKING:
+    from trustd.config import AppRoleConfig, VaultTransitConfig
 
 log = structlog.get_logger(__name__)
 
@@ -354,6 +357,8 @@ class VaultConnection:
             if self._auth[0] != seen_generation:
                 return True  # another thread refreshed meanwhile
             if self._app_role is not None:
+                if self._token_is_valid():
+                    return False  # the policy, not the token, said no: do not pile up logins
                 self._login()
                 return True
             token = self._read_token_file()
@@ -362,6 +367,17 @@ class VaultConnection:
             self._auth = (self._auth[0] + 1, token)
             log.info("vault token file re-read", address=self._address)
             return True
+
+    def _token_is_valid(self) -> bool:
+        try:
+            self._run(
+                "token_lookup",
+                self._client().auth.token.lookup_self,
+                what="a token lookup",
+            )
+        except PermissionDeniedError:
+            return False
+        return True
 
     # -- requests
 
@@ -394,6 +410,9 @@ class VaultConnection:
         outcome = "ok"
         try:
             return fn()
+        except TrustdError as exc:
+            outcome = _outcome(exc)
+            raise
         except Exception as exc:
             err = self._translate(exc, what=what, login=login)
             outcome = _outcome(err)
@@ -417,11 +436,8 @@ class VaultConnection:
     def _translate(self, exc: Exception, *, what: str, login: bool) -> TrustdError:
         e = self._errors
         addr = self._address
-        if isinstance(exc, TrustdError):
-            return exc
         if isinstance(exc, requests.exceptions.Timeout) or (
-            isinstance(exc, requests.exceptions.ConnectionError)
-            and "timed out" in str(exc).lower()
+            isinstance(exc, requests.exceptions.ConnectionError) and "timed out" in str(exc).lower()
         ):
             return e.timeout(
                 f"vault at {addr} did not answer {what} within {self._timeout:g}s: "
@@ -822,3 +838,31 @@ def _matches(public: object, algorithm: KeyAlgorithm) -> bool:
         size = {KeyAlgorithm.RSA_2048: 2048, KeyAlgorithm.RSA_4096: 4096}
         return size.get(algorithm) == public.key_size
     return False
+
+
+def app_role_from_config(cfg: AppRoleConfig | None) -> AppRole | None:
+    """The ``appRole`` config block as an ``AppRole`` (None when absent)."""
+    if cfg is None:
+        return None
+    return AppRole(
+        role_id=cfg.role_id,
+        secret_id=cfg.secret_id.get_secret_value() if cfg.secret_id is not None else None,
+        secret_id_file=Path(cfg.secret_id_file) if cfg.secret_id_file is not None else None,
+        mount=cfg.mount,
+    )
+
+
+def from_config(cfg: VaultTransitConfig) -> VaultTransitKeyManager:
+    """The ``keyManager: {kind: vault-transit, ...}`` block as a key manager."""
+    return VaultTransitKeyManager(
+        address=cfg.address,
+        token=cfg.token.get_secret_value() if cfg.token is not None else None,
+        token_file=cfg.token_file,
+        app_role=app_role_from_config(cfg.app_role),
+        mount=cfg.mount,
+        key_prefix=cfg.key_prefix,
+        namespace=cfg.namespace,
+        ca_cert=cfg.ca_cert,
+        tls_skip_verify=cfg.tls_skip_verify,
+        timeout=cfg.timeout,
+    )

@@ -28,6 +28,15 @@ class UpstreamResult:
         """trustd's own CA certificate, as the upstream signed it."""
         return self.chain[0]
 
+    @property
+    def not_after(self) -> dt.datetime:
+        """When the chain stops validating: the earliest notAfter of chain and roots.
+
+        Vault may sign an intermediate that outlives its own issuer; use this, not
+        ``certificate.not_valid_after_utc``, to plan renewal and cap SVID TTLs.
+        """
+        return min(c.not_valid_after_utc for c in (*self.chain, *self.roots))
+
 
 @runtime_checkable
 class UpstreamAuthority(Protocol):
@@ -52,5 +61,4 @@ class UpstreamAuthority(Protocol):
         """Raise UnavailableError (or PermissionDeniedError) when signing cannot work now."""
         ...
 
-    def close(self) -> None:
-        ...
+    def close(self) -> None: ...

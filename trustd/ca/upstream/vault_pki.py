@@ -18,7 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hvac
 import structlog
@@ -26,7 +26,13 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 
-from trustd.ca.kms.vault_transit import AppRole, VaultConnection, VaultErrorClasses, response_data
+from trustd.ca.kms.vault_transit import (
+    AppRole,
+    VaultConnection,
+    VaultErrorClasses,
+    app_role_from_config,
+    response_data,
+)
 from trustd.ca.upstream.base import UpstreamResult
 from trustd.ca.upstream.errors import (
     UpstreamBadResponseError,
@@ -37,6 +43,9 @@ from trustd.ca.upstream.errors import (
     UpstreamTimeoutError,
     UpstreamUnavailableError,
 )
+
+if TYPE_CHECKING:
+    from trustd.config import VaultPkiConfig
 
 log = structlog.get_logger(__name__)
 
@@ -222,7 +231,15 @@ class VaultPkiUpstream:
         self._verify(cert, csr, uris)
         pool = certs[1:] + _load_pems(data.get("issuing_ca")) + _load_pems(data.get("ca_chain"))
         chain, roots = build_chain(cert, pool)
-        not_after = cert.not_valid_after_utc
+        result = UpstreamResult(chain=chain, roots=roots)
+        not_after = result.not_after
+        if not_after < cert.not_valid_after_utc:
+            log.warning(
+                "upstream ca certificate outlives its issuer",
+                mount=self._mount,
+                not_after=cert.not_valid_after_utc.isoformat(),
+                chain_not_after=not_after.isoformat(),
+            )
         wanted = dt.datetime.now(dt.UTC) + ttl
         if not_after < wanted - dt.timedelta(minutes=1):
             log.warning(
@@ -240,15 +257,14 @@ class VaultPkiUpstream:
             chain_length=len(chain),
             root=roots[0].subject.rfc4514_string(),
         )
-        return UpstreamResult(chain=chain, roots=roots)
+        return result
 
     def _verify(
         self, cert: x509.Certificate, csr: x509.CertificateSigningRequest, uris: list[str]
     ) -> None:
         if _spki(cert) != _spki(csr):
             raise UpstreamBadResponseError(
-                "vault returned a certificate for another public key than the csr's: "
-                "refusing it"
+                "vault returned a certificate for another public key than the csr's: refusing it"
             )
         try:
             bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
@@ -297,3 +313,20 @@ class VaultPkiUpstream:
 
     def close(self) -> None:
         self._conn.close()
+
+
+def from_config(cfg: VaultPkiConfig) -> VaultPkiUpstream:
+    """The ``upstreamAuthority: {kind: vault-pki, ...}`` block as an upstream authority."""
+    return VaultPkiUpstream(
+        address=cfg.address,
+        token=cfg.token.get_secret_value() if cfg.token is not None else None,
+        token_file=cfg.token_file,
+        app_role=app_role_from_config(cfg.app_role),
+        mount=cfg.mount,
+        issuer=cfg.issuer,
+        role=cfg.role,
+        namespace=cfg.namespace,
+        ca_cert=cfg.ca_cert,
+        tls_skip_verify=cfg.tls_skip_verify,
+        timeout=cfg.timeout,
+    )
