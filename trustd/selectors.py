@@ -7,6 +7,7 @@ selectors matches.
 
 from __future__ import annotations
 
+import contextlib
 import grp
 import pwd
 from dataclasses import dataclass, field
@@ -71,16 +72,12 @@ class Caller:
     def selectors(self) -> frozenset[Selector]:
         """Every selector this caller satisfies."""
         out = {Selector("unix", "uid", str(self.uid)), Selector("unix", "gid", str(self.gid))}
-        try:
+        with contextlib.suppress(KeyError):  # a uid with no passwd entry has no user name
             out.add(Selector("unix", "user", pwd.getpwuid(self.uid).pw_name))
-        except KeyError:
-            pass
         for gid in {self.gid, *self.supplementary_gids}:
             out.add(Selector("unix", "gid", str(gid)))
-            try:
+            with contextlib.suppress(KeyError):
                 out.add(Selector("unix", "group", grp.getgrgid(gid).gr_name))
-            except KeyError:
-                pass
         if self.exe:
             out.add(Selector("unix", "path", self.exe))
         return frozenset(out)

@@ -86,11 +86,13 @@ class PolicyRelay(JsonService):
 
     async def _watch(self, stream: Any, d: dict[str, Any]) -> AsyncIterator[Any]:
         self._entitled(stream)
-        seen = -1
+        seen = [-1]
         while True:
             async with self._changed:
-                await self._changed.wait_for(lambda: self._version != seen and self._current is not None)
-                seen = self._version
+                await self._changed.wait_for(
+                    lambda: self._version != seen[0] and self._current is not None
+                )
+                seen[0] = self._version
                 doc = self._current
             yield {"policy": doc}
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
-import json
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -98,10 +98,8 @@ def tail(
             sys.stdout.write(msg["event"] + "\n")
             sys.stdout.flush()
 
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run())
-    except KeyboardInterrupt:
-        pass
 
 
-__all__ = ["app", "json"]
+__all__ = ["app"]

@@ -375,8 +375,9 @@ class AgentApiServer:
         tlsutil.load_identity(self._ctx, chain, key)
         self._server = grpclib.server.Server([self.api, Health()])
         await self._server.start(host or "127.0.0.1", int(port), ssl=self._ctx, reuse_address=True)
-        sock = self._server._server.sockets[0] if self._server._server else None
-        self.port = sock.getsockname()[1] if sock else int(port)
+        listener: Any = self._server._server  # grpclib keeps the asyncio.Server privately
+        sockets = listener.sockets if listener is not None else []
+        self.port = int(sockets[0].getsockname()[1]) if sockets else int(port)
         self._renew_task = asyncio.create_task(self._renew_loop(not_after))
         self._bundle_task = asyncio.create_task(self._bundle_loop())
         log.info("agent api listening", address=f"{host}:{self.port}")

@@ -23,14 +23,14 @@ from trustd.config import ServerConfig
 from trustd.errors import TrustdError
 from trustd.server import factory
 from trustd.server.admin import AdminService
-from trustd.server.agent_api import AgentApiServer
 from trustd.server.admin_audit import register as register_audit_admin
 from trustd.server.admin_policy import register as register_policy_admin
-from trustd.server.auditing import AuditLogAuditor
+from trustd.server.agent_api import AgentApiServer
 from trustd.server.audit_hook import Auditor
-from trustd.server.policy_plane import PolicyPlane
+from trustd.server.auditing import AuditLogAuditor
 from trustd.server.changes import ChangeHub
 from trustd.server.core import ServerCore
+from trustd.server.policy_plane import PolicyPlane
 from trustd.spiffeid import TrustDomain
 from trustd.telemetry.http import HealthServer
 from trustd.telemetry.metrics import ServerMetrics

@@ -8,9 +8,9 @@ bundles on every change, CSRs signed by the server's issuer. Blocking work
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import Executor
+from typing import Any, TypeVar
 
 from trustd.agent.upstream import BundleUpdate, EntryUpdate, SignedSvid, SvidRequest
 from trustd.bundle import Bundle
@@ -20,6 +20,7 @@ from trustd.server.audit_hook import Actor
 from trustd.server.changes import ChangeHub
 from trustd.server.core import ServerCore
 
+T = TypeVar("T")
 FALLBACK_RECHECK = 5.0  # seconds: catches changes written by another server
 
 
@@ -41,23 +42,23 @@ class ServerUpstream:
         self.executor = executor
         self.actor = actor
 
-    async def _run(self, fn: object, *args: object) -> object:
+    async def _run(self, fn: Callable[..., T], *args: object) -> T:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, fn, *args)  # type: ignore[arg-type]
+        return await loop.run_in_executor(self.executor, fn, *args)
 
     async def watch_entries(self, *, since_revision: int | None) -> AsyncIterator[EntryUpdate]:
         store = self.core.store
         seen = self.hub.version("entries")
         try:
             if since_revision is None:
-                head, _ = await self._run(store.entry_changes_since, 2**62)  # type: ignore[misc]
+                head, _ = await self._run(store.entry_changes_since, 2**62)
                 entries = await self._run(store.list_entries)
                 revision = int(head)
-                yield EntryUpdate(revision=revision, full=True, upserted=tuple(entries))  # type: ignore[arg-type]
+                yield EntryUpdate(revision=revision, full=True, upserted=tuple(entries))
             else:
                 revision = since_revision
             while True:
-                head, changes = await self._run(store.entry_changes_since, revision)  # type: ignore[misc]
+                head, changes = await self._run(store.entry_changes_since, revision)
                 if changes:
                     yield EntryUpdate(
                         revision=int(head),
@@ -78,7 +79,6 @@ class ServerUpstream:
                 bundle = await self._run(self.core.bundle)
             except TrustdError as exc:
                 raise UnavailableError(f"bundle sync failed: {exc}") from exc
-            assert isinstance(bundle, Bundle)
             if bundle.sequence != last_seq:
                 last_seq = bundle.sequence
                 yield bundle_update(bundle)
@@ -109,9 +109,7 @@ class ServerUpstream:
         return out
 
     async def sign_x509_svids(self, requests: Sequence[SvidRequest]) -> list[SignedSvid]:
-        result = await self._run(self._sign_blocking, requests)
-        assert isinstance(result, list)
-        return result
+        return await self._run(self._sign_blocking, requests)
 
 
 def _without_root(chain: tuple[bytes, ...]) -> tuple[bytes, ...]:

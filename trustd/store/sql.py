@@ -417,7 +417,7 @@ class SqlStore:
         with self._tx() as run:
             row = run("SELECT value FROM docs WHERE key = ?", (key,)).fetchone()
             current = None if row is None else str(row[0])
-            if expect != "\0any" and current != expect:
+            if expect not in ("\0any", current):
                 return False
             if row is None:
                 run("INSERT INTO docs (key, value) VALUES (?, ?)", (key, value))

@@ -11,6 +11,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -50,7 +51,7 @@ def postgres_dsn() -> Iterator[str]:
         _bin("pg_ctl"), "-D", data, "-l", os.path.join(root, "log"), "-w", "-t", "60",
         "-o", f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off", "start",
     )
-    assert out.returncode == 0, out.stderr + open(os.path.join(root, "log")).read()
+    assert out.returncode == 0, out.stderr + Path(root, "log").read_text()
     try:
         deadline = time.monotonic() + 30
         dsn = f"postgresql://trustd@127.0.0.1:{port}/postgres"

@@ -11,7 +11,6 @@ import pytest
 from trustd.dataplane import (
     FileIdentitySource,
     FilePolicySource,
-    ProxyConfigError,
     StaticPolicySource,
     build_policy_source,
     parse_config,
