@@ -128,6 +128,7 @@ class AgentCache:
         self._wake_rotation = asyncio.Event()
         self._ready = asyncio.Event()
         self._background: set[asyncio.Task[None]] = set()
+        self.generation = 0  # bumped on every change that is fanned out; answers may be memoized by it
         self.last_sync: dt.datetime | None = None  # last message or signing from the server
         self.watches_live = 0  # open watch streams to the server
 
@@ -302,11 +303,13 @@ class AgentCache:
         return sum(len(s) for s in self._subscribers.values())
 
     def _notify_all(self) -> None:
+        self.generation += 1
         for subs in self._subscribers.values():
             for s in subs:
                 s.notify()
 
     def _notify_entries(self, entry_ids: set[str]) -> None:
+        self.generation += 1
         for key, subs in self._subscribers.items():
             if any(e.id in entry_ids for e in self.matching_entries(key)):
                 for s in subs:

@@ -24,6 +24,7 @@ from typing import Any
 
 import structlog
 from grpclib.const import Status
+from grpclib.encoding.proto import ProtoCodec
 from grpclib.exceptions import GRPCError
 from grpclib.server import Server, Stream
 
@@ -121,6 +122,25 @@ class CallerRegistry:
         return len(self._by_transport)
 
 
+class PreEncoded:
+    """A reply already serialized (many streams send the same bytes but for the nonce)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data  # the protobuf wire bytes of the reply
+
+
+class _Codec(ProtoCodec):
+    """grpclib's protobuf codec, letting ``PreEncoded`` replies through as they are."""
+
+    def encode(self, message: Any, message_type: Any) -> bytes:
+        if isinstance(message, PreEncoded):
+            return message.data
+        data: bytes = super().encode(message, message_type)
+        return data
+
+
 class AttestingServer(Server):
     """grpclib ``Server`` whose connections carry their kernel-attested caller."""
 
@@ -131,7 +151,7 @@ class AttestingServer(Server):
         callers: CallerRegistry,
         attestor: Attestor = attest,
     ) -> None:
-        super().__init__(handlers)
+        super().__init__(handlers, codec=_Codec())
         self._callers = callers
         self._attestor = attestor
         self._live: set[asyncio.BaseTransport] = set()

@@ -134,6 +134,7 @@ class TrustdServer:
                 self.core.refresh_metrics()
                 self.agent_api_port = await self.agent_api.start(self.cfg.server_address)
                 self._not_ready_reason = ""
+                self.metrics.ready.set(1)
                 return
             except TrustdError as exc:
                 self._not_ready_reason = f"no active CA: {exc}"
@@ -151,6 +152,7 @@ class TrustdServer:
                     await loop.run_in_executor(self.executor, due)
                 except TrustdError as exc:
                     log.error("audit checkpoint failed", error=str(exc))
+            await loop.run_in_executor(self.executor, self.readiness)  # keeps trustd_ready current
             if self._not_ready_reason:
                 continue
             await loop.run_in_executor(self.executor, self.core.rotate_tick)

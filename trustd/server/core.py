@@ -323,8 +323,6 @@ class ServerCore:
             self.store.record_issued_many(ledger)
             self.metrics.svids_issued.labels(source=source).inc(len(ledger))
         self.metrics.signing_seconds.observe(time.perf_counter() - started)
-        for svid in issued:
-            log.debug("svid issued", spiffe_id=str(svid.spiffe_id), serial=svid.serial)
         return out
 
     def mint(

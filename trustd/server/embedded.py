@@ -59,7 +59,7 @@ class Embedded:
             agent_socket=self.cfg.agent_socket_path, trust_domain=str(self.server.trust_domain)
         )
         tmp = self.envoy_bootstrap.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
         os.replace(tmp, self.envoy_bootstrap)

@@ -305,7 +305,7 @@ class SqlStore:
 
     def record_issued_many(self, records: Sequence[LedgerRecord]) -> None:
         with self._tx() as run:
-            for r in records:
+            for r in records:  # one transaction for the batch
                 run(
                     f"INSERT INTO ledger ({self._LEDGER_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
                     self._ledger_params(r),

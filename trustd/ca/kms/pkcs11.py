@@ -239,10 +239,10 @@ class Pkcs11KeyManager:
             # Login is per process and token: another session of ours is logged in.
             # python-pkcs11 does not hand back the session whose C_Login said so.
             session = token.open(rw=True)
-            log.info("pkcs11 token already logged in", token=self._token_label)
+            log.info("pkcs11 token already logged in", hsm_label=self._token_label)
         except (p11e.PinIncorrect, p11e.PinInvalid, p11e.PinLenRange):
             self._rejected_pin = pin
-            log.warning("pkcs11 pin rejected", token=self._token_label)
+            log.warning("pkcs11 pin rejected", hsm_label=self._token_label)
             raise self._pin_refused() from None
         except (p11e.PinLocked, p11e.PinExpired):
             raise KmsPermissionDeniedError(
@@ -254,7 +254,7 @@ class Pkcs11KeyManager:
                 f"pkcs11 token {self._token_label!r} has no user pin: initialise it"
             ) from None
         self._session = session
-        log.info("pkcs11 session opened", token=self._token_label, module=self._module_path)
+        log.info("pkcs11 session opened", hsm_label=self._token_label, module=self._module_path)
         return session
 
     def _pin_refused(self) -> KmsPermissionDeniedError:
@@ -269,7 +269,7 @@ class Pkcs11KeyManager:
             try:
                 session.close()
             except p11e.PKCS11Error:
-                log.debug("pkcs11 session close failed", token=self._token_label)
+                log.debug("pkcs11 session close failed", hsm_label=self._token_label)
 
     def _run(self, operation: str, fn: Callable[[pkcs11.Session], T]) -> T:
         """Run ``fn`` on the shared session under the lock, mapping token errors.
@@ -293,7 +293,7 @@ class Pkcs11KeyManager:
                             ) from None
                         log.warning(
                             "pkcs11 session lost, reopening",
-                            token=self._token_label,
+                            hsm_label=self._token_label,
                             error=type(exc).__name__,
                         )
                 raise AssertionError("unreachable")  # pragma: no cover
@@ -407,7 +407,7 @@ class Pkcs11KeyManager:
             backend=self.kind,
             key=name,
             algorithm=algorithm.value,
-            token=self._token_label,
+            hsm_label=self._token_label,
         )
         return ref
 

@@ -1,0 +1,443 @@
+"""ServerCore: entries, issuance, minting, authorities and join tokens, with a real CA and store."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, utils
+
+from trustd.ca.authority import AuthorityManager, RotationSchedule
+from trustd.ca.errors import InvalidCsrError, InvalidTtlError, NoActiveAuthorityError, SigningError
+from trustd.ca.issuer import IssuedSvid, X509Issuer
+from trustd.ca.kms.base import KeyRef
+from trustd.ca.kms.memory import MemoryKeyManager
+from trustd.clock import FakeClock
+from trustd.entries import RegistrationEntry
+from trustd.errors import (
+    AlreadyExistsError,
+    InvalidArgumentError,
+    NotFoundError,
+    TrustdError,
+    UnavailableError,
+)
+from trustd.selectors import InvalidSelectorError, Selector
+from trustd.server.audit_hook import Actor, MemoryAuditor
+from trustd.server.core import ServerCore, SvidRequest
+from trustd.spiffeid import InvalidSpiffeIdError, SpiffeId, TrustDomain
+from trustd.store.sqlite import SqliteStore
+from trustd.telemetry.metrics import ServerMetrics
+
+ADMIN = Actor(kind="unix", id="uid:0", uid=0, addr="/run/trustd/admin.sock")
+AGENT = Actor(kind="spiffe", id="spiffe://trustd.local/trustd/agent/join_token/a1")
+WEB = "spiffe://trustd.local/ns/shop/sa/web"
+START = dt.datetime(2026, 3, 1, 12, 0, 0, tzinfo=dt.UTC)
+
+
+@dataclass
+class Rig:
+    core: ServerCore
+    store: SqliteStore
+    auditor: MemoryAuditor
+    metrics: ServerMetrics
+    clock: FakeClock
+    km: MemoryKeyManager
+
+
+def make_rig(*, km: Any = None, activate: bool = True) -> Rig:
+    real_km = MemoryKeyManager()
+    clock = FakeClock(START)
+    store = SqliteStore(":memory:")
+    authorities = AuthorityManager(
+        store=store,
+        key_manager=real_km,
+        trust_domain=TrustDomain.parse("trustd.local"),
+        schedule=RotationSchedule(ca_ttl=dt.timedelta(hours=24)),
+        clock=clock,
+    )
+    if activate:
+        authorities.ensure_active()
+    issuer = X509Issuer(
+        key_manager=km(real_km) if km else real_km,
+        default_ttl=dt.timedelta(hours=1),
+        max_ttl=dt.timedelta(hours=24),
+    )
+    auditor = MemoryAuditor()
+    metrics = ServerMetrics()
+    core = ServerCore(
+        trust_domain=TrustDomain.parse("trustd.local"),
+        store=store,
+        key_manager=real_km,
+        authorities=authorities,
+        issuer=issuer,
+        auditor=auditor,
+        clock=clock,
+        metrics=metrics,
+    )
+    return Rig(core=core, store=store, auditor=auditor, metrics=metrics, clock=clock, km=real_km)
+
+
+@pytest.fixture
+def rig() -> Rig:
+    return make_rig()
+
+
+def _csr(key: ec.EllipticCurvePrivateKey | None = None) -> bytes:
+    key = key or ec.generate_private_key(ec.SECP256R1())
+    return (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([]))
+        .sign(key, hashes.SHA256())
+        .public_bytes(serialization.Encoding.PEM)
+    )
+
+
+def _sample(rig: Rig, name: str, labels: dict[str, str] | None = None) -> float:
+    value = rig.metrics.registry.get_sample_value(name, labels or {})
+    return 0.0 if value is None else value
+
+
+def _events(rig: Rig, type_: str) -> list[dict[str, Any]]:
+    return [e for e in rig.auditor.events if e["type"] == type_]
+
+
+# -- entries ----------------------------------------------------------------------------
+
+
+def test_create_entry_stores_it_and_records_who_did_it(rig: Rig) -> None:
+    entry = rig.core.create_entry(
+        ADMIN,
+        spiffe_id=WEB,
+        selectors=["unix:uid:1000", "unix:path:/usr/bin/web", "unix:uid:1000"],
+        ttl=dt.timedelta(minutes=30),
+        dns_names=["Web.Shop.svc."],
+    )
+    assert rig.store.get_entry(entry.id) == entry
+    assert entry.selectors == tuple(
+        sorted({Selector.parse("unix:uid:1000"), Selector.parse("unix:path:/usr/bin/web")})
+    )
+    assert entry.dns_names == ("web.shop.svc",)
+    [event] = _events(rig, "admin.entry.create")
+    assert event["actor"] == ADMIN
+    assert event["outcome"] == "success"
+    assert event["resource"] == f"entry/{entry.id}"
+
+
+def test_duplicate_entry_is_already_exists_and_audited(rig: Rig) -> None:
+    rig.core.create_entry(ADMIN, spiffe_id=WEB, selectors=["unix:uid:1000"])
+    with pytest.raises(AlreadyExistsError, match="exists already"):
+        rig.core.create_entry(ADMIN, spiffe_id=WEB, selectors=["unix:uid:1000"])
+    assert len(rig.store.list_entries()) == 1
+    assert [e["outcome"] for e in _events(rig, "admin.entry.create")] == ["success", "failure"]
+
+
+@pytest.mark.parametrize(
+    ("spiffe_id", "selectors", "error", "why"),
+    [
+        ("spiffe://Trustd.local/a", ["unix:uid:1"], InvalidSpiffeIdError, "lower-case"),
+        ("spiffe://trustd.local/a/../b", ["unix:uid:1"], InvalidSpiffeIdError, "'..'"),
+        ("spiffe://other.example/a", ["unix:uid:1"], InvalidArgumentError, "trust domain"),
+        ("spiffe://trustd.local", ["unix:uid:1"], InvalidArgumentError, "needs a path"),
+        ("spiffe://trustd.local/trustd/agent/x", ["unix:uid:1"], InvalidArgumentError, "reserved"),
+        (WEB, [], InvalidArgumentError, "at least one --selector"),
+        (WEB, ["k8s:ns:default"], InvalidSelectorError, "unknown selector type 'k8s'"),
+        (WEB, ["unix:uid:root"], InvalidSelectorError, "must be a number"),
+    ],
+)
+def test_invalid_entries_are_refused_and_nothing_is_stored(
+    rig: Rig, spiffe_id: str, selectors: list[str], error: type[TrustdError], why: str
+) -> None:
+    with pytest.raises(error, match=why):
+        rig.core.create_entry(ADMIN, spiffe_id=spiffe_id, selectors=selectors)
+    assert rig.store.list_entries() == []
+    [event] = _events(rig, "admin.entry.create")
+    assert event["outcome"] == "failure"
+
+
+@pytest.mark.parametrize(
+    ("ttl", "why"),
+    [
+        (dt.timedelta(0), "ttl must be positive"),
+        (dt.timedelta(minutes=-5), "ttl must be positive"),
+        (dt.timedelta(hours=24, seconds=1), "above the server maximum"),
+    ],
+    ids=["zero", "negative", "above-max"],
+)
+def test_entry_ttl_out_of_range_is_refused(rig: Rig, ttl: dt.timedelta, why: str) -> None:
+    with pytest.raises(InvalidTtlError, match=why):
+        rig.core.create_entry(ADMIN, spiffe_id=WEB, selectors=["unix:uid:1"], ttl=ttl)
+    assert rig.store.list_entries() == []
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["spiffe://trustd.local/ns/admin", "-bad.example", "a..b", "under_score.example", "x" * 64],
+)
+def test_bad_dns_names_are_refused(rig: Rig, name: str) -> None:
+    with pytest.raises(InvalidArgumentError, match="invalid dns name"):
+        rig.core.create_entry(ADMIN, spiffe_id=WEB, selectors=["unix:uid:1"], dns_names=[name])
+
+
+def test_entry_is_not_created_when_the_audit_log_is_down(rig: Rig) -> None:
+    rig.auditor.fail_with = UnavailableError("audit log unavailable")
+    with pytest.raises(UnavailableError):
+        rig.core.create_entry(ADMIN, spiffe_id=WEB, selectors=["unix:uid:1"])
+    assert rig.store.list_entries() == []
+
+
+class RecordFailsAuditor(MemoryAuditor):
+    """The audit log passes its check, then fails to write the success event."""
+
+    def record(self, **kw: Any) -> int:
+        if kw["outcome"] == "success":
+            raise UnavailableError("audit disk full")
+        return super().record(**kw)
+
+
+def test_entry_is_undone_when_its_audit_event_cannot_be_written(rig: Rig) -> None:
+    rig.core.auditor = RecordFailsAuditor()
+    with pytest.raises(UnavailableError):
+        rig.core.create_entry(ADMIN, spiffe_id=WEB, selectors=["unix:uid:1"])
+    assert rig.store.list_entries() == []
+
+
+def test_delete_entry(rig: Rig) -> None:
+    entry = rig.core.create_entry(ADMIN, spiffe_id=WEB, selectors=["unix:uid:1"])
+    assert rig.core.delete_entry(ADMIN, entry.id) == entry
+    assert rig.store.list_entries() == []
+    with pytest.raises(NotFoundError):
+        rig.core.delete_entry(ADMIN, entry.id)
+    assert [e["outcome"] for e in _events(rig, "admin.entry.delete")] == ["success", "failure"]
+
+
+# -- issuance ---------------------------------------------------------------------------
+
+
+def _entry(rig: Rig, spiffe_id: str = WEB, ttl: dt.timedelta | None = None) -> RegistrationEntry:
+    return rig.core.create_entry(ADMIN, spiffe_id=spiffe_id, selectors=["unix:uid:1000"], ttl=ttl)
+
+
+def test_a_batch_signs_the_good_requests_and_fails_the_bad_alone(rig: Rig) -> None:
+    web = _entry(rig)
+    api = _entry(rig, "spiffe://trustd.local/ns/shop/sa/api", ttl=dt.timedelta(minutes=10))
+    out = rig.core.issue_svids(
+        AGENT,
+        [
+            SvidRequest(entry=web, csr=_csr()),
+            SvidRequest(entry=api, csr=b"garbage"),
+            SvidRequest(entry=api, csr=_csr()),
+        ],
+    )
+    assert isinstance(out[0], IssuedSvid) and isinstance(out[2], IssuedSvid)
+    assert isinstance(out[1], InvalidCsrError)
+    assert str(out[0].spiffe_id) == WEB
+    assert out[2].not_after == START + dt.timedelta(minutes=10)
+    ledger = rig.store.list_issued()
+    assert sorted((r.serial, r.entry_id, r.caller) for r in ledger) == sorted(
+        [(out[0].serial, web.id, AGENT.id), (out[2].serial, api.id, AGENT.id)]
+    )
+    assert _sample(rig, "trustd_svids_issued_total", {"source": "agent"}) == 2
+    assert _sample(rig, "trustd_svids_denied_total", {"reason": "invalid_csr"}) == 1
+    assert _sample(rig, "trustd_signing_duration_seconds_count") == 1
+    assert len(_events(rig, "svid.issue")) == 2
+    [deny] = _events(rig, "svid.deny")
+    assert deny["outcome"] == "failure" and "csr" in deny["reason"]
+
+
+def test_an_entry_ttl_above_the_maximum_is_denied(rig: Rig) -> None:
+    entry = RegistrationEntry(
+        id="e-long",
+        spiffe_id=SpiffeId.parse(WEB),
+        selectors=(Selector.parse("unix:uid:1"),),
+        ttl=dt.timedelta(days=2),
+        created_at=START,
+    )
+    [result] = rig.core.issue_svids(AGENT, [SvidRequest(entry=entry, csr=_csr())])
+    assert isinstance(result, InvalidTtlError)
+    assert _sample(rig, "trustd_svids_denied_total", {"reason": "invalid_ttl"}) == 1
+    assert rig.store.list_issued() == []
+
+
+def test_identity_comes_from_the_entry_not_the_csr(rig: Rig) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "root")]))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.UniformResourceIdentifier("spiffe://trustd.local/admin")]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+        .public_bytes(serialization.Encoding.PEM)
+    )
+    [svid] = rig.core.issue_svids(AGENT, [SvidRequest(entry=_entry(rig), csr=csr)])
+    assert isinstance(svid, IssuedSvid)
+    san = svid.certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.UniformResourceIdentifier) == [WEB]
+    assert (
+        svid.certificate.extensions.get_extension_for_class(x509.BasicConstraints).value.ca is False
+    )
+    assert svid.certificate.subject == x509.Name([])
+
+
+class WrongKeyManager:
+    """Signs with a key that is not the CA's."""
+
+    kind = "memory"
+
+    def __init__(self, real: MemoryKeyManager) -> None:
+        self.real = real
+        self.other = ec.generate_private_key(ec.SECP256R1())
+
+    def sign(self, ref: KeyRef, digest: bytes) -> bytes:
+        return self.other.sign(digest, ec.ECDSA(utils.Prehashed(hashes.SHA256())))
+
+    def sign_many(self, ref: KeyRef, digests: Sequence[bytes]) -> list[bytes]:
+        return [self.sign(ref, d) for d in digests]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+def test_a_signature_that_does_not_verify_issues_nothing() -> None:
+    rig = make_rig(km=WrongKeyManager)
+    entry = _entry(rig)
+    with pytest.raises(SigningError, match="nothing was issued"):
+        rig.core.issue_svids(AGENT, [SvidRequest(entry=entry, csr=_csr()) for _ in range(3)])
+    assert rig.store.list_issued() == []
+    assert _sample(rig, "trustd_svids_issued_total", {"source": "agent"}) == 0
+    assert _sample(rig, "trustd_svids_denied_total", {"reason": "unavailable"}) == 3
+    assert _events(rig, "svid.issue") == []
+
+
+def test_no_active_ca_is_unavailable() -> None:
+    rig = make_rig(activate=False)
+    entry = RegistrationEntry(
+        id="e", spiffe_id=SpiffeId.parse(WEB), selectors=(Selector.parse("unix:uid:1"),)
+    )
+    with pytest.raises(NoActiveAuthorityError) as err:
+        rig.core.issue_svids(AGENT, [SvidRequest(entry=entry, csr=_csr())])
+    assert isinstance(err.value, UnavailableError)
+    ready, reason = rig.core.readiness()
+    assert not ready and "no active CA" in reason
+
+
+# -- minting ----------------------------------------------------------------------------
+
+
+def test_mint_uses_the_default_ttl_and_records_the_admin(rig: Rig) -> None:
+    svid = rig.core.mint(ADMIN, spiffe_id=WEB, csr=_csr(), ttl=None)
+    assert svid.not_after == START + dt.timedelta(hours=1)
+    [rec] = rig.store.list_issued()
+    assert rec.caller == ADMIN.id and rec.entry_id is None
+    assert _sample(rig, "trustd_svids_issued_total", {"source": "mint"}) == 1
+
+
+@pytest.mark.parametrize(
+    ("ttl", "why"),
+    [
+        (dt.timedelta(0), "ttl must be positive"),
+        (dt.timedelta(seconds=-30), "ttl must be positive"),
+        (dt.timedelta(hours=25), "above the server maximum 1d"),
+    ],
+    ids=["zero", "negative", "above-max"],
+)
+def test_mint_ttl_out_of_range_is_refused(rig: Rig, ttl: dt.timedelta, why: str) -> None:
+    with pytest.raises(InvalidTtlError, match=why):
+        rig.core.mint(ADMIN, spiffe_id=WEB, csr=_csr(), ttl=ttl)
+    assert rig.store.list_issued() == []
+
+
+@pytest.mark.parametrize(
+    ("spiffe_id", "error"),
+    [
+        ("spiffe://other.example/a", InvalidArgumentError),
+        ("spiffe://trustd.local/a?b", InvalidSpiffeIdError),
+    ],
+)
+def test_mint_refuses_ids_outside_the_trust_domain_or_invalid(
+    rig: Rig, spiffe_id: str, error: type[TrustdError]
+) -> None:
+    with pytest.raises(error):
+        rig.core.mint(ADMIN, spiffe_id=spiffe_id, csr=_csr(), ttl=None)
+    assert _sample(rig, "trustd_svids_denied_total", {"reason": "invalid_request"}) == 1
+
+
+def test_mint_refuses_a_bad_csr(rig: Rig) -> None:
+    with pytest.raises(InvalidCsrError):
+        rig.core.mint(
+            ADMIN, spiffe_id=WEB, csr=b"-----BEGIN CERTIFICATE REQUEST-----\nxx\n", ttl=None
+        )
+
+
+# -- authorities ------------------------------------------------------------------------
+
+
+def test_authority_operations_are_audited_and_counted(rig: Rig) -> None:
+    old = rig.core.authorities.active_signer().id
+    prepared = rig.core.authority_op(ADMIN, "prepare")
+    activated = rig.core.authority_op(ADMIN, "activate")
+    assert activated.id == prepared.id
+    rig.core.authority_op(ADMIN, "taint", old)
+    assert rig.core.bundle().tainted_key_ids == frozenset({old})
+    assert [e["type"] for e in rig.auditor.events] == [
+        "authority.prepare",
+        "authority.activate",
+        "authority.taint",
+    ]
+    assert _sample(rig, "trustd_ca_rotations_total", {"event": "prepare"}) == 1
+    assert _sample(rig, "trustd_ca_expiry_timestamp_seconds", {"slot": "active"}) == (
+        activated.not_after.timestamp()
+    )
+    with pytest.raises(InvalidArgumentError, match="unknown authority operation"):
+        rig.core.authority_op(ADMIN, "explode")
+
+
+def test_refused_authority_operations_are_audited_as_failures(rig: Rig) -> None:
+    active = rig.core.authorities.active_signer().id
+    with pytest.raises(TrustdError, match="is active"):
+        rig.core.authority_op(ADMIN, "taint", active)
+    [event] = rig.auditor.events
+    assert event["outcome"] == "failure" and event["type"] == "authority.taint"
+
+
+# -- join tokens ------------------------------------------------------------------------
+
+
+def test_join_token_is_stored_and_audited_only_as_an_hmac(rig: Rig) -> None:
+    token, expires = rig.core.create_token(ADMIN, dt.timedelta(minutes=10))
+    assert expires == START + dt.timedelta(minutes=10)
+    digest = rig.core.token_hash(token)
+    key = bytes.fromhex(rig.store.get_doc("token.hmac_key") or "")
+    assert digest == hmac.new(key, token.encode(), hashlib.sha256).hexdigest()
+    with rig.store._tx() as run:
+        rows = run("SELECT * FROM join_tokens").fetchall()
+    assert [r[0] for r in rows] == [digest]
+    assert token not in repr(rows)
+    assert token not in repr(rig.auditor.events)
+    assert rig.store.consume_token(digest, "agent-1", START)
+    assert not rig.store.consume_token(digest, "agent-2", START)
+
+
+@pytest.mark.parametrize(
+    "ttl", [dt.timedelta(0), dt.timedelta(minutes=-1), dt.timedelta(days=1, seconds=1)]
+)
+def test_join_token_ttl_out_of_range_is_refused(rig: Rig, ttl: dt.timedelta) -> None:
+    with pytest.raises(InvalidTtlError):
+        rig.core.create_token(ADMIN, ttl)
+    with rig.store._tx() as run:
+        assert run("SELECT COUNT(*) FROM join_tokens").fetchone()[0] == 0
+
+
+def test_ready_when_store_key_manager_and_ca_are(rig: Rig) -> None:
+    assert rig.core.readiness() == (True, "ok")

@@ -1,0 +1,227 @@
+"""SDS resource names and the Envoy ``Secret`` messages built for them (SPEC §6).
+
+- ``default``: the caller's first SVID, as ``tls_certificate`` (PEM chain and
+  PKCS#8 PEM key, ``inline_bytes``);
+- ``ROOTCA``: the agent's own trust bundle as ``validation_context.trusted_ca``;
+- ``ALL``: every bundle, as a SPIFFE certificate validator (each trust domain
+  verified only against its own CAs);
+- ``spiffe://TD/path``: that SVID, when the caller is entitled to it;
+- ``spiffe://TD``: that trust domain's bundle as ``trusted_ca``.
+
+A name the caller may not have is an error, never a byte of another identity.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from envoy.config.core.v3 import base_pb2, extension_pb2
+from envoy.extensions.transport_sockets.tls.v3 import (
+    common_pb2,
+    secret_pb2,
+    tls_spiffe_validator_config_pb2,
+)
+from google.protobuf import any_pb2
+
+from trustd.agent.cache import AgentCache
+from trustd.agent.errors import (
+    BadResourceNameError,
+    NoIdentityError,
+    NotEntitledError,
+    UnknownResourceError,
+)
+from trustd.agent.keys import Svid
+from trustd.bundle import Bundle
+from trustd.entries import RegistrationEntry
+from trustd.errors import InvalidArgumentError
+from trustd.spiffeid import SCHEME, SpiffeId, TrustDomain
+
+SECRET_TYPE_URL = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"  # noqa: S105 - a type name
+DEFAULT_SVID = "default"
+DEFAULT_BUNDLE = "ROOTCA"
+ALL_BUNDLES = "ALL"
+SPIFFE_VALIDATOR = "envoy.tls.cert_validator.spiffe"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SvidResource:
+    name: str  # the resource name as the client asked for it
+    entry: RegistrationEntry  # the caller's entry this SVID is for
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BundleResource:
+    name: str  # the resource name as the client asked for it
+    trust_domains: tuple[TrustDomain, ...]  # whose bundles go in
+    spiffe_validator: bool  # True: SPIFFE validator config; False: plain trusted_ca
+
+
+Resource = SvidResource | BundleResource
+
+
+def resolve(
+    cache: AgentCache, entries: tuple[RegistrationEntry, ...], names: list[str]
+) -> list[Resource]:
+    """What the names mean for a caller whose entries are ``entries``.
+
+    An empty list means everything the caller may see (as SPIRE does).
+    """
+    out: list[Resource] = []
+    seen: set[str] = set()
+    if not names:
+        for td in sorted(cache.bundles):
+            out.append(BundleResource(name=str(td.id), trust_domains=(td,),
+                                      spiffe_validator=False))
+        by_id: dict[SpiffeId, RegistrationEntry] = {}
+        for e in entries:
+            by_id.setdefault(e.spiffe_id, e)
+        for sid, e in by_id.items():
+            out.append(SvidResource(name=str(sid), entry=e))
+        return out
+    for name in names:
+        if name in seen:
+            continue
+        seen.add(name)
+        if name == DEFAULT_SVID:
+            if not entries:
+                raise NoIdentityError(
+                    "no registration entry matches this process, so it has no 'default' svid; "
+                    "create one with 'trustd entry create'"
+                )
+            out.append(SvidResource(name=name, entry=entries[0]))
+        elif name == DEFAULT_BUNDLE:
+            out.append(BundleResource(name=name, trust_domains=(cache.trust_domain,),
+                                      spiffe_validator=False))
+        elif name == ALL_BUNDLES:
+            out.append(BundleResource(name=name, trust_domains=tuple(sorted(cache.bundles)),
+                                      spiffe_validator=True))
+        elif name.startswith(SCHEME):
+            try:
+                sid = SpiffeId.parse(name)
+            except InvalidArgumentError as exc:
+                raise BadResourceNameError(f"invalid sds resource name: {exc}") from exc
+            if not sid.path:
+                if sid.trust_domain not in cache.bundles:
+                    raise UnknownResourceError(
+                        f"no bundle for trust domain {sid.trust_domain}; "
+                        "federate with it on the server first"
+                    )
+                out.append(BundleResource(name=name, trust_domains=(sid.trust_domain,),
+                                          spiffe_validator=False))
+                continue
+            mine = next((e for e in entries if e.spiffe_id == sid), None)
+            if mine is None:
+                # Same answer whether or not another workload has this identity.
+                raise NotEntitledError(f"this process is not entitled to {name}")
+            out.append(SvidResource(name=name, entry=mine))
+        else:
+            raise UnknownResourceError(
+                f"unknown sds resource name {name[:100]!r}; use 'default', 'ROOTCA', 'ALL', "
+                "a spiffe id or a trust domain id"
+            )
+    return out
+
+
+def resource_version(cache: AgentCache, res: Resource, svids: dict[str, Svid]) -> str:
+    if isinstance(res, SvidResource):
+        svid = svids[res.entry.id]
+        return f"{res.name}|svid|{res.entry.id}|{svid.serial:x}"
+    parts = ",".join(f"{td}={cache.bundle_version(td)}" for td in res.trust_domains)
+    return f"{res.name}|bundle|{int(res.spiffe_validator)}|{parts}"
+
+
+def response_version(versions: list[str]) -> str:
+    h = hashlib.sha256()
+    for v in sorted(versions):
+        h.update(v.encode())
+        h.update(b"\n")
+    return h.hexdigest()[:16]
+
+
+def _inline(data: bytes) -> base_pb2.DataSource:
+    return base_pb2.DataSource(inline_bytes=data)
+
+
+def svid_secret(name: str, svid: Svid) -> secret_pb2.Secret:
+    return secret_pb2.Secret(
+        name=name,
+        tls_certificate=common_pb2.TlsCertificate(
+            certificate_chain=_inline(svid.chain_pem),
+            private_key=_inline(svid.key_pkcs8_pem),
+        ),
+    )
+
+
+def bundle_secret(name: str, bundles: list[Bundle], *, spiffe_validator: bool) -> secret_pb2.Secret:
+    if not spiffe_validator:
+        pem = b"".join(b.to_pem() for b in bundles)
+        return secret_pb2.Secret(
+            name=name,
+            validation_context=common_pb2.CertificateValidationContext(trusted_ca=_inline(pem)),
+        )
+    cfg = tls_spiffe_validator_config_pb2.SPIFFECertValidatorConfig(
+        trust_domains=[
+            tls_spiffe_validator_config_pb2.SPIFFECertValidatorConfig.TrustDomain(
+                name=str(b.trust_domain), trust_bundle=_inline(b.to_pem())
+            )
+            for b in bundles
+        ]
+    )
+    typed = any_pb2.Any()
+    typed.Pack(cfg)
+    return secret_pb2.Secret(
+        name=name,
+        validation_context=common_pb2.CertificateValidationContext(
+            custom_validator_config=extension_pb2.TypedExtensionConfig(
+                name=SPIFFE_VALIDATOR, typed_config=typed
+            )
+        ),
+    )
+
+
+class SecretBuilder:
+    """Builds (and remembers) the packed ``Secret`` for a resource at its current version.
+
+    Many streams ask for the same bytes after a bundle change or a rotation; each is
+    built once. Only the latest version of each resource is kept, so a rotated key
+    does not linger here.
+    """
+
+    def __init__(self, cache: AgentCache, max_entries: int = 4096) -> None:
+        self._cache = cache
+        self._memo: dict[str, tuple[str, any_pb2.Any]] = {}
+        self._max = max_entries
+
+    def packed(self, res: Resource, version: str, svids: dict[str, Svid]) -> any_pb2.Any:
+        ident = _identity(res)
+        hit = self._memo.get(ident)
+        if hit is not None and hit[0] == version:
+            return hit[1]
+        if isinstance(res, SvidResource):
+            secret = svid_secret(res.name, svids[res.entry.id])
+        else:
+            bundles = [self._cache.bundles[td] for td in res.trust_domains
+                       if td in self._cache.bundles]
+            if not bundles:
+                raise UnknownResourceError(
+                    f"no bundle for {', '.join(str(td) for td in res.trust_domains)} yet; "
+                    "retry once the agent has synced"
+                )
+            secret = bundle_secret(res.name, bundles, spiffe_validator=res.spiffe_validator)
+        packed = any_pb2.Any()
+        packed.Pack(secret)
+        if len(self._memo) >= self._max:
+            self._memo.clear()
+        self._memo[ident] = (version, packed)
+        return packed
+
+    def forget(self) -> None:
+        self._memo.clear()
+
+
+def _identity(res: Resource) -> str:
+    if isinstance(res, SvidResource):
+        return f"{res.name}|svid|{res.entry.id}"
+    tds = ",".join(str(td) for td in res.trust_domains)
+    return f"{res.name}|bundle|{int(res.spiffe_validator)}|{tds}"
