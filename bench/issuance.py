@@ -18,6 +18,9 @@ on the same core. trustd also verifies every certificate it signs, so its
 own crypto work is one sign and two verifies; that bound is printed too.
 
 Usage: ``python bench/issuance.py [--cpu 0] [--runs 5] [--seconds 2] [--profile]``
+       ``python bench/issuance.py --kms vault-transit`` (against a bao it starts, beside
+       OpenBao PKI's sign-verbatim on the same process) and ``--audit`` (audited against
+       unaudited issuance); see bench/issuance_modes.py.
 """
 
 from __future__ import annotations
@@ -202,9 +205,20 @@ def main() -> int:
     ap.add_argument(
         "--profile", action="store_true", help="also cProfile the issuer path (batch 64)"
     )
+    ap.add_argument("--kms", choices=("local", "vault-transit"), default="local")
+    ap.add_argument("--audit", action="store_true", help="audited against unaudited issuance")
     args = ap.parse_args()
 
     tlog.configure("warning", "json", stream=sys.stderr)
+    if args.kms == "vault-transit" or args.audit:
+        import issuance_modes  # type: ignore[import-not-found]
+
+        if args.kms == "vault-transit":
+            issuance_modes.run_transit(min(args.runs, 3), args.seconds)
+        if args.audit:
+            os.sched_setaffinity(0, {args.cpu})
+            issuance_modes.run_audit(args.runs, args.seconds)
+        return 0
     os.sched_setaffinity(0, {args.cpu})
     print(f"pinned to cpu {args.cpu}; {args.runs} runs of {args.seconds:g}s each; medians")
 
