@@ -22,17 +22,17 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from issuance import Setup, make_csrs, measure  # type: ignore[import-not-found]  # noqa: E402
-from kms_transit import Bao, bench_pki  # type: ignore[import-not-found]  # noqa: E402
+from issuance import Setup, make_csrs, measure  # type: ignore[import-not-found]
+from kms_transit import Bao, bench_pki  # type: ignore[import-not-found]
 
-from trustd.audit import AuditLog  # noqa: E402
-from trustd.ca.authority import AuthorityManager, RotationSchedule  # noqa: E402
-from trustd.ca.issuer import X509Issuer  # noqa: E402
-from trustd.ca.kms.vault_transit import VaultTransitKeyManager  # noqa: E402
-from trustd.clock import SystemClock  # noqa: E402
-from trustd.server.auditing import AuditLogAuditor  # noqa: E402
-from trustd.server.core import ServerCore  # noqa: E402
-from trustd.telemetry.metrics import ServerMetrics  # noqa: E402
+from trustd.audit import AuditLog
+from trustd.ca.authority import AuthorityManager, RotationSchedule
+from trustd.ca.issuer import X509Issuer
+from trustd.ca.kms.vault_transit import VaultTransitKeyManager
+from trustd.clock import SystemClock
+from trustd.server.auditing import AuditLogAuditor
+from trustd.server.core import ServerCore
+from trustd.telemetry.metrics import ServerMetrics
 
 
 def _retarget(setup: Setup, km: object) -> None:
