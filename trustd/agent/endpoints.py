@@ -30,6 +30,7 @@ from grpclib.server import Server, Stream
 
 from trustd.agent import errors
 from trustd.agent.attestation import Attestor, attest
+from trustd.agent.slim import slim_connection, slim_stream
 from trustd.errors import (
     AlreadyExistsError,
     FailedPreconditionError,
@@ -76,6 +77,7 @@ class _AttestingProtocol(asyncio.Protocol):
                 log.warning("caller attestation failed", error=str(exc))
         self._callers.remember(transport, caller)
         self._inner.connection_made(transport)
+        _slim_per_stream(self._inner)
 
     def data_received(self, data: bytes) -> None:
         self._inner.data_received(data)
@@ -93,6 +95,22 @@ class _AttestingProtocol(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._inner.resume_writing()
+
+
+def _slim_per_stream(protocol: Any) -> None:
+    """Make each accepted connection and stream smaller (see trustd.agent.slim)."""
+    slim_connection(protocol)
+    handler: Any = getattr(protocol, "handler", None)
+    accept = getattr(handler, "accept", None)
+    if accept is None:
+        return
+
+    def slim_accept(stream: Any, headers: Any, release_stream: Any) -> None:
+        slim_stream(stream)
+        slim_connection(protocol)  # settings the peer sent since the connection opened
+        accept(stream, headers, release_stream)
+
+    handler.accept = slim_accept
 
 
 class CallerRegistry:

@@ -17,14 +17,32 @@ from trustd.telemetry import logging as tlog
 log = structlog.get_logger(__name__)
 
 
-async def _until_signalled() -> None:
+def _stop_event() -> asyncio.Event:
+    """SIGINT/SIGTERM set the returned event; installed before anything starts."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.remove_signal_handler(sig)
+    return stop
+
+
+async def _start_unless_stopped(start: Awaitable[None], stop: asyncio.Event) -> bool:
+    """Run ``start``; a signal meanwhile cancels it. True when it finished."""
+    starting = asyncio.ensure_future(start)
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if not starting.done():
+        starting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await starting
+        return False
+    starting.result()
+    return True
+
+
+async def _until_signalled() -> None:
+    await _stop_event().wait()
 
 
 def _run(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
@@ -42,10 +60,11 @@ def run_server(config: str | None, overrides: dict[str, Any]) -> None:
     from trustd.server.app import TrustdServer
 
     async def main() -> None:
+        stop = _stop_event()
         server = TrustdServer(cfg)
-        await server.start()
         try:
-            await _until_signalled()
+            if await _start_unless_stopped(server.start(), stop):
+                await stop.wait()
         finally:
             await server.stop()
 
@@ -58,12 +77,13 @@ def run_up(config: str | None, overrides: dict[str, Any]) -> None:
     from trustd.server.embedded import Embedded
 
     async def main() -> None:
+        stop = _stop_event()
         up = Embedded(cfg)
-        await up.start()
-        sys.stdout.write(up.banner())
-        sys.stdout.flush()
         try:
-            await _until_signalled()
+            if await _start_unless_stopped(up.start(), stop):
+                sys.stdout.write(up.banner())
+                sys.stdout.flush()
+                await stop.wait()
         finally:
             await up.stop()
 

@@ -60,7 +60,7 @@ SdsStream = Stream[DiscoveryRequest, DiscoveryResponse]
 class _StreamState:
     """One open StreamSecrets: what the reader queued and whether the cache said "changed"."""
 
-    __slots__ = ("changed", "ended", "error", "requests", "waiter")
+    __slots__ = ("acked", "changed", "ended", "error", "requests", "waiter")
 
     def __init__(self) -> None:
         self.changed = False  # the cache notified since the last look
@@ -68,6 +68,9 @@ class _StreamState:
         self.error: BaseException | None = None  # why reading stopped, if not a clean end
         self.requests: list[DiscoveryRequest] = []  # received, not yet handled
         self.waiter: asyncio.Future[None] | None = None  # set while the stream sleeps
+        # (nonce, version, names) of the last response sent: a request that repeats them
+        # is a plain ACK and is dropped by the reader without waking the stream.
+        self.acked: tuple[str, str, frozenset[str]] | None = None
 
     def notify(self) -> None:  # called by AgentCache
         self.changed = True
@@ -79,6 +82,17 @@ class _StreamState:
             w.set_result(None)
 
     def add_request(self, req: DiscoveryRequest) -> None:
+        acked = self.acked
+        if (
+            acked is not None
+            and not self.requests
+            and req.response_nonce == acked[0]
+            and req.version_info == acked[1]
+            and not req.HasField("error_detail")
+            and req.type_url in ("", SECRET_TYPE_URL)
+            and frozenset(req.resource_names) == acked[2]
+        ):
+            return  # a plain ACK of the last response: nothing to do
         self.requests.append(req)
         self._wake()
 
@@ -288,6 +302,42 @@ class SecretDiscoveryService:
         else:
             state.end(None)
 
+    def _take_requests(
+        self,
+        state: _StreamState,
+        names: list[str] | None,
+        last_nonce: str,
+        last_version: str | None,
+        caller: Caller,
+    ) -> tuple[list[str] | None, bool]:
+        """Handle queued requests in order; returns the names to serve and whether they
+        changed. (A method of its own, so no request outlives it in the stream's frame.)"""
+        send = False
+        requests, state.requests = state.requests, []
+        for req in requests:
+            self._check_type(req)
+            if last_nonce:
+                if req.response_nonce != last_nonce:
+                    log.debug("sds stale nonce ignored", pid=caller.pid,
+                              nonce=req.response_nonce, expected=last_nonce)
+                    continue
+                if req.HasField("error_detail") or req.version_info != last_version:
+                    self._metrics.sds_nacks.inc()
+                    log.warning(
+                        "sds response rejected by client",
+                        uid=caller.uid,
+                        pid=caller.pid,
+                        names=list(req.resource_names),
+                        rejected_version=last_version,
+                        client_version=req.version_info,
+                        error=req.error_detail.message,
+                    )
+            new_names = list(req.resource_names)
+            if names is None or set(new_names) != set(names):
+                names = new_names
+                send = True
+        return names, send
+
     async def _serve(
         self, stream: SdsStream, state: _StreamState, key: WorkloadKey, caller: Caller
     ) -> None:
@@ -296,30 +346,7 @@ class SecretDiscoveryService:
         last_version: str | None = None
         while True:
             await state.wait()
-            send = False
-            requests, state.requests = state.requests, []
-            for req in requests:
-                self._check_type(req)
-                if last_nonce:
-                    if req.response_nonce != last_nonce:
-                        log.debug("sds stale nonce ignored", pid=caller.pid,
-                                  nonce=req.response_nonce, expected=last_nonce)
-                        continue
-                    if req.HasField("error_detail") or req.version_info != last_version:
-                        self._metrics.sds_nacks.inc()
-                        log.warning(
-                            "sds response rejected by client",
-                            uid=caller.uid,
-                            pid=caller.pid,
-                            names=list(req.resource_names),
-                            rejected_version=last_version,
-                            client_version=req.version_info,
-                            error=req.error_detail.message,
-                        )
-                new_names = list(req.resource_names)
-                if names is None or set(new_names) != set(names):
-                    names = new_names
-                    send = True
+            names, send = self._take_requests(state, names, last_nonce, last_version, caller)
             ended = state.ended
             changed, state.changed = state.changed, False
             if names is not None and (send or (changed and not ended)):
@@ -328,9 +355,9 @@ class SecretDiscoveryService:
                 answer = await self._answer(key, names)
                 if send or answer.version != last_version:
                     nonce = str(next(self._nonces))
-                    resp = _with_nonce(answer.body(self._builder), nonce)
-                    await stream.send_message(resp)
+                    await stream.send_message(_with_nonce(answer.body(self._builder), nonce))
                     last_nonce, last_version = nonce, answer.version
+                    state.acked = (nonce, answer.version, frozenset(names))
                     self._pushes.inc()
             if ended:
                 # The client half-closed (its last request was still answered) or went away.

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from trustd.audit import parse_time
 from trustd.errors import InvalidArgumentError, TrustdError, UnavailableError
-from trustd.server.auditing import AuditLogAuditor
+from trustd.server.auditing import AuditLogAuditor, DeferredAuditor
 
 if TYPE_CHECKING:
     from trustd.server.admin import AdminService
@@ -54,8 +54,14 @@ class _QueueWriter:
             asyncio.run_coroutine_threadsafe(self._queue.put(chunk), self._loop).result()
 
 
-def register(admin: AdminService, auditor: AuditLogAuditor) -> None:
-    log = auditor.log
+def register(admin: AdminService, auditor: AuditLogAuditor | DeferredAuditor) -> None:
+    class _Log:
+        """Resolves the audit log on each use: it may open after the admin API starts."""
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(auditor.log, name)
+
+    log: Any = _Log()
 
     async def verify(s: Any, d: dict[str, Any]) -> Any:
         report = await admin._run(log.verify)

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import base64
 import datetime as dt
 import ssl
@@ -410,6 +411,8 @@ class AgentApiServer:
         for task in (self._renew_task, self._bundle_task):
             if task is not None:
                 task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()

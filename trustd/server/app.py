@@ -27,7 +27,7 @@ from trustd.server.admin_audit import register as register_audit_admin
 from trustd.server.admin_policy import register as register_policy_admin
 from trustd.server.agent_api import AgentApiServer
 from trustd.server.audit_hook import Auditor
-from trustd.server.auditing import AuditLogAuditor
+from trustd.server.auditing import AuditLogAuditor, DeferredAuditor, open_audit_log
 from trustd.server.changes import ChangeHub
 from trustd.server.core import ServerCore
 from trustd.server.policy_plane import PolicyPlane
@@ -111,9 +111,16 @@ class TrustdServer:
         self.metrics_address: tuple[str, int] | None = None
 
     def _make_auditor(self) -> Auditor:
-        from trustd.server.auditing import open_audit_log
+        # The audit key lives in the key manager, which may be down at start: the log is
+        # opened (with retries) in _bring_up_ca; until then every audited action fails.
+        self._deferred_audit = DeferredAuditor()
+        return self._deferred_audit
 
-        return open_audit_log(self.cfg, self.key_manager, self.clock)
+    def _open_audit(self) -> None:
+        deferred = getattr(self, "_deferred_audit", None)
+        if deferred is None or deferred.target is not None:
+            return
+        deferred.target = open_audit_log(self.cfg, self.key_manager, self.clock)
 
     def readiness(self) -> tuple[bool, str]:
         if self._not_ready_reason:
@@ -128,6 +135,7 @@ class TrustdServer:
         delay = 0.5
         while True:
             try:
+                await asyncio.get_running_loop().run_in_executor(self.executor, self._open_audit)
                 await asyncio.get_running_loop().run_in_executor(
                     self.executor, self.core.ensure_ca
                 )
@@ -137,7 +145,12 @@ class TrustdServer:
                 self.metrics.ready.set(1)
                 return
             except TrustdError as exc:
-                self._not_ready_reason = f"no active CA: {exc}"
+                deferred = getattr(self, "_deferred_audit", None)
+                if deferred is not None and deferred.target is None:
+                    deferred.reason = str(exc)
+                    self._not_ready_reason = f"audit log cannot be opened: {exc}"
+                else:
+                    self._not_ready_reason = f"no active CA: {exc}"
                 log.warning("cannot activate a CA yet; retrying", error=str(exc), retry_in=delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 30.0)
@@ -167,7 +180,7 @@ class TrustdServer:
             owner_uid=os.getuid(),
         )
         register_policy_admin(admin, self.policy)
-        if isinstance(self.auditor, AuditLogAuditor):
+        if isinstance(self.auditor, AuditLogAuditor | DeferredAuditor):
             register_audit_admin(admin, self.auditor)
         self._admin_server = grpclib.server.Server([admin, health])
         await bind_unix_socket_server(self._admin_server, self.cfg.admin_socket_path, 0o600)
@@ -207,6 +220,8 @@ class TrustdServer:
         if close is not None:
             await asyncio.get_running_loop().run_in_executor(self.executor, close)
         self.executor.shutdown(wait=True)
+        if self.upstream is not None:
+            self.upstream.close()
         self.key_manager.close()
         self.store.close()
         with contextlib.suppress(FileNotFoundError):

@@ -10,7 +10,7 @@ from trustd.audit.syslog import SyslogConfig, SyslogForwarder, tls_client_contex
 from trustd.ca.kms.base import KeyManager
 from trustd.clock import Clock
 from trustd.config import ServerConfig
-from trustd.errors import ConfigError
+from trustd.errors import ConfigError, UnavailableError
 from trustd.server.audit_hook import Actor
 
 
@@ -54,6 +54,61 @@ class AuditLogAuditor:
         if self.forwarder is not None:
             self.forwarder.stop()
         self.log.close()
+
+
+class DeferredAuditor:
+    """Stands in until the audit log is open (its key lives in the KMS, which may be down).
+
+    Until then every record and check fails with UnavailableError, so nothing
+    happens unrecorded; once ``open`` succeeds it forwards to the real log.
+    """
+
+    def __init__(self) -> None:
+        self.target: AuditLogAuditor | None = None
+        self.reason = "starting"
+
+    def _need(self) -> AuditLogAuditor:
+        if self.target is None:
+            raise UnavailableError(
+                f"the audit log is not open yet ({self.reason}); nothing is done unrecorded"
+            )
+        return self.target
+
+    @property
+    def log(self) -> AuditLog:
+        return self._need().log
+
+    def record(
+        self,
+        *,
+        type: str,
+        actor: Actor,
+        action: str,
+        resource: str,
+        outcome: str,
+        reason: str = "",
+        details: dict[str, Any] | None = None,
+    ) -> int:
+        return self._need().record(
+            type=type,
+            actor=actor,
+            action=action,
+            resource=resource,
+            outcome=outcome,
+            reason=reason,
+            details=details,
+        )
+
+    def check(self) -> None:
+        self._need().check()
+
+    def checkpoint_if_due(self) -> None:
+        if self.target is not None:
+            self.target.checkpoint_if_due()
+
+    def close(self) -> None:
+        if self.target is not None:
+            self.target.close()
 
 
 def audit_directory(cfg: ServerConfig) -> Path:

@@ -29,7 +29,8 @@ log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
 _STATUS: list[tuple[type[errors.TrustdError], Status]] = [
-    (errors.DeadlineExceededError, Status.DEADLINE_EXCEEDED),
+    # A KMS or store that timed out is a dependency that is down: clients retry UNAVAILABLE.
+    (errors.DeadlineExceededError, Status.UNAVAILABLE),
     (errors.UnavailableError, Status.UNAVAILABLE),
     (errors.InvalidArgumentError, Status.INVALID_ARGUMENT),
     (errors.ConfigError, Status.INVALID_ARGUMENT),
