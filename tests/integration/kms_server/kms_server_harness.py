@@ -187,7 +187,7 @@ class BaoRaftServer:
 def readme_policy(marker: str) -> str:
     """The HCL policy the README fragment shows after ``<!-- marker -->``: tests use the
     documented policy itself, so the README cannot drift from what works."""
-    text = (HERE / "README_fragment.md").read_text()
+    text = (HERE.parent.parent.parent / "README.md").read_text()
     section = text.split(f"<!-- {marker} -->", 1)[1]
     return section.split("```hcl", 1)[1].split("```", 1)[0]
 
