@@ -117,6 +117,7 @@ class AgentCache:
         self._entries_synced = False
         self._bundles: dict[TrustDomain, Bundle] = {}
         self._bundle_versions: dict[TrustDomain, str] = {}
+        self._tainted: frozenset[bytes] = frozenset()  # key ids of CAs the server tainted
         self._svids: dict[str, Svid] = {}
         self._forced: set[str] = set()  # entry ids to renew now (tainted CA, bundle dropped CA)
         self._retry: dict[str, _Retry] = {}
@@ -209,7 +210,9 @@ class AgentCache:
         self._bundle_versions = versions
         self.mark_synced()
         own = new.get(self.trust_domain)
-        for eid, svid in self._svids.items():
+        recheck = bool(changed) or update.tainted_key_ids != self._tainted
+        self._tainted = update.tainted_key_ids
+        for eid, svid in self._svids.items() if recheck else ():
             if update.tainted_key_ids & svid.issuer_key_ids:
                 self._forced.add(eid)
                 log.warning("svid signed by a tainted authority", entry_id=eid,
@@ -432,6 +435,11 @@ class AgentCache:
             self._svids[e.id] = svid
             self._retry.pop(e.id, None)
             self._forced.discard(e.id)
+            if self._tainted & svid.issuer_key_ids:
+                # Signed by a CA the server has tainted (it may have no other yet): serve it,
+                # and ask again after a backoff rather than at once.
+                self._forced.add(e.id)
+                self._back_off(e.id)
             self._metrics.svid_renewals.labels(outcome="success").inc()
             log.info(
                 "svid rotated" if old else "svid issued",
@@ -468,17 +476,20 @@ class AgentCache:
             "and retries"
         )
 
+    def _back_off(self, entry_id: str) -> None:
+        r = self._retry.get(entry_id)
+        attempts = 1 if r is None else r.attempts + 1
+        base = min(
+            self._settings.retry_max_seconds,
+            self._settings.retry_initial_seconds * (2 ** (attempts - 1)),
+        )
+        delay = base * self._rng.uniform(0.5, 1.0)  # "equal jitter"
+        self._retry[entry_id] = _Retry(attempts, self._clock.now() + dt.timedelta(seconds=delay))
+
     def _signing_failed(self, entries: Sequence[RegistrationEntry], exc: BaseException) -> None:
         now = self._clock.now()
         for e in entries:
-            r = self._retry.get(e.id)
-            attempts = 1 if r is None else r.attempts + 1
-            base = min(
-                self._settings.retry_max_seconds,
-                self._settings.retry_initial_seconds * (2 ** (attempts - 1)),
-            )
-            delay = base * self._rng.uniform(0.5, 1.0)  # "equal jitter"
-            self._retry[e.id] = _Retry(attempts, now + dt.timedelta(seconds=delay))
+            self._back_off(e.id)
             self._metrics.svid_renewals.labels(outcome="failure").inc()
         held = [self._svids[e.id] for e in entries if e.id in self._svids]
         left = min((s.not_after for s in held), default=None)
@@ -541,6 +552,10 @@ class AgentCache:
             else:
                 times.append(svid.renew_at)
         return min(times, default=None)
+
+    def wake_rotation(self) -> None:
+        """Make the renewal loop look again now (e.g. after a ``FakeClock`` moved)."""
+        self._wake_rotation.set()
 
     async def run_rotation(self) -> None:
         """Background renewal loop (started by the agent service)."""

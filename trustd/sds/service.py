@@ -205,23 +205,6 @@ class SecretDiscoveryService:
         versions = [resource_version(self._cache, r, svids) for r in resources]
         return response_version(versions), versions, svids
 
-    def _response(
-        self,
-        resources: list[SvidResource | BundleResource],
-        versions: list[str],
-        svids: dict[str, Any],
-        version: str,
-        nonce: str,
-    ) -> DiscoveryResponse:
-        return DiscoveryResponse(
-            version_info=version,
-            resources=[
-                self._builder.packed(r, v, svids) for r, v in zip(resources, versions, strict=True)
-            ],
-            type_url=SECRET_TYPE_URL,
-            nonce=nonce,
-        )
-
     async def _answer(self, key: WorkloadKey, names: list[str]) -> _Answer:
         cache = self._cache
         if self._answers_generation != cache.generation:
@@ -258,12 +241,8 @@ class SecretDiscoveryService:
         with grpc_errors():
             caller = self._caller_of(stream)
             self._cache.require_ready()
-            key = workload_key(caller)
-            names = list(req.resource_names)
-            resources = self._plan(key, names)
-            version, versions, svids = await self._versions(key, resources)
-            resp = self._response(resources, versions, svids, version, "")
-        await stream.send_message(resp)
+            answer = await self._answer(workload_key(caller), list(req.resource_names))
+        await stream.send_message(PreEncoded(answer.body(self._builder)))
 
     async def delta_secrets(
         self, stream: Stream[DeltaDiscoveryRequest, DeltaDiscoveryResponse]
