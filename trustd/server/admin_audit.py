@@ -101,7 +101,7 @@ def register(admin: AdminService, auditor: AuditLogAuditor | DeferredAuditor) ->
 
         def produce() -> int:
             try:
-                n = log.export(writer, format=fmt, actor=actor, **filters)  # type: ignore[arg-type]
+                n = log.export(writer, format=fmt, actor=actor, **filters)
                 writer.flush()
                 return int(n)
             except BaseException as exc:

@@ -12,8 +12,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import base64
+import contextlib
 import datetime as dt
 import ssl
 import uuid
