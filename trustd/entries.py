@@ -17,9 +17,14 @@ class RegistrationEntry:
     ttl: dt.timedelta | None = None  # SVID TTL; None means the server's default
     dns_names: tuple[str, ...] = ()  # extra DNS SANs (the first URI SAN stays the SPIFFE ID)
     revision: int = 0  # bumped on every change; agents sync by revision
+    agent_id: str | None = None  # only this agent (node) may serve it; None: every agent
     created_at: dt.datetime = field(  # when it was registered
         default_factory=lambda: dt.datetime.now(dt.UTC)
     )
+
+    def served_by(self, agent_id: str) -> bool:
+        """Whether the agent with this id may serve the entry."""
+        return self.agent_id is None or self.agent_id == agent_id
 
     def matches(self, caller: Caller) -> bool:
         return matches(self.selectors, caller)
@@ -32,6 +37,7 @@ class RegistrationEntry:
             "ttl": int(self.ttl.total_seconds()) if self.ttl else None,
             "dns_names": list(self.dns_names),
             "revision": self.revision,
+            "agent_id": self.agent_id,
             "created_at": self.created_at.isoformat().replace("+00:00", "Z"),
         }
 
@@ -46,6 +52,7 @@ class RegistrationEntry:
             ttl=dt.timedelta(seconds=int(str(ttl))) if ttl is not None else None,
             dns_names=tuple(str(d) for d in data.get("dns_names") or ()),  # type: ignore[attr-defined]
             revision=int(str(data.get("revision", 0))),
+            agent_id=str(data["agent_id"]) if data.get("agent_id") else None,
             created_at=(
                 dt.datetime.fromisoformat(created.replace("Z", "+00:00"))
                 if created

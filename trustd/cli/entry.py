@@ -12,7 +12,7 @@ from trustd.cli.output import emit
 app = typer.Typer(
     help="Register workloads: which selectors get which SPIFFE ID.", no_args_is_help=True
 )
-COLUMNS = ["id", "spiffe_id", "selectors", "ttl", "dns_names"]
+COLUMNS = ["id", "spiffe_id", "selectors", "ttl", "dns_names", "agent_id"]
 
 
 @app.command("create")
@@ -40,7 +40,13 @@ def create(
     entry = call(
         ctx,
         "EntryCreate",
-        {"spiffe_id": spiffe_id, "selectors": selector, "ttl": ttl_s, "dns_names": dns or []},
+        {
+            "spiffe_id": spiffe_id,
+            "selectors": selector,
+            "ttl": ttl_s,
+            "dns_names": dns or [],
+            "agent_id": agent,
+        },
     )
     f = fmt(ctx, output)
     if f.value == "table":

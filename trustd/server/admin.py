@@ -137,6 +137,7 @@ class AdminService(JsonService):
                     selectors=_list(d, "selectors"),
                     ttl=_ttl(d),
                     dns_names=_list(d, "dns_names"),
+                    agent_id=_str(d, "agent_id", required=False) or None,
                 )
             )
             return e.to_json()

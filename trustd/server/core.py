@@ -163,8 +163,11 @@ class ServerCore:
         selectors: Sequence[str],
         ttl: dt.timedelta | None = None,
         dns_names: Sequence[str] = (),
+        agent_id: str | None = None,
     ) -> RegistrationEntry:
         try:
+            if agent_id is not None:
+                self.store.get_agent(agent_id)  # NotFoundError names 'trustd agent list'
             sid = SpiffeId.parse(spiffe_id)
             if not sid.is_member_of(self.trust_domain):
                 raise InvalidArgumentError(
@@ -198,6 +201,7 @@ class ServerCore:
                 ttl=ttl,
                 dns_names=dns,
                 created_at=self.clock.now(),
+                agent_id=agent_id,
             )
             self.auditor.check()
             created = self.store.create_entry(entry)

@@ -41,6 +41,8 @@ class ServerUpstream:
         self.hub = hub
         self.executor = executor
         self.actor = actor
+        # the agent's id: the last part of spiffe://TD/trustd/agent/<id>
+        self.agent_id = actor.id.rsplit("/trustd/agent/", 1)[-1]
 
     async def _run(self, fn: Callable[..., T], *args: object) -> T:
         loop = asyncio.get_running_loop()
@@ -54,17 +56,27 @@ class ServerUpstream:
                 head, _ = await self._run(store.entry_changes_since, 2**62)
                 entries = await self._run(store.list_entries)
                 revision = int(head)
-                yield EntryUpdate(revision=revision, full=True, upserted=tuple(entries))
+                mine = tuple(e for e in entries if e.served_by(self.agent_id))
+                yield EntryUpdate(revision=revision, full=True, upserted=mine)
             else:
                 revision = since_revision
             while True:
                 head, changes = await self._run(store.entry_changes_since, revision)
                 if changes:
+                    # only this agent's entries; one it may no longer serve is removed for it
                     yield EntryUpdate(
                         revision=int(head),
                         full=False,
-                        upserted=tuple(c.entry for c in changes if c.entry is not None),
-                        removed=tuple(c.entry_id for c in changes if c.entry is None),
+                        upserted=tuple(
+                            c.entry
+                            for c in changes
+                            if c.entry is not None and c.entry.served_by(self.agent_id)
+                        ),
+                        removed=tuple(
+                            c.entry_id
+                            for c in changes
+                            if c.entry is None or not c.entry.served_by(self.agent_id)
+                        ),
                     )
                     revision = int(head)
                 seen = await self.hub.wait("entries", seen, FALLBACK_RECHECK)
@@ -93,6 +105,10 @@ class ServerUpstream:
                 raise PermissionDeniedError(
                     f"entry {r.entry_id} does not exist (deleted?); this agent may not serve it"
                 ) from None
+            if not entry.served_by(self.agent_id):
+                raise PermissionDeniedError(
+                    f"entry {r.entry_id} is pinned to another agent; this agent may not serve it"
+                )
             reqs.append(core_mod.SvidRequest(entry=entry, csr=r.csr_der))
         results = self.core.issue_svids(self.actor, reqs, source="agent")
         out = []

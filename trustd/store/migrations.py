@@ -68,4 +68,8 @@ MIGRATIONS: list[str] = [
         value TEXT NOT NULL
     );
     """,
+    # 2: entries may be pinned to one agent (node), like SPIRE's parent ID
+    """
+    ALTER TABLE entries ADD COLUMN agent_id TEXT
+    """,
 ]

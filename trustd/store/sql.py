@@ -125,9 +125,10 @@ class SqlStore:
             dns_names=tuple(json.loads(row[4])),
             revision=int(row[5]),
             created_at=_dtn(row[6]),
+            agent_id=row[7],
         )
 
-    _ENTRY_COLS = "id, spiffe_id, selectors, ttl_seconds, dns_names, revision, created_at"
+    _ENTRY_COLS = "id, spiffe_id, selectors, ttl_seconds, dns_names, revision, created_at, agent_id"
 
     def _next_revision(self, run: Callable[..., Cursor], entry_id: str, op: str) -> int:
         row = run("SELECT MAX(revision) FROM entry_changes").fetchone()
@@ -145,7 +146,7 @@ class SqlStore:
                 dup = run(
                     "SELECT id FROM entries WHERE spiffe_id = ? AND selectors = ?",
                     (str(entry.spiffe_id), selectors),
-                ).fetchone()
+                ).fetchone()  # one per identity and selectors, whichever agent serves it
                 if dup:
                     raise AlreadyExistsError(
                         f"an entry for {entry.spiffe_id} with the same selectors exists "
@@ -153,7 +154,7 @@ class SqlStore:
                     )
                 rev = self._next_revision(run, entry.id, "put")
                 run(
-                    f"INSERT INTO entries ({self._ENTRY_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    f"INSERT INTO entries ({self._ENTRY_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         entry.id,
                         str(entry.spiffe_id),
@@ -162,6 +163,7 @@ class SqlStore:
                         json.dumps(list(entry.dns_names)),
                         rev,
                         _ts(entry.created_at),
+                        entry.agent_id,
                     ),
                 )
         except self.integrity_errors as exc:

@@ -207,3 +207,87 @@ def test_unknown_token_and_server_down(tmp_path: Path) -> None:
             await link.start()
 
     asyncio.run(main())
+
+
+def test_each_agent_gets_only_the_entries_it_may_serve(tmp_path: Path) -> None:
+    async def main() -> None:
+        srv = await _server(tmp_path)
+        try:
+            links = []
+            for name in ("a", "b"):
+                token, _ = srv.core.create_token(ADMIN, dt.timedelta(minutes=5))
+                link = _link(srv, tmp_path, token, name)
+                await link.start()
+                links.append(link)
+            a, b = links
+            assert a.agent_id and b.agent_id
+            everywhere = srv.core.create_entry(
+                ADMIN, spiffe_id="spiffe://trustd.local/ns/x/sa/all", selectors=["unix:uid:1"]
+            )
+            only_a = srv.core.create_entry(
+                ADMIN,
+                spiffe_id="spiffe://trustd.local/ns/x/sa/a",
+                selectors=["unix:uid:2"],
+                agent_id=a.agent_id,
+            )
+            snap_a = await _next(a.watch_entries(since_revision=None).__aiter__())
+            b_entries = b.watch_entries(since_revision=None).__aiter__()
+            snap_b = await _next(b_entries)
+            assert {e.id for e in snap_a.upserted} == {everywhere.id, only_a.id}
+            assert {e.id for e in snap_b.upserted} == {everywhere.id}
+            with pytest.raises(PermissionDeniedError, match="another agent"):
+                await b.sign_x509_svids([SvidRequest(entry_id=only_a.id, csr_der=_csr())])
+            [ok] = await a.sign_x509_svids([SvidRequest(entry_id=only_a.id, csr_der=_csr())])
+            assert ok.entry_id == only_a.id
+            # a later entry for a: b's delta does not carry it
+            await asyncio.to_thread(
+                srv.core.create_entry,
+                ADMIN,
+                spiffe_id="spiffe://trustd.local/ns/x/sa/a2",
+                selectors=["unix:uid:3"],
+                agent_id=a.agent_id,
+            )
+            delta_b = await _next(b_entries)
+            assert delta_b.upserted == ()
+            for link in links:
+                await link.close()
+        finally:
+            await srv.stop()
+
+    asyncio.run(main())
+
+
+def test_agent_svid_is_renewed_at_half_life(tmp_path: Path) -> None:
+    async def main() -> None:
+        cfg = load_server_config(
+            None,
+            {
+                "dataDir": str(tmp_path / "server"),
+                "serverAddress": "127.0.0.1:0",
+                "metricsAddress": "127.0.0.1:0",
+                "svid": {"defaultTtl": "4s", "maxTtl": "1h"},
+            },
+        )
+        srv = TrustdServer(cfg)
+        await srv.start()
+        await srv.wait_ready()
+        try:
+            token, _ = srv.core.create_token(ADMIN, dt.timedelta(minutes=5))
+            link = _link(srv, tmp_path, token)
+            await link.start()
+            assert link.agent_id is not None
+            first = srv.store.get_agent(link.agent_id).serial
+            deadline = asyncio.get_running_loop().time() + 15
+            while srv.store.get_agent(link.agent_id).serial == first:
+                assert asyncio.get_running_loop().time() < deadline, "agent svid not renewed"
+                await asyncio.sleep(0.2)
+            # the renewed identity is used for calls: entries still flow
+            update = await _next(link.watch_entries(since_revision=None).__aiter__())
+            assert update.full
+            events = "".join(p.read_text() for p in (tmp_path / "server" / "audit").glob("audit-*.jsonl"))
+            assert '"type":"agent.renew"' in events
+            await link.close()
+        finally:
+            await srv.stop()
+
+    asyncio.run(main())
