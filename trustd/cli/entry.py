@@ -26,6 +26,9 @@ def create(
     dns: Annotated[
         list[str] | None, typer.Option("--dns", help="extra DNS SAN; repeatable")
     ] = None,
+    agent: Annotated[
+        str | None, typer.Option("--agent", help="only this agent (node) serves it; default: all")
+    ] = None,
     output: OutputOpt = None,
 ) -> None:
     """Register a workload; prints the entry id."""
