@@ -286,9 +286,9 @@ def test_entry_create_list_show_delete_in_every_format(
     code, out, _ = run_cli(capsys, "entry", "list")
     assert code == 0
     lines = out.splitlines()
-    assert lines[0].split("\t") == ["ID", "SPIFFE_ID", "SELECTORS", "TTL", "DNS_NAMES"]
+    assert lines[0].split("\t") == ["ID", "SPIFFE_ID", "SELECTORS", "TTL", "DNS_NAMES", "AGENT_ID"]
     [row] = [line.split("\t") for line in lines[1:] if line.startswith(entry_id)]
-    assert row == [entry_id, sid, "unix:gid:1000,unix:uid:1000", "1800", "web.cli.svc"]
+    assert row == [entry_id, sid, "unix:gid:1000,unix:uid:1000", "1800", "web.cli.svc", "-"]
 
     code, out, _ = run_cli(capsys, "entry", "list", "-o", "json")
     assert entry_id in [e["id"] for e in json.loads(out)["entries"]]
