@@ -44,6 +44,23 @@ class AuditLogAuditor:
             )
         )
 
+    def record_many(self, events: list[dict[str, Any]]) -> list[int]:
+        """Several events in one write (batch issuance): all recorded, or none."""
+        return self.log.append_many(
+            [
+                AuditEvent(
+                    type=e["type"],
+                    actor=e["actor"],
+                    action=e["action"],
+                    resource=e["resource"],
+                    outcome=e.get("outcome", "success"),
+                    reason=e.get("reason", ""),
+                    details=e.get("details") or {},
+                )
+                for e in events
+            ]
+        )
+
     def check(self) -> None:
         self.log.check()
 
@@ -98,6 +115,9 @@ class DeferredAuditor:
             reason=reason,
             details=details,
         )
+
+    def record_many(self, events: list[dict[str, Any]]) -> list[int]:
+        return self._need().record_many(events)
 
     def check(self) -> None:
         self._need().check()

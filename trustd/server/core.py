@@ -294,22 +294,25 @@ class ServerCore:
         it = iter(issued)
         out: list[IssuedSvid | TrustdError] = []
         ledger: list[LedgerRecord] = []
+        events: list[dict[str, Any]] = []
         for req, slot in zip(requests, slots, strict=True):
             if slot is not None:
                 out.append(slot)
                 continue
             svid = next(it)
-            self._audit(
-                "svid.issue",
-                actor,
-                "issue",
-                str(svid.spiffe_id),
-                details={
-                    "serial": svid.serial,
-                    "not_after": svid.not_after.isoformat().replace("+00:00", "Z"),
-                    "authority_id": svid.authority_id,
-                    "entry_id": req.entry.id,
-                },
+            events.append(
+                {
+                    "type": "svid.issue",
+                    "actor": actor,
+                    "action": "issue",
+                    "resource": str(svid.spiffe_id),
+                    "details": {
+                        "serial": svid.serial,
+                        "not_after": svid.not_after.isoformat().replace("+00:00", "Z"),
+                        "authority_id": svid.authority_id,
+                        "entry_id": req.entry.id,
+                    },
+                }
             )
             ledger.append(
                 LedgerRecord(
@@ -323,6 +326,13 @@ class ServerCore:
                 )
             )
             out.append(svid)
+        # Recorded before anything is handed out; a batch is one write of the audit log.
+        record_many = getattr(self.auditor, "record_many", None)
+        if record_many is not None and len(events) > 1:
+            record_many(events)
+        else:
+            for e in events:
+                self._audit(e["type"], actor, e["action"], e["resource"], details=e["details"])
         if ledger:
             self.store.record_issued_many(ledger)
             self.metrics.svids_issued.labels(source=source).inc(len(ledger))

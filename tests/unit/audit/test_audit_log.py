@@ -6,6 +6,7 @@ import base64
 import datetime as dt
 import hashlib
 import io
+import itertools
 import json
 import os
 import stat
@@ -613,3 +614,61 @@ def test_follower_starts_mid_log_and_crosses_segments(open_log: OpenLog, audit_d
     log.append(make_event(99))
     assert [rec.seq for rec, _ in follower.read(10)] == [31]
     follower.close()
+
+
+def test_append_many_chains_like_single_appends_and_verifies(tmp_path: Path) -> None:
+    from trustd.audit import Actor, AuditEvent, AuditLog
+    from trustd.ca.kms.memory import MemoryKeyManager
+    from trustd.clock import FakeClock
+
+    log = AuditLog(tmp_path / "a", key_manager=MemoryKeyManager(), clock=FakeClock())
+    actor = Actor.spiffe("spiffe://trustd.local/trustd/agent/x")
+    first = log.append(AuditEvent(type="svid.issue", actor=actor, action="issue", resource="r0"))
+    seqs = log.append_many(
+        [
+            AuditEvent(type="svid.issue", actor=actor, action="issue", resource=f"r{i}")
+            for i in range(1, 6)
+        ]
+    )
+    assert seqs == list(range(first + 1, first + 6))
+    assert log.append(AuditEvent(type="svid.issue", actor=actor, action="issue")) == first + 6
+    report = log.verify()
+    assert report.ok and report.events_checked == 7, report
+    lines = [
+        json.loads(x)
+        for p in sorted((tmp_path / "a").glob("audit-*.jsonl"))
+        for x in p.read_text().splitlines()
+    ]
+    assert [e["resource"] for e in lines[:6]] == [f"r{i}" for i in range(6)]
+    assert all(b["prev_hash"] == a["hash"] for a, b in itertools.pairwise(lines))
+    log.close()
+
+
+def test_append_many_is_all_or_nothing_when_the_write_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    import trustd.audit.log as audit_log
+    from trustd.audit import Actor, AuditEvent, AuditLog, AuditWriteError
+    from trustd.ca.kms.memory import MemoryKeyManager
+    from trustd.clock import FakeClock
+
+    log = AuditLog(tmp_path / "a", key_manager=MemoryKeyManager(), clock=FakeClock())
+    actor = Actor.system()
+    log.append(AuditEvent(type="svid.issue", actor=actor, action="issue"))
+    head = log.head
+
+    def full(fd: int, data: bytes) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(audit_log, "_write_all", full)
+    with pytest.raises(AuditWriteError):
+        log.append_many(
+            [AuditEvent(type="svid.issue", actor=actor, action="issue") for _ in range(3)]
+        )
+    monkeypatch.undo()
+    assert log.head == head
+    assert log.append(AuditEvent(type="svid.issue", actor=actor, action="issue")) == head.seq + 1
+    assert log.verify().ok
+    log.close()
