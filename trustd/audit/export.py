@@ -17,6 +17,14 @@ the chain fields (seq, hash, prev_hash) travel in ``metadata`` and ``unmapped``.
 CEF: ``CEF:0|trustd|trustd|VERSION|<type>|<type> <outcome>|<severity>|<extension>``,
 with ``\\`` and ``|`` escaped in the header, ``\\``, ``=`` and newlines (as ``\\n``,
 ``\\r``) in extension values, and ``rt`` in ms.
+
+How the renderers are fast: in an audit log the type, outcome, reason, actor and
+action of an event repeat (one agent issues thousands of SVIDs), so each renderer
+turns every distinct combination of them into a ``%``-template once, with all of
+that text already encoded, escaped and quoted. An event then costs one cache
+lookup, the time in ms, a check that its own values (id, resource, details, hashes)
+need no escaping, and one ``%`` with seven values. Lines are written in batches of
+``_BATCH`` joined lines.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ import ipaddress
 import json
 import socket
 from collections.abc import Callable, Iterable, Iterator
+from itertools import islice
 from typing import Any, TextIO
 
 import structlog
@@ -48,8 +57,13 @@ class ExportFormat(enum.StrEnum):
 
 PRODUCT = "trustd"
 OCSF_SCHEMA_VERSION = "1.3.0"
-_BATCH = 2000
+_BATCH = 2000  # lines per write
+_CACHE_MAX = 10_000  # entries per renderer cache; cleared when full (events come in bursts)
 _ENCODER = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"))
+_esc: Callable[[str], str] = json.encoder.encode_basestring_ascii  # JSON string (C code)
+
+# Event-level cache key: the fields that repeat from event to event.
+_Key = tuple[str, str, str, str, str, int | None, str | None, str]
 
 # ------------------------------------------------------------------ shared helpers
 
@@ -74,6 +88,46 @@ def _severity_of(event_type: str, outcome: str) -> int:
     if event_type in ("authority.taint", "authority.revoke"):
         return 4
     return 1 if outcome == "success" else 3
+
+
+def _pct(text: str) -> str:
+    """Constant text for a ``%``-template."""
+    return text.replace("%", "%%")
+
+
+_MILLIS = frozenset(f"{n:03d}" for n in range(1000))
+
+
+class _TimeMs:
+    """``str(time_ms(t))`` for a stream of times in (mostly) increasing order.
+
+    For the stored form (``2026-01-01T00:00:00.123456Z``) the ms text is the text of the
+    whole seconds (remembered from the previous event, which is almost always in the
+    same second) followed by the three millisecond digits.
+    """
+
+    __slots__ = ("_key", "_seconds")
+
+    def __init__(self) -> None:
+        self._key = ""  # the "YYYY-MM-DDTHH:MM:SS" of the last time converted
+        self._seconds = ""  # str(seconds since the epoch) for _key; "" when not positive
+
+    def __call__(self, t: str) -> str:
+        ms = t[20:23]
+        if len(t) == 27 and t[19] == "." and t[26] == "Z" and ms in _MILLIS:
+            key = t[:19]
+            if key != self._key:
+                seconds = time_ms(key + ".000000Z") // 1000
+                self._key, self._seconds = key, str(seconds) if seconds > 0 else ""
+            if self._seconds:
+                return self._seconds + ms
+        return str(time_ms(t))
+
+
+def _remember(cache: dict[Any, Any], key: Any, value: Any) -> None:
+    if len(cache) >= _CACHE_MAX:
+        cache.clear()
+    cache[key] = value
 
 
 # ------------------------------------------------------------------ JSON lines
@@ -129,29 +183,53 @@ def _q(value: Any) -> str:
     return text
 
 
-def csv_row(row: Row) -> str:
-    """One CSV line (without the line break)."""
-    (i, seq, t, typ, kind, aid, uid, addr, action, resource, outcome, reason, details,
-     prev, digest) = row  # fmt: skip
-    return ",".join(
-        (
-            _q(i),
-            str(seq),
-            _q(t),
+class _Csv:
+    """CSV lines, with the columns that repeat rendered once per (type, outcome, reason,
+    actor, action)."""
+
+    __slots__ = ("_templates",)
+
+    def __init__(self) -> None:
+        self._templates: dict[_Key, tuple[str, str]] = {}
+
+    def _template(self, key: _Key) -> tuple[str, str]:
+        """(",type,...,action,", ",outcome,reason,"): the text around the resource."""
+        typ, outcome, reason, kind, aid, uid, addr, action = key
+        before = (
             _q(typ),
             _q(kind),
             _q(_cell(aid)),
             "" if uid is None else str(uid),
             _q(_cell(addr or "")),
             _q(_cell(action)),
-            _q(_cell(resource)),
-            _q(outcome),
-            _q(_cell(reason)),
-            _q(details),
-            _q(prev),
-            _q(digest),
         )
-    )
+        found = ("," + ",".join(before) + ",", "," + _q(outcome) + "," + _q(_cell(reason)) + ",")
+        _remember(self._templates, key, found)
+        return found
+
+    def render(self, row: Row) -> str:
+        """One CSV line (without the line break)."""
+        (i, seq, t, typ, kind, aid, uid, addr, action, resource, outcome, reason, details,
+         prev, digest) = row  # fmt: skip
+        key = (typ, outcome, reason, kind, aid, uid, addr, action)
+        before, after = self._templates.get(key) or self._template(key)
+        own = i + t + resource + prev + digest
+        if (
+            '"' in own
+            or "," in own
+            or "\n" in own
+            or "\r" in own
+            or resource[:1] in _FORMULA_START
+        ):
+            i, t, resource, prev, digest = _q(i), _q(t), _q(_cell(resource)), _q(prev), _q(digest)
+        if '"' in details or "," in details or "\n" in details or "\r" in details:
+            details = '"' + details.replace('"', '""') + '"'
+        return f"{i},{seq},{t}{before}{resource}{after}{details},{prev},{digest}"
+
+
+def csv_row(row: Row) -> str:
+    """One CSV line (without the line break); writers keep one renderer for all rows."""
+    return _Csv().render(row)
 
 
 def write_csv(
@@ -167,7 +245,7 @@ def write_csv(
     start with = + - @ get a leading ' so spreadsheets do not run them as formulas.
     """
     return write_rendered(
-        _render(records, csv_row),
+        _render(records, _Csv().render),
         out,
         progress=progress,
         progress_every=progress_every,
@@ -227,40 +305,40 @@ def ocsf_class(event_type: str) -> tuple[int, int]:
     return 6003, _VERB_ACTIVITY.get(verb, 99)
 
 
-_esc: Callable[[str], str] = json.encoder.encode_basestring_ascii  # JSON string (C code)
-_CACHE_MAX = 10_000
-
-
 def _activity_names(class_uid: int) -> dict[int, str]:
     if class_uid == 6003:
         return _API_ACTIVITY
     return _AUTH_ACTIVITY if class_uid == 3002 else _NET_ACTIVITY
 
 
+# Where the resource goes in an event, by class (a template has two places for it).
+_NO_RESOURCE = 0  # nowhere (API or Network Activity without one; Authentication without one
+# names the actor instead, which is constant)
+_RESOURCE = 1  # once: API Activity resources[].uid, Network Activity dst_endpoint.name
+_SUBJECT = 2  # twice: Authentication user name and uid
+
+
 class _Ocsf:
-    """Renders OCSF JSON text directly: the parts that repeat (class, activity, severity per
-    type and outcome; actor and endpoint per actor) are encoded once and cached."""
+    """OCSF JSON lines from the constant text per (type, outcome, reason, actor, action,
+    whether there is a resource): class, activity, severity, message, actor and endpoints
+    are encoded once per template."""
+
+    __slots__ = ("_actors", "_heads", "_local", "_meta", "_templates", "_time")
 
     def __init__(self, product_version: str) -> None:
         product = {"name": PRODUCT, "vendor_name": PRODUCT, "version": product_version}
-        self.meta = (
+        self._meta = (
             ',"metadata":{"version":' + _esc(OCSF_SCHEMA_VERSION)
             + ',"product":' + _ENCODER.encode(product) + ',"uid":'
         )  # fmt: skip
-        self.local = _ENCODER.encode({"hostname": socket.gethostname()})
-        self.templates: dict[tuple[str, str, bool, bool], tuple[str, int]] = {}
-        self.actors: dict[tuple[Any, ...], str] = {}
-        self.words: dict[str, str] = {}  # JSON text of the few values that repeat (action, kind)
+        self._local = _ENCODER.encode({"hostname": socket.gethostname()})
+        self._heads: dict[tuple[str, str], tuple[str, int]] = {}
+        self._actors: dict[tuple[str, str, int | None, str | None], str] = {}
+        self._templates: dict[tuple[_Key, bool], tuple[tuple[str, ...], int]] = {}
+        self._time = _TimeMs()
 
-    def _word(self, text: str) -> str:
-        if len(self.words) > _CACHE_MAX:
-            self.words.clear()
-        out = self.words[text] = _esc(text)
-        return out
-
-    def _template(self, key: tuple[str, str, bool, bool]) -> None:
-        """The event as a %-format string: constant parts rendered once per shape."""
-        typ, outcome, has_reason, has_resource = key
+    def _head(self, typ: str, outcome: str) -> tuple[str, int]:
+        """The class, activity, severity and status members (without the closing brace)."""
         class_uid, activity_id = ocsf_class(typ)
         class_name, category_uid, category_name = _CLASSES[class_uid]
         activity_name = _activity_names(class_uid).get(activity_id, "Other")
@@ -281,116 +359,110 @@ class _Ocsf:
                 "status_id": 1 if success else 2,
                 "status": "Success" if success else "Failure",
             }
-        )[:-1].replace("%", "%%")
-        typ_json = _esc(typ).replace("%", "%%")
-        # slots, in order: time, message, uid, sequence, actor, [status_detail],
-        # (6003: operation, [resource]) (3002: subject, subject) (4001: [resource]),
-        # action, actor kind, details, prev_hash, hash
-        message = (
-            "%s" if has_reason else _esc(f"{typ} {outcome}").replace("%", "%%")
-        )  # with a reason, the message is filled in per event
-        parts = [
-            head,
-            ',"time":%s,"message":' + message,
-            self.meta.replace("%", "%%"),
-            '%s,"sequence":%s,"event_code":',
-            typ_json,
-            ',"log_name":"audit"}%s',
-        ]
-        if has_reason:
-            parts.append(',"status_detail":%s')
-        if class_uid == 6003:
-            parts.append(',"api":{"operation":%s,"service":{"name":"trustd"}}')
-            if has_resource:
-                rtype = _esc(typ.split(".")[-2]).replace("%", "%%")
-                parts.append(',"resources":[{"uid":%s,"type":' + rtype + "}]")
-        elif class_uid == 3002:
-            parts.append(
-                ',"user":{"name":%s,"uid":%s,"type_id":99,"type":"Workload"}'
-                ',"service":{"name":"trustd"},"auth_protocol_id":99,'
-                '"auth_protocol":"SPIFFE X.509-SVID","dst_endpoint":'
-                + self.local.replace("%", "%%")
-            )
-        elif has_resource:
-            parts.append(',"dst_endpoint":{"name":%s}')
-        else:
-            parts.append(',"dst_endpoint":' + self.local.replace("%", "%%"))
-        parts.append(
-            ',"unmapped":{"action":%s,"actor_kind":%s,"details":%s,"prev_hash":%s,"hash":%s}}'
-        )
-        template = "".join(parts)
-        if len(self.templates) > _CACHE_MAX:
-            self.templates.clear()
-        self.templates[key] = (template, class_uid)
+        )[:-1]
+        _remember(self._heads, (typ, outcome), (head, class_uid))
+        return head, class_uid
 
-    def endpoint(self, addr: str | None) -> str:
+    def _endpoint(self, addr: str | None) -> str:
         split = _split_addr(addr)
         if split is not None:
             return '{"ip":' + _esc(split[0]) + ',"port":' + str(split[1]) + "}"
         if addr:
             return '{"name":' + _esc(addr) + "}"  # a Unix socket path
-        return self.local
+        return self._local
 
-    def _actor(self, key: tuple[Any, ...]) -> str:
+    def _actor(self, key: tuple[str, str, int | None, str | None]) -> str:
         kind, aid, uid, addr = key
         type_id, type_name = _USER_TYPES.get(kind, (0, "Unknown"))
         user_uid = aid if uid is None else str(int(uid))
         text = (
             ',"actor":{"user":{"name":' + _esc(aid) + ',"uid":' + _esc(user_uid)
             + ',"type_id":' + str(type_id) + ',"type":' + _esc(type_name)
-            + '}},"src_endpoint":' + self.endpoint(addr)
+            + '}},"src_endpoint":' + self._endpoint(addr)
         )  # fmt: skip
-        if len(self.actors) > _CACHE_MAX:
-            self.actors.clear()
-        self.actors[key] = text
+        _remember(self._actors, key, text)
         return text
 
-    def __call__(self, row: Row) -> str:
+    def _template(self, tkey: tuple[_Key, bool]) -> tuple[tuple[str, ...], int]:
+        """The nine pieces of constant text around the event's own values (time, id, seq,
+        resource, resource, details, prev_hash, hash), and where the resource goes."""
+        key, has_resource = tkey
+        typ, outcome, reason, kind, aid, uid, addr, action = key
+        head, class_uid = self._heads.get((typ, outcome)) or self._head(typ, outcome)
+        akey = (kind, aid, uid, addr)
+        actor = self._actors.get(akey) or self._actor(akey)
+        action_json = _esc(action)
+        message = f"{typ} {outcome}: {reason}" if reason else f"{typ} {outcome}"
+        before = ',"event_code":' + _esc(typ) + ',"log_name":"audit"}' + actor
+        if reason:
+            before += ',"status_detail":' + _esc(reason)
+        between = after = ""
+        mode = _NO_RESOURCE
+        if class_uid == 6003:
+            before += ',"api":{"operation":' + action_json + ',"service":{"name":"trustd"}}'
+            if has_resource:
+                mode = _RESOURCE
+                before += ',"resources":[{"uid":"'
+                between = '","type":' + _esc(typ.split(".")[-2]) + "}]"
+        elif class_uid == 3002:
+            after = (
+                ',"type_id":99,"type":"Workload"},"service":{"name":"trustd"},'
+                '"auth_protocol_id":99,"auth_protocol":"SPIFFE X.509-SVID","dst_endpoint":'
+                + self._local
+            )
+            if has_resource:
+                mode = _SUBJECT
+                before += ',"user":{"name":"'
+                between = '","uid":"'
+                after = '"' + after
+            else:  # the actor is the subject
+                subject = _esc(aid)
+                before += ',"user":{"name":' + subject + ',"uid":' + subject + after
+                after = ""
+        elif has_resource:
+            mode = _RESOURCE
+            before += ',"dst_endpoint":{"name":"'
+            between = '"}'
+        else:
+            before += ',"dst_endpoint":' + self._local
+        pieces = (
+            head + ',"time":',
+            ',"message":' + _esc(message) + self._meta + '"',
+            '","sequence":',
+            before,
+            between,
+            after + ',"unmapped":{"action":' + action_json + ',"actor_kind":' + _esc(kind)
+            + ',"details":',
+            ',"prev_hash":"',
+            '","hash":"',
+            '"}}',
+        )  # fmt: skip
+        _remember(self._templates, tkey, (pieces, mode))
+        return pieces, mode
+
+    def render(self, row: Row) -> str:
+        """One OCSF event as a JSON line (without the newline)."""
         (i, seq, t, typ, kind, aid, uid, addr, action, resource, outcome, reason, details,
          prev, digest) = row  # fmt: skip
-        key = (typ, outcome, reason != "", resource != "")
-        found = self.templates.get(key)
-        if found is None:
-            self._template(key)
-            found = self.templates[key]
-        template, class_uid = found
-        akey = (kind, aid, uid, addr)
-        actor = self.actors.get(akey) or self._actor(akey)
-        words = self.words
-        action_json = words.get(action) or self._word(action)
-        if reason:
-            args: list[object] = [
-                time_ms(t),
-                _esc(f"{typ} {outcome}: {reason}"),
-                _esc(i),
-                seq,
-                actor,
-                _esc(reason),
-            ]
-        else:
-            args = [time_ms(t), _esc(i), seq, actor]
-        if class_uid == 6003:
-            args.append(action_json)
-            if resource:
-                args.append(_esc(resource))
-        elif class_uid == 3002:
-            subject = _esc(resource or aid)
-            args += [subject, subject]
-        elif resource:
-            args.append(_esc(resource))
-        args += [
-            action_json,
-            words.get(kind) or self._word(kind),
-            details,
-            _esc(prev),
-            _esc(digest),
-        ]
-        return template % tuple(args)
+        tkey = ((typ, outcome, reason, kind, aid, uid, addr, action), resource != "")
+        pieces, mode = self._templates.get(tkey) or self._template(tkey)
+        p0, p1, p2, p3, p4, p5, p6, p7, p8 = pieces
+        own = i + resource + prev + digest
+        if len(_esc(own)) != len(own) + 2:  # JSON escapes some of them (the usual event: none)
+            i, resource, prev, digest = (
+                _esc(i)[1:-1], _esc(resource)[1:-1], _esc(prev)[1:-1], _esc(digest)[1:-1]
+            )  # fmt: skip
+        r1 = resource if mode else ""
+        r2 = resource if mode == _SUBJECT else ""
+        return (
+            f"{p0}{self._time(t)}{p1}{i}{p2}{seq}{p3}{r1}{p4}{r2}{p5}{details}{p6}{prev}{p7}"
+            f"{digest}{p8}"
+        )
 
 
 def to_ocsf(rec: AuditRecord, *, product_version: str = __version__) -> dict[str, Any]:
     """One event as an OCSF object."""
-    event: dict[str, Any] = json.loads(_Ocsf(product_version)(row_from_record(rec)))
+    event: dict[str, Any] = json.loads(_Ocsf(product_version).render(row_from_record(rec)))
     return event
 
 
@@ -404,7 +476,7 @@ def write_ocsf(
 ) -> int:
     """OCSF events, one JSON object per line (what SIEM OCSF ingestion takes)."""
     return write_rendered(
-        _render(records, _Ocsf(product_version)),
+        _render(records, _Ocsf(product_version).render),
         out,
         progress=progress,
         progress_every=progress_every,
@@ -439,21 +511,17 @@ def cef_value_escape(text: str) -> str:
 
 
 class _Cef:
+    """CEF lines from a %-template per (type, outcome, reason, actor, action)."""
+
+    __slots__ = ("_actors", "_prefix", "_templates", "_time")
+
     def __init__(self, product_version: str) -> None:
-        self.prefix = f"CEF:0|{PRODUCT}|{PRODUCT}|{cef_header_escape(product_version)}|"
-        self.heads: dict[tuple[str, str], str] = {}
-        self.actors: dict[tuple[Any, ...], str] = {}
+        self._prefix = f"CEF:0|{PRODUCT}|{PRODUCT}|{cef_header_escape(product_version)}|"
+        self._actors: dict[tuple[str, str, int | None, str | None], str] = {}
+        self._templates: dict[_Key, str] = {}
+        self._time = _TimeMs()
 
-    def _head(self, typ: str, outcome: str) -> str:
-        name = cef_header_escape(typ)
-        severity = _CEF_SEVERITY[_severity_of(typ, outcome)]
-        head = f"{self.prefix}{name}|{name} {cef_header_escape(outcome)}|{severity}|"
-        if len(self.heads) > _CACHE_MAX:
-            self.heads.clear()
-        self.heads[(typ, outcome)] = head
-        return head
-
-    def _actor(self, key: tuple[Any, ...]) -> str:
+    def _actor(self, key: tuple[str, str, int | None, str | None]) -> str:
         kind, aid, uid, addr = key
         parts = [f" suser={cef_value_escape(aid)}"]
         if uid is not None:
@@ -465,40 +533,50 @@ class _Cef:
         if addr is not None:
             parts.append(f" cs6Label=actorAddr cs6={cef_value_escape(addr)}")
         text = "".join(parts)
-        if len(self.actors) > _CACHE_MAX:
-            self.actors.clear()
-        self.actors[key] = text
+        _remember(self._actors, key, text)
         return text
 
-    def __call__(self, row: Row) -> str:
+    def _template(self, key: _Key) -> str:
+        typ, outcome, reason, kind, aid, uid, addr, action = key
+        esc = cef_value_escape
+        name = cef_header_escape(typ)
+        severity = _CEF_SEVERITY[_severity_of(typ, outcome)]
+        akey = (kind, aid, uid, addr)
+        actor = self._actors.get(akey) or self._actor(akey)
+        consts = (
+            f"{self._prefix}{name}|{name} {cef_header_escape(outcome)}|{severity}|rt=",
+            " externalId=",
+            f" cat={esc(typ)} act={esc(action)} outcome={esc(outcome)}{actor}"
+            + (" reason=" + esc(reason) if reason else "")
+            + " cn1Label=seq cn1=",
+            " cs1Label=resource cs1=",
+            " cs2Label=details cs2=",
+            " cs3Label=hash cs3=",
+            " cs4Label=prevHash cs4=",
+            "",
+        )
+        template = "%s".join(map(_pct, consts))
+        _remember(self._templates, key, template)
+        return template
+
+    def render(self, row: Row) -> str:
+        """One CEF line (without the newline)."""
         (i, seq, t, typ, kind, aid, uid, addr, action, resource, outcome, reason, details,
          prev, digest) = row  # fmt: skip
-        esc = cef_value_escape
-        head = self.heads.get((typ, outcome)) or self._head(typ, outcome)
-        akey = (kind, aid, uid, addr)
-        actor = self.actors.get(akey) or self._actor(akey)
-        return "".join(
-            (
-                head,
-                "rt=", str(time_ms(t)),
-                " externalId=", esc(i),
-                " cat=", esc(typ),
-                " act=", esc(action),
-                " outcome=", esc(outcome),
-                actor,
-                " reason=" + esc(reason) if reason else "",
-                " cn1Label=seq cn1=", str(seq),
-                " cs1Label=resource cs1=", esc(resource),
-                " cs2Label=details cs2=", esc(details),
-                " cs3Label=hash cs3=", esc(digest),
-                " cs4Label=prevHash cs4=", esc(prev),
-            )
-        )  # fmt: skip
+        key = (typ, outcome, reason, kind, aid, uid, addr, action)
+        template = self._templates.get(key) or self._template(key)
+        own = i + resource + details + digest + prev
+        if "\\" in own or "=" in own or "\n" in own or "\r" in own:
+            esc = cef_value_escape
+            i, resource, details, digest, prev = (
+                esc(i), esc(resource), esc(details), esc(digest), esc(prev)
+            )  # fmt: skip
+        return template % (self._time(t), i, seq, resource, details, digest, prev)
 
 
 def to_cef(rec: AuditRecord, *, product_version: str = __version__) -> str:
     """One event as a CEF line (without the newline)."""
-    return _Cef(product_version)(row_from_record(rec))
+    return _Cef(product_version).render(row_from_record(rec))
 
 
 def write_cef(
@@ -511,7 +589,7 @@ def write_cef(
 ) -> int:
     """CEF lines, one per event."""
     return write_rendered(
-        _render(records, _Cef(product_version)),
+        _render(records, _Cef(product_version).render),
         out,
         progress=progress,
         progress_every=progress_every,
@@ -533,13 +611,16 @@ def _render(records: Iterable[AuditRecord], render: Callable[[Row], str]) -> Ite
 
 
 def renderer(format: ExportFormat, product_version: str = __version__) -> Callable[[Row], str]:
-    """The function that turns a row into one line of ``format`` (not jsonl)."""
+    """The function that turns a row into one line of ``format`` (not jsonl).
+
+    It caches what repeats between rows: use one per export, from one thread.
+    """
     if format is ExportFormat.CSV:
-        return csv_row
+        return _Csv().render
     if format is ExportFormat.OCSF:
-        return _Ocsf(product_version)
+        return _Ocsf(product_version).render
     if format is ExportFormat.CEF:
-        return _Cef(product_version)
+        return _Cef(product_version).render
     raise AuditEventError("jsonl lines are the stored lines: no renderer")
 
 
@@ -552,24 +633,26 @@ def write_rendered(
     header: str | None = None,
     line_end: str = "\n",
 ) -> int:
-    """Write rendered lines in batches, calling ``progress``; returns how many."""
+    """Write rendered lines in batches, calling ``progress`` every ``progress_every`` lines
+    and once at the end; returns how many."""
     if header is not None:
         out.write(header + line_end)
-    n = 0
+    lines = iter(lines)
     every = max(1, progress_every)
-    batch: list[str] = []
-    for line in lines:
-        batch.append(line)
-        n += 1
-        if len(batch) >= _BATCH:
-            batch.append("")
-            out.write(line_end.join(batch))
-            batch.clear()
-        if progress is not None and n % every == 0:
-            progress(n)
-    if batch:
+    n = 0
+    while True:
+        # a batch ends at each multiple of ``every``, where progress is reported
+        want = _BATCH if progress is None else min(_BATCH, every - n % every)
+        batch = list(islice(lines, want))  # the loop runs in C: no per-line Python code
+        if not batch:
+            break
+        n += len(batch)
         batch.append("")
         out.write(line_end.join(batch))
+        if progress is not None and n % every == 0:
+            progress(n)
+        if len(batch) <= want:  # a short batch: the lines ran out
+            break
     if progress is not None:
         progress(n)
     return n

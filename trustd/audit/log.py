@@ -433,45 +433,7 @@ class AuditLog:
         """Write ``event``; return its seq. Raises ``AuditWriteError`` if it is not written."""
         if not isinstance(event, AuditEvent):
             raise AuditEventError("append takes an AuditEvent")
-        with self._lock:
-            if self._closed:
-                raise AuditWriteError("the audit log is closed: the action cannot be recorded")
-            now = self._clock.now()
-            ts = format_time(now)
-            seq = self._seq + 1
-            unhashed = encode_unhashed(
-                id=self._ids.next(),
-                seq=seq,
-                time=ts,
-                type=event.type,
-                actor=event.actor.to_json(),
-                action=event.action,
-                resource=event.resource,
-                outcome=event.outcome,
-                reason=event.reason,
-                details=event.details,  # type: ignore[arg-type]  # normalised to a dict
-                prev_hash=self._hash,
-            )
-            line, digest = seal(unhashed)
-            data = line.encode("ascii") + b"\n"
-            if len(data) > MAX_LINE_BYTES:
-                raise AuditEventError(
-                    f"audit event of type {event.type} is {len(data)} bytes: keep details "
-                    f"under {MAX_LINE_BYTES} bytes"
-                )
-            rotated = self._write_line(seq, ts, data)
-            self._seq, self._hash = seq, digest
-            self._segments[-1].last_time = ts
-            (_EVENTS_OK if event.outcome == "success" else _EVENTS_FAILED).inc()
-            if self._inline:
-                if rotated and self._retention is not None:
-                    self._retention_quietly(now)
-                if now >= self._next_cp_at:
-                    self._checkpoint_quietly(now)
-            subscribers = list(self._subscribers)
-        for ev in subscribers:
-            ev.set()
-        return seq
+        return self.append_many([event])[0]
 
     def append_many(self, events: Sequence[AuditEvent]) -> list[int]:
         """Write several events in one write; all are recorded, or none is (AuditWriteError).

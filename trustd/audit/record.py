@@ -207,7 +207,11 @@ def _tail_ok(raw: str) -> bool:
 # uid, actor addr, action, resource, outcome, reason, details as JSON text, prev_hash, hash).
 Row = tuple[str, int, str, str, str, str, int | None, str | None, str, str, str, str, str, str, str]
 
-_PLAIN = r'"([^"\\]*)"'  # a JSON string with no escapes: its text is its value
+# A JSON string's text, up to the next quote. A backslash would make that wrong (an escape),
+# so row_from_line sends lines with one in their head to the JSON parser instead. The
+# class is [^"] rather than [^"\\] because the regex engine scans a single negated
+# character much faster than a class (2.5x on a whole line).
+_PLAIN = r'"([^"]*)"'
 _ROW_RE = re.compile(
     r'\{"id":' + _PLAIN + r',"seq":(\d+),"time":' + _PLAIN + r',"type":' + _PLAIN
     + r',"actor":\{"kind":' + _PLAIN + r',"id":' + _PLAIN + r',"uid":(?:null|(\d+))'
@@ -221,6 +225,9 @@ def row_from_line(raw: str) -> Row | None:
     read with one regex instead of a JSON parse; None otherwise (use ``row_from_record``)."""
     m = _ROW_RE.match(raw)
     if m is None or not _tail_ok(raw):
+        return None
+    end = m.end()
+    if raw.find("\\", 0, end) >= 0:
         return None
     i, seq, t, typ, kind, aid, uid, addr, action, resource, outcome, reason = m.groups()
     return (
@@ -236,7 +243,7 @@ def row_from_line(raw: str) -> Row | None:
         resource,
         outcome,
         reason,
-        raw[m.end() : len(raw) - _TAIL_LEN],
+        raw[end : len(raw) - _TAIL_LEN],
         raw[-140:-76],
         raw[-66:-2],
     )
