@@ -26,7 +26,12 @@ from cryptography.x509.oid import NameOID
 
 from trustd.bundle import Bundle
 from trustd.ca import der
-from trustd.ca.errors import AuthorityStateError, NoActiveAuthorityError, SigningError
+from trustd.ca.errors import (
+    AuthorityStateError,
+    ConcurrentRotationError,
+    NoActiveAuthorityError,
+    SigningError,
+)
 from trustd.ca.issuer import BACKDATE, SigningAuthority, new_serial, verify_signature
 from trustd.ca.kms.base import KeyAlgorithm, KeyManager, KeyRef
 from trustd.ca.upstream.base import UpstreamAuthority, UpstreamResult
@@ -56,6 +61,11 @@ class RotationSchedule:
     @property
     def activate_before_expiry(self) -> dt.timedelta:
         return self.ca_ttl / 6
+
+
+def slot_fingerprint(records: Sequence[AuthorityRecord]) -> str:
+    """What a rotation step read: ids, states and taint of every slot."""
+    return ",".join(sorted(f"{r.id}:{r.state}:{int(r.tainted)}" for r in records))
 
 
 def authority_id_of(cert: x509.Certificate) -> str:
@@ -165,11 +175,21 @@ class AuthorityManager:
                 self._before_commit = previous
 
     def _commit(
-        self, records: Sequence[AuthorityRecord], event: str, subject: AuthorityRecord
+        self,
+        before: Sequence[AuthorityRecord],
+        records: Sequence[AuthorityRecord],
+        event: str,
+        subject: AuthorityRecord,
     ) -> None:
+        """Write the new slot set, only if nobody (another server) changed it since ``before``."""
         if self._before_commit is not None:
             self._before_commit(event, subject)
-        self._store.replace_authorities(records)
+        if not self._store.replace_authorities(records, expect=slot_fingerprint(before)):
+            self._reload_signer()
+            raise ConcurrentRotationError(
+                "another server changed the CA slots at the same time; nothing was changed "
+                "here: look at 'trustd authority list' and retry if still needed"
+            )
         seq = int(self._store.get_doc("bundle.sequence") or "0") + 1
         self._store.put_doc("bundle.sequence", str(seq))
         self._reload_signer()
@@ -288,7 +308,7 @@ class AuthorityManager:
                 return self.activate()
             now = self._clock.now()
             record = replace(self._mint_ca(now), state=ACTIVE, activated_at=now)
-            self._commit_new([*records, record], "activated", record)
+            self._commit_new(records, [*records, record], "activated", record)
             return record
 
     def prepare(self) -> AuthorityRecord:
@@ -299,15 +319,19 @@ class AuthorityManager:
                     "a prepared CA exists already: activate it with 'trustd authority activate'"
                 )
             record = self._mint_ca(self._clock.now())
-            self._commit_new([*records, record], "prepared", record)
+            self._commit_new(records, [*records, record], "prepared", record)
             return record
 
     def _commit_new(
-        self, records: Sequence[AuthorityRecord], event: str, subject: AuthorityRecord
+        self,
+        before: Sequence[AuthorityRecord],
+        records: Sequence[AuthorityRecord],
+        event: str,
+        subject: AuthorityRecord,
     ) -> None:
         """Commit a freshly minted CA; if that fails, its KMS key is retired again."""
         try:
-            self._commit(records, event, subject)
+            self._commit(before, records, event, subject)
         except BaseException:
             try:
                 self._km.retire(subject.key_ref)
@@ -339,7 +363,7 @@ class AuthorityManager:
                     new.append(replace(r, state=OLD))
                 else:
                     new.append(r)
-            self._commit(new, "activated", activated)
+            self._commit(records, new, "activated", activated)
             return activated
 
     def _find(self, records: Sequence[AuthorityRecord], authority_id: str) -> AuthorityRecord:
@@ -364,7 +388,9 @@ class AuthorityManager:
             if target.tainted:
                 raise AuthorityStateError(f"authority {target.id[:16]} is tainted already")
             tainted = replace(target, tainted=True)
-            self._commit([tainted if r.id == target.id else r for r in records], "tainted", tainted)
+            self._commit(
+                records, [tainted if r.id == target.id else r for r in records], "tainted", tainted
+            )
             return tainted
 
     def still_relied_on(self, target: AuthorityRecord, now: dt.datetime) -> int:
@@ -406,7 +432,7 @@ class AuthorityManager:
                     "reissued yet: wait for agents to rotate them, or use --force"
                 )
             revoked = replace(target, revoked=True)
-            self._commit([r for r in records if r.id != target.id], "revoked", revoked)
+            self._commit(records, [r for r in records if r.id != target.id], "revoked", revoked)
             try:
                 self._km.retire(target.key_ref)
             except TrustdError as exc:
@@ -420,6 +446,7 @@ class AuthorityManager:
         with self._lock:
             now = self._clock.now()
             records = self.records()
+            self._reload_signer()  # another server sharing the store may have rotated
             active = self._by_state(records, ACTIVE)
             if active is None:
                 self.ensure_active()
@@ -438,7 +465,7 @@ class AuthorityManager:
                     continue
                 last = self._store.latest_not_after(r.id)
                 if now >= r.not_after or (last is not None and now >= last):
-                    self._commit([x for x in records if x.id != r.id], "pruned", r)
+                    self._commit(records, [x for x in records if x.id != r.id], "pruned", r)
                     try:
                         self._km.retire(r.key_ref)
                     except TrustdError as exc:

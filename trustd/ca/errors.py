@@ -23,3 +23,7 @@ class SigningError(UnavailableError):
 
 class AuthorityStateError(FailedPreconditionError):
     """A rotation step that the authority's current state does not allow."""
+
+
+class ConcurrentRotationError(AuthorityStateError):
+    """Another server changed the CA slots between this one's read and write."""

@@ -267,9 +267,23 @@ class SqlStore:
                 self._authority_params(record),
             )
 
-    def replace_authorities(self, records: Sequence[AuthorityRecord]) -> None:
-        """Write the whole slot set at once: a rotation never leaves half of it behind."""
+    def replace_authorities(
+        self, records: Sequence[AuthorityRecord], *, expect: str | None = None
+    ) -> bool:
+        """Write the whole slot set at once: a rotation never leaves half of it behind.
+
+        With ``expect`` (a fingerprint of the slots the caller read), nothing is written
+        and False is returned when the slots changed meanwhile: two servers on one
+        database cannot both rotate.
+        """
         with self._tx() as run:
+            if expect is not None:
+                if self.kind == "postgresql":
+                    run("LOCK TABLE authorities IN EXCLUSIVE MODE")
+                rows = run("SELECT id, state, tainted FROM authorities").fetchall()
+                current = ",".join(sorted(f"{r[0]}:{r[1]}:{int(r[2])}" for r in rows))
+                if current != expect:
+                    return False
             run("DELETE FROM authorities")
             for record in records:
                 run(
@@ -277,6 +291,7 @@ class SqlStore:
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     self._authority_params(record),
                 )
+        return True
 
     def list_authorities(self) -> list[AuthorityRecord]:
         with self._tx() as run:

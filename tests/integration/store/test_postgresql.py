@@ -75,3 +75,31 @@ def test_database_down_is_unavailable_not_a_crash() -> None:
     with pytest.raises(UnavailableError, match="cannot connect to postgresql") as info:
         PostgresStore("postgresql://trustd:s3cret-pw@127.0.0.1:1/x", connect_timeout=1)
     assert "s3cret-pw" not in str(info.value)
+
+
+def test_two_servers_cannot_both_rotate(fresh_db: str) -> None:
+    from trustd.ca.authority import AuthorityManager, RotationSchedule
+    from trustd.ca.errors import ConcurrentRotationError
+    from trustd.ca.kms.memory import MemoryKeyManager
+    from trustd.clock import FakeClock
+    from trustd.spiffeid import TrustDomain
+
+    km, clock = MemoryKeyManager(), FakeClock()
+    a, b = (
+        AuthorityManager(
+            store=PostgresStore(fresh_db),
+            key_manager=km,
+            trust_domain=TrustDomain.parse("trustd.local"),
+            schedule=RotationSchedule(ca_ttl=dt.timedelta(hours=24)),
+            clock=clock,
+        )
+        for _ in range(2)
+    )
+    a.ensure_active()
+
+    def b_prepares_meanwhile(event: str, _rec: object) -> None:
+        b.prepare()
+
+    with pytest.raises(ConcurrentRotationError), a.audited(b_prepares_meanwhile):
+        a.prepare()
+    assert sorted(r.state for r in b.records()) == ["active", "prepared"]
