@@ -207,29 +207,85 @@ def _tail_ok(raw: str) -> bool:
 # uid, actor addr, action, resource, outcome, reason, details as JSON text, prev_hash, hash).
 Row = tuple[str, int, str, str, str, str, int | None, str | None, str, str, str, str, str, str, str]
 
-# A JSON string's text, up to the next quote. A backslash would make that wrong (an escape),
-# so row_from_line sends lines with one in their head to the JSON parser instead. The
-# class is [^"] rather than [^"\\] because the regex engine scans a single negated
-# character much faster than a class (2.5x on a whole line).
-_PLAIN = r'"([^"]*)"'
+# A stored line is read with regexes when the strings in its head (everything before
+# "details") hold no backslash, i.e. need no unescaping: that is almost every line.
+# [^"] scans much faster than a class like [^"\\] (the regex engine has a fast loop for
+# one negated character), so backslashes are looked for separately, with str.find.
+_STRING = r'"([^"]*)"'  # a JSON string without escapes; its text is its value
+_SKIP = r'"[^"]*"'  # the same, not captured
+
+
+def _who_pattern(string: str, number: str) -> str:
+    """Who did what: type, actor and action, the part of a line between time and resource."""
+    return (
+        r',"type":' + string + r',"actor":\{"kind":' + string + r',"id":' + string
+        + r',"uid":(?:null|' + number + r'),"addr":(?:null|' + string + r')\},"action":' + string
+    )  # fmt: skip
+
+
+def _how_pattern(string: str) -> str:
+    """How it went: outcome and reason, the part of a line between resource and details."""
+    return r',"outcome":' + string + r',"reason":' + string
+
+
+# who and how repeat from event to event: the head regex captures each as one text, and a
+# text is split into its fields once (_who, _how) and remembered.
+_WHO_RE = re.compile(_who_pattern(_STRING, r"(\d+)"))
+_HOW_RE = re.compile(_how_pattern(_STRING))
 _ROW_RE = re.compile(
-    r'\{"id":' + _PLAIN + r',"seq":(\d+),"time":' + _PLAIN + r',"type":' + _PLAIN
-    + r',"actor":\{"kind":' + _PLAIN + r',"id":' + _PLAIN + r',"uid":(?:null|(\d+))'
-    + r',"addr":(?:null|' + _PLAIN + r')\},"action":' + _PLAIN + r',"resource":' + _PLAIN
-    + r',"outcome":' + _PLAIN + r',"reason":' + _PLAIN + r',"details":'
+    r'\{"id":' + _STRING + r',"seq":(\d+),"time":' + _STRING
+    + "(" + _who_pattern(_SKIP, r"\d+") + ")"
+    + r',"resource":' + _STRING
+    + "(" + _how_pattern(_SKIP) + ")"
+    + r',"details":'
 )  # fmt: skip
+# What _tail_ok checks, with the two hashes as groups (match at len(raw) - _TAIL_LEN).
+_TAIL_RE = re.compile(r',"prev_hash":"(.{64})","hash":"(.{64})"\}\Z', re.DOTALL)
+_match_head = _ROW_RE.match
+_match_tail = _TAIL_RE.match
+# who and how by their text: repeated events share one tuple of strings, which also makes
+# the strings cheap dictionary keys for the renderers (each hash is computed once).
+_Who = tuple[str, str, str, int | None, str | None, str]
+_WHO_SEEN: dict[str, _Who] = {}
+_HOW_SEEN: dict[str, tuple[str, str]] = {}
+_SEEN_MAX = 4096
+
+
+def _who(text: str) -> _Who:
+    m = _WHO_RE.fullmatch(text)
+    assert m is not None  # _ROW_RE matched the same text
+    typ, kind, aid, uid, addr, action = m.groups()
+    if len(_WHO_SEEN) >= _SEEN_MAX:
+        _WHO_SEEN.clear()
+    found = _WHO_SEEN[text] = (typ, kind, aid, None if uid is None else int(uid), addr, action)
+    return found
+
+
+def _how(text: str) -> tuple[str, str]:
+    m = _HOW_RE.fullmatch(text)
+    assert m is not None  # _ROW_RE matched the same text
+    outcome, reason = m.groups()
+    if len(_HOW_SEEN) >= _SEEN_MAX:
+        _HOW_SEEN.clear()
+    found = _HOW_SEEN[text] = (outcome, reason)
+    return found
 
 
 def row_from_line(raw: str) -> Row | None:
     """The row of a stored line whose head strings need no unescaping (almost all of them),
-    read with one regex instead of a JSON parse; None otherwise (use ``row_from_record``)."""
-    m = _ROW_RE.match(raw)
-    if m is None or not _tail_ok(raw):
+    read with regexes instead of a JSON parse; None otherwise (use ``row_from_record``)."""
+    m = _match_head(raw)
+    if m is None:
         return None
-    end = m.end()
-    if raw.find("\\", 0, end) >= 0:
+    details_end = len(raw) - _TAIL_LEN
+    tail = _match_tail(raw, details_end)
+    head_end = m.end()
+    if tail is None or ("\\" in raw and raw.find("\\", 0, head_end) >= 0):
         return None
-    i, seq, t, typ, kind, aid, uid, addr, action, resource, outcome, reason = m.groups()
+    i, seq, t, who_text, resource, how_text = m.groups()
+    typ, kind, aid, uid, addr, action = _WHO_SEEN.get(who_text) or _who(who_text)
+    outcome, reason = _HOW_SEEN.get(how_text) or _how(how_text)
+    prev, digest = tail.groups()
     return (
         i,
         int(seq),
@@ -237,15 +293,15 @@ def row_from_line(raw: str) -> Row | None:
         typ,
         kind,
         aid,
-        None if uid is None else int(uid),
+        uid,
         addr,
         action,
         resource,
         outcome,
         reason,
-        raw[end : len(raw) - _TAIL_LEN],
-        raw[-140:-76],
-        raw[-66:-2],
+        raw[head_end:details_end],
+        prev,
+        digest,
     )
 
 
