@@ -12,50 +12,25 @@ mTLS at the end of the STRICT rollout and plaintext at the end of DISABLE.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import socket
 import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+from stack_helpers import TRUSTD, cli, free_port, metric_sum, metrics
 
 pytestmark = pytest.mark.integration
 
-BIN = Path(sys.executable).parent
-TRUSTD = str(BIN / "trustd")
 SERVER_ID = "spiffe://trustd.local/ns/shop/sa/backend"
 CLIENT_ID = "spiffe://trustd.local/ns/shop/sa/frontend"
 SERVER_GID, CLIENT_GID = 1101, 1102
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _cli(env: dict[str, str], *args: str) -> dict[str, object]:
-    out = subprocess.run([TRUSTD, *args, "-o", "json"], env=env, capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, f"trustd {' '.join(args)}: {out.stderr}"
-    return json.loads(out.stdout) if out.stdout.strip() else {}
-
-
-def _metrics(port: int) -> dict[str, float]:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    values: dict[str, float] = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            values[name] = float(value)
-    return values
-
-
-def _sum(metrics: dict[str, float], prefix: str, contains: str = "") -> float:
-    return sum(v for k, v in metrics.items() if k.startswith(prefix) and contains in k)
+_port = free_port
+_cli = cli
+_metrics = metrics
+_sum = metric_sum
 
 
 async def _echo_app(port: int) -> asyncio.Server:

@@ -115,6 +115,25 @@ def status(ctx: typer.Context, output: OutputOpt = None) -> None:
         for p in result["proxies"]
     ]
     emit({"rows": rows}, f, columns=["proxy", "spiffe_id", "acked", "plaintext_active"], rows_key="rows")
+    enforced = [
+        {
+            "proxy": e["proxyId"],
+            "listener": f"port {e['port']}" if e["side"] == "server" else f"-> {e['destination']}:{e['port']}",
+            "enforced": e.get("enforced") or "unknown",
+            "policy": e["policy"],
+            "traffic": (
+                f"plaintext {e.get('plaintextTotal', 0)}, tls {e.get('tlsTotal', 0)}"
+                if e["side"] == "server"
+                else f"mtls {e.get('mtlsTotal', 0)}, plaintext {e.get('plaintextTotal', 0)}"
+            ),
+            "agrees": "yes" if e["agrees"] else "NO",
+        }
+        for e in result.get("enforcement", [])
+    ]
+    if enforced:
+        typer.echo("")
+        emit({"rows": enforced}, f, columns=["proxy", "listener", "enforced", "policy", "traffic", "agrees"],
+             rows_key="rows")
 
 
 class OnOff(enum.StrEnum):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -19,8 +19,27 @@ class Target(enum.StrEnum):
     DISABLE = "DISABLE"
 
 
-def _show(result: dict[str, object], f: Format) -> None:
+def _show(result: dict[str, Any], f: Format) -> None:
     emit(result, f, columns=COLUMNS)
+    if f is not Format.table:
+        return
+    rows = [
+        {
+            "proxy": e["proxyId"],
+            "listener": f"port {e['port']}" if e["side"] == "server" else f"-> {e['destination']}:{e['port']}",
+            "enforced": e.get("enforced") or "unknown",
+            "wanted": e.get("wanted") or "(unchanged)",
+            "ok": "yes" if e["ok"] else "NO",
+        }
+        for e in result.get("enforcement") or []
+    ]
+    if rows:
+        typer.echo("")
+        emit({"rows": rows}, f, columns=["proxy", "listener", "enforced", "wanted", "ok"], rows_key="rows")
+    for line in result.get("notEnforced") or []:
+        typer.echo(f"not enforced yet: {line}")
+    if result.get("reason"):
+        typer.echo(f"reason: {result['reason']}")
 
 
 @app.command("start")

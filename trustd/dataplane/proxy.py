@@ -76,6 +76,13 @@ class _InboundState:
     tls_active: int = 0
     tls_total: int = 0
     last_plaintext_at: dt.datetime | None = None
+    # What the listener enforces: computed by Proxy._inbound_mode for every new connection
+    # and every report, so that what is reported is what the accept path decided.
+    mode: PeerMode | None = None
+    mode_key: tuple[int, SpiffeId] | None = None  # (policy version, own id) it was computed for
+    mode_version: int | None = None  # the policy version the current mode took effect in
+    mode_epoch: int = 0  # +1 at every change of mode
+    plaintext_since_mode: int = 0  # plaintext connections accepted since then
 
     @property
     def label(self) -> str:
@@ -91,6 +98,9 @@ class _OutboundState:
     address: tuple[str, int] = ("", 0)  # bound listen address
     server: asyncio.Server | None = None
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    transport: Transport | None = None  # what new connections use (Proxy._outbound_transport)
+    mtls_total: int = 0
+    plaintext_total: int = 0
 
     @property
     def label(self) -> str:
@@ -255,11 +265,11 @@ class Proxy:
         ident = self._identity.current()
         if ident is None:
             return None
-        return ProxyStatus(
-            proxy_id=self.proxy_id,
-            spiffe_id=ident.spiffe_id,
-            acked_version=self._acked,
-            inbound=tuple(
+        ps = self._policy.current()
+        inbound = []
+        for ib in self._inbound:
+            mode = self._inbound_mode(ib, ps, ident.spiffe_id)
+            inbound.append(
                 InboundStats(
                     port=ib.port,
                     plaintext_active=ib.plaintext_active,
@@ -267,14 +277,48 @@ class Proxy:
                     tls_active=ib.tls_active,
                     tls_total=ib.tls_total,
                     last_plaintext_at=ib.last_plaintext_at,
+                    mode=mode.value,
+                    mode_version=ib.mode_version,
+                    plaintext_since_mode=ib.plaintext_since_mode,
                 )
-                for ib in self._inbound
-            ),
-            destinations=tuple(
-                Destination(spiffe_id=ob.destination, port=ob.dest_port) for ob in self._outbound
-            ),
+            )
+        destinations = [
+            Destination(
+                spiffe_id=ob.destination,
+                port=ob.dest_port,
+                transport=self._outbound_transport(ob, ps, ident.spiffe_id).value,
+                mtls_total=ob.mtls_total,
+                plaintext_total=ob.plaintext_total,
+            )
+            for ob in self._outbound
+        ]
+        return ProxyStatus(
+            proxy_id=self.proxy_id,
+            spiffe_id=ident.spiffe_id,
+            acked_version=self._acked,
+            inbound=tuple(inbound),
+            destinations=tuple(destinations),
             reported_at=self._clock.now(),
         )
+
+    def _inbound_mode(self, ib: _InboundState, ps: PolicySet, own: SpiffeId) -> PeerMode:
+        """The mode an inbound listener enforces for a new connection: the one place it is
+        decided, for the accept path and for the reports alike."""
+        key = (ps.version, own)
+        if ib.mode_key != key or ib.mode is None:
+            mode = ps.peer_mode(own, ib.port, self.proxy_id)
+            if mode is not ib.mode:
+                ib.mode = mode
+                ib.mode_version = ps.version
+                ib.mode_epoch += 1
+                ib.plaintext_since_mode = 0
+            ib.mode_key = key
+        return ib.mode
+
+    def _outbound_transport(self, ob: _OutboundState, ps: PolicySet, own: SpiffeId) -> Transport:
+        """What an outbound listener uses for a new connection (and reports)."""
+        ob.transport = ps.client_transport(own, ob.destination, ob.dest_port, self.proxy_id)
+        return ob.transport
 
     def report_now(self) -> None:
         st = self.status()
@@ -430,7 +474,8 @@ class Proxy:
             writer.transport.abort()
             return
         own = ident.spiffe_id
-        mode = ps.peer_mode(own, ib.port, self.proxy_id)
+        mode = self._inbound_mode(ib, ps, own)
+        epoch = ib.mode_epoch
         client: Stream
         peer_id: SpiffeId | None = None
         if mode is PeerMode.DISABLE:
@@ -532,6 +577,8 @@ class Proxy:
             ib.plaintext_active += 1
             ib.plaintext_total += 1
             ib.last_plaintext_at = self._clock.now()
+            if epoch == ib.mode_epoch:  # accepted under the mode the listener still enforces
+                ib.plaintext_since_mode += 1
         counter = self.metrics.bytes
         to_app = counter.labels(ib.label, "to_app")
         from_app = counter.labels(ib.label, "from_app")
@@ -566,9 +613,7 @@ class Proxy:
             )
             app.abort()
             return
-        transport = ps.client_transport(
-            ident.spiffe_id, ob.destination, ob.dest_port, self.proxy_id
-        )
+        transport = self._outbound_transport(ob, ps, ident.spiffe_id)
         try:
             async with asyncio.timeout(self.config.connect_timeout.total_seconds()):
                 ur, uw = await asyncio.open_connection(ob.dest_host, ob.dest_port)
@@ -638,6 +683,10 @@ class Proxy:
         else:
             upstream = self._core.plain(ur, uw)
             mode_label = "plaintext"
+        if transport is Transport.MTLS:
+            ob.mtls_total += 1
+        else:
+            ob.plaintext_total += 1
         self.metrics.connections.labels(ob.label, mode_label).inc()
         active = self.metrics.active.labels(ob.label, mode_label)
         active.inc()

@@ -25,9 +25,16 @@ Resolution rules (SPEC §8):
   layer and in every pending one; plaintext when they all accept plaintext.
 - The global client-TLS switch makes every client use plaintext wherever all
   server instances still accept it, and mTLS elsewhere.
-- Rollout overlays (newest first) beat every object for the servers their
-  selector matches, and for the clients calling those servers. A canary
-  overlay gives its own modes to the listed proxy instances.
+- Rollout overlays and objects: the later word wins. Inside its selector a
+  rollout overlay (newest first) beats every PeerAuthentication for the servers
+  it matches, and every ClientTLSPolicy for the clients calling them, *unless*
+  the object that would decide was applied or changed in a later version than
+  the one in which the rollout last set the overlay: then the object decides
+  (``policy apply`` after a rollout says otherwise). ``policy show`` names the
+  object an overlay overrides, and the overlay an object overrides. A canary
+  overlay gives its own modes to the listed proxy instances. While a rollout is
+  active the server refuses PeerAuthentication and ClientTLSPolicy changes
+  unless forced (trustd.server.policy_plane), so this only decides after one.
 - AuthorizationPolicy: every applicable object counts. A matching DENY rule
   denies; then, if any ALLOW policy applies, some ALLOW rule must match; with no
   ALLOW policy every peer the PeerAuthentication let in is allowed. An object
@@ -132,6 +139,7 @@ class Overlay:
     canary_instances: frozenset[str] = frozenset()  # proxy ids that get the canary modes
     canary_server_mode: PeerMode | None = None  # for canary server instances
     canary_client_mode: ClientMode | None = None  # for canary client instances
+    since: int = 0  # the policy version the rollout last set it in (objects applied later win)
 
     def matches(self, spiffe_id: SpiffeId) -> bool:
         return compile_glob(self.selector).matches(spiffe_id)
@@ -156,6 +164,7 @@ class Overlay:
             "canaryInstances": sorted(self.canary_instances),
             "canaryServerMode": self.canary_server_mode.value if self.canary_server_mode else None,
             "canaryClientMode": self.canary_client_mode.value if self.canary_client_mode else None,
+            "since": self.since,
         }
 
     @classmethod
@@ -176,6 +185,7 @@ class Overlay:
             canary_instances=frozenset(str(i) for i in data.get("canaryInstances", ())),
             canary_server_mode=peer(data.get("canaryServerMode")),
             canary_client_mode=client(data.get("canaryClientMode")),
+            since=int(data.get("since", 0)),
         )
 
 
@@ -183,6 +193,7 @@ class Overlay:
 class PeerDecision:
     mode: PeerMode  # what the server-side proxy accepts
     source: str  # what decided it, e.g. "PeerAuthentication/shop/db port 3306" or "default"
+    overrides: str | None = None  # what it beat: the object under an overlay, or the overlay
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -192,6 +203,7 @@ class ClientDecision:
     source: str  # what decided the mode
     server_modes: frozenset[PeerMode]  # every mode a destination instance may be running
     global_off: bool  # the emergency switch decided it
+    overrides: str | None = None  # what it beat: the object under an overlay, or the overlay
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -208,10 +220,16 @@ class PolicyLayer:
     objects: tuple[PolicyObject, ...] = ()  # as applied, in apply order
     overlays: tuple[Overlay, ...] = ()  # rollout overlays, oldest first
     client_tls_off_global: bool = False  # the emergency switch (policy client-tls off --global)
+    # (Kind/namespace/name, the version it was last created or changed in); 0 when absent
+    object_versions: tuple[tuple[str, int], ...] = ()
+
+    def since(self, ref: str) -> int:
+        """The version an object was last applied with a change (0: unknown, oldest)."""
+        return dict(self.object_versions).get(ref, 0)
 
     # -- servers ---------------------------------------------------------
 
-    def _objects_peer(self, spiffe_id: SpiffeId, port: int) -> PeerDecision:
+    def _objects_peer(self, spiffe_id: SpiffeId, port: int) -> tuple[PeerDecision, str | None]:
         cands: list[tuple[int, PeerAuthentication]] = []
         for obj in self.objects:
             if isinstance(obj, PeerAuthentication):
@@ -223,19 +241,22 @@ class PolicyLayer:
             port_level = obj.spec.port_level_mtls or {}
             if port in port_level:
                 mode = PeerMode(port_level[port].mode)
-                return PeerDecision(mode=mode, source=f"{obj.ref} port {port}")
+                return PeerDecision(mode=mode, source=f"{obj.ref} port {port}"), obj.ref
         for _, obj in cands:
             if obj.spec.mtls is not None:
-                return PeerDecision(mode=PeerMode(obj.spec.mtls.mode), source=obj.ref)
-        return PeerDecision(mode=DEFAULT_PEER_MODE, source="default")
+                return PeerDecision(mode=PeerMode(obj.spec.mtls.mode), source=obj.ref), obj.ref
+        return PeerDecision(mode=DEFAULT_PEER_MODE, source="default"), None
 
     def peer_decision(self, spiffe_id: SpiffeId, port: int, instance: str | None) -> PeerDecision:
+        objects, ref = self._objects_peer(spiffe_id, port)
         for ov in reversed(self.overlays):
             if ov.matches(spiffe_id):
                 mode = ov.server_for(instance)
                 if mode is not None:
-                    return PeerDecision(mode=mode, source=f"overlay {ov.name}")
-        return self._objects_peer(spiffe_id, port)
+                    if ref is not None and self.since(ref) > ov.since:  # applied after it
+                        return replace(objects, overrides=f"overlay {ov.name}")
+                    return PeerDecision(mode=mode, source=f"overlay {ov.name}", overrides=ref)
+        return objects
 
     def peer_modes(self, spiffe_id: SpiffeId, port: int) -> frozenset[PeerMode]:
         """The modes the instances of a server may run: the common one and the canaries'."""
@@ -328,6 +349,7 @@ class PolicyLayer:
             "objects": [dump(o) for o in self.objects],
             "overlays": [o.to_json() for o in self.overlays],
             "clientTlsOffGlobal": self.client_tls_off_global,
+            "objectVersions": dict(self.object_versions),
         }
 
     @classmethod
@@ -339,6 +361,9 @@ class PolicyLayer:
             ),
             overlays=tuple(Overlay.from_json(o) for o in data.get("overlays", ())),
             client_tls_off_global=bool(data.get("clientTlsOffGlobal", False)),
+            object_versions=tuple(
+                sorted((str(k), int(v)) for k, v in data.get("objectVersions", {}).items())
+            ),
         )
 
     def digest(self) -> str:
@@ -380,10 +405,16 @@ def _client_decision(
         held = [lay.without_overlay(overlay.name) for lay in layers]
         inner = _client_decision(held, client, destination, port, instance)
         return replace(inner, source=f"{inner.source} (held by overlay {overlay.name})")
+    overrides: str | None = None
+    obj_mode, obj_source = current.objects_client_mode(client, destination)
     if mode is not None and overlay is not None:
-        source = f"overlay {overlay.name}"
+        if obj_source != "default" and current.since(obj_source) > overlay.since:
+            mode, source, overrides = obj_mode, obj_source, f"overlay {overlay.name}"
+        else:
+            source = f"overlay {overlay.name}"
+            overrides = obj_source if obj_source != "default" else None
     else:
-        mode, source = current.objects_client_mode(client, destination)
+        mode, source = obj_mode, obj_source
     if mode is ClientMode.MUTUAL:
         transport = Transport.MTLS
     elif mode is ClientMode.DISABLE:
@@ -396,7 +427,12 @@ def _client_decision(
         common = current.peer_decision(destination, port, None).mode
         transport = Transport.MTLS if common.accepts_tls else Transport.PLAINTEXT
     return ClientDecision(
-        transport=transport, mode=mode, source=source, server_modes=modes, global_off=False
+        transport=transport,
+        mode=mode,
+        source=source,
+        server_modes=modes,
+        global_off=False,
+        overrides=overrides,
     )
 
 
@@ -464,9 +500,20 @@ class PolicySet:
         The current layer joins ``pending``: AUTO clients keep honouring it until
         :meth:`settle` says every server proxy has moved on.
         """
+        versions = self.layer.object_versions
+        if objects is not None:
+            before = {o.ref: dump(o) for o in self.layer.objects}
+            old = dict(versions)
+            versions = tuple(
+                sorted(
+                    (o.ref, old.get(o.ref, 0) if before.get(o.ref) == dump(o) else self.version + 1)
+                    for o in objects
+                )
+            )
         layer = PolicyLayer(
             objects=self.layer.objects if objects is None else tuple(objects),
             overlays=self.layer.overlays if overlays is None else tuple(overlays),
+            object_versions=versions,
             client_tls_off_global=(
                 self.layer.client_tls_off_global
                 if client_tls_off_global is None
@@ -484,7 +531,7 @@ class PolicySet:
         """The successor with the overlay called ``name`` replaced (or removed when None)."""
         kept = tuple(o for o in self.layer.overlays if o.name != name)
         if overlay is not None:
-            kept = (*kept, replace(overlay, name=name))
+            kept = (*kept, replace(overlay, name=name, since=self.version + 1))
         return self.successor(overlays=kept)
 
     def overlay(self, name: str) -> Overlay | None:
@@ -563,6 +610,8 @@ class PolicySet:
                 "source": peer.source,
                 "instanceModes": sorted(m.value for m in self.layer.peer_modes(spiffe_id, port)),
             }
+            if peer.overrides is not None:  # the rule between rollouts and objects, made visible
+                out["peerAuthentication"]["overrides"] = peer.overrides
         out["authorizationPolicies"] = [
             o.ref
             for o in self.objects

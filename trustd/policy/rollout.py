@@ -199,6 +199,8 @@ class RolloutStatus:
     canary_instances: tuple[str, ...]  # the proxies of the current canary phase
     policy_version: int | None  # the version the current phase waits for
     waiting_for: tuple[str, ...]  # proxies that have not acknowledged it yet (at the last tick)
+    not_enforced: tuple[str, ...]  # ports and destinations not yet enforcing the phase's modes
+    enforcement: tuple[dict[str, Any], ...]  # per affected port/destination: enforced vs wanted
     reason: str | None  # why it failed or was aborted
     started_at: dt.datetime  # when `rollout start` ran
     updated_at: dt.datetime  # the last transition
@@ -216,6 +218,8 @@ class RolloutStatus:
             "canaryInstances": list(self.canary_instances),
             "policyVersion": self.policy_version,
             "waitingFor": list(self.waiting_for),
+            "notEnforced": list(self.not_enforced),
+            "enforcement": [dict(e) for e in self.enforcement],
             "reason": self.reason,
             "startedAt": self.started_at.isoformat(),
             "updatedAt": self.updated_at.isoformat(),
@@ -232,6 +236,25 @@ def _iso(t: dt.datetime | None) -> str | None:
 
 def _time(v: Any) -> dt.datetime | None:
     return dt.datetime.fromisoformat(v) if v else None
+
+
+def _matches_no_server(selector: str, statuses: Sequence[ProxyStatus]) -> str:
+    """Why ``rollout start`` refuses a selector that covers no reporting server proxy."""
+    known = sorted({str(st.spiffe_id) for st in statuses if st.is_server})
+    text = (
+        f"selector {selector} matches no server proxy that reports to trustd, "
+        "so the rollout would change nothing"
+    )
+    if known:
+        shown = ", ".join(known[:5]) + (f" and {len(known) - 5} more" if len(known) > 5 else "")
+        text += f"; server proxies reporting now: {shown}"
+    else:
+        text += "; no server proxy reports at all (start the server-side `trustd proxy` first)"
+    if selector.endswith("/*"):
+        text += (
+            f"; '*' matches within one path segment: {selector[:-1]}** covers every ID below it"
+        )
+    return text
 
 
 class RolloutEngine:
@@ -283,6 +306,9 @@ class RolloutEngine:
                 f"rollout {self._s['id']} is {self._s['state']}: "
                 "wait for it to complete or run `trustd rollout abort` first"
             )
+        glob = compile_glob(selector)
+        if not any(st.is_server and glob.matches(st.spiffe_id) for st in statuses):
+            raise RolloutError(_matches_no_server(selector, statuses))
         now = self._clock.now()
         original = self._publisher.current().overlay(overlay_name(selector))
         self._s = {
@@ -302,6 +328,8 @@ class RolloutEngine:
             "originalOverlay": original.to_json() if original else None,
             "safeOverlay": original.to_json() if original else None,
             "waitingFor": [],
+            "notEnforced": [],
+            "enforcement": [],
             "reason": None,
             "startedAt": _iso(now),
             "updatedAt": _iso(now),
@@ -528,12 +556,24 @@ class RolloutEngine:
         acked = {st.proxy_id: st.acked_version for st in statuses}
         waiting = [p for p in sorted(set(servers) | set(clients)) if acked.get(p, 0) < version]
         s["waitingFor"] = waiting
-        if waiting:
+        rows = self._enforcement(step, statuses)
+        s["enforcement"] = rows
+        unenforced = [r["text"] for r in rows if not r["ok"]]
+        if not servers:
+            unenforced.insert(0, f"no server proxy matched by {s['selector']} reports any more")
+        s["notEnforced"] = unenforced
+        if waiting or unenforced:
             if now - started >= self._timeout():
-                self._fail(
-                    f"step {step.name} ({s['phase']}): {len(waiting)} proxy(ies) did not "
-                    f"acknowledge policy version {version} in time: {', '.join(waiting[:10])}"
-                )
+                if waiting:
+                    self._fail(
+                        f"step {step.name} ({s['phase']}): {len(waiting)} proxy(ies) did not "
+                        f"acknowledge policy version {version} in time: {', '.join(waiting[:10])}"
+                    )
+                else:
+                    self._fail(
+                        f"step {step.name} ({s['phase']}): acknowledged but not enforced "
+                        f"before the step timeout: {'; '.join(unenforced[:10])}"
+                    )
             else:
                 self._save()
             return False
@@ -555,6 +595,70 @@ class RolloutEngine:
         s["stepIndex"] += 1
         self._enter_step(statuses)
         return True
+
+    def _wanted(self, step: Step, side: str, proxy_id: str) -> PeerMode | ClientMode | None:
+        """The mode the current phase gives one affected proxy (None: nothing to check)."""
+        s = self._s
+        assert s is not None
+        target = self._step_overlay(step)
+        if s["phase"] == "canary" and step.side == side and proxy_id not in s["canaryInstances"]:
+            safe = self._safe_overlay()  # the instances outside the canary keep the last step's
+            if safe is None:
+                return None
+            return safe.server_mode if side == "servers" else safe.client_mode
+        return target.server_mode if side == "servers" else target.client_mode
+
+    def _enforcement(self, step: Step, statuses: Sequence[ProxyStatus]) -> list[dict[str, Any]]:
+        """What every affected proxy reports it enforces, against what the phase wants.
+
+        A phase is done only when every row is ok: an acknowledged version is not
+        enough, the proxy must report the mode its listeners apply to new connections.
+        The last step to STRICT also needs no plaintext accepted since STRICT took effect.
+        """
+        s = self._s
+        assert s is not None
+        glob = compile_glob(s["selector"])
+        final_strict = step.server_mode is PeerMode.STRICT
+        rows: list[dict[str, Any]] = []
+        for st in sorted(statuses, key=lambda x: x.proxy_id):
+            if st.is_server and glob.matches(st.spiffe_id):
+                want = self._wanted(step, "servers", st.proxy_id)
+                for ib in st.inbound:
+                    ok = want is None or ib.mode == want.value
+                    text = (
+                        f"{st.proxy_id} port {ib.port} enforces {ib.mode or 'an unknown mode'}"
+                        + (f", not {want.value}" if not ok and want is not None else "")
+                    )
+                    if ok and final_strict and s["phase"] == "all" and ib.plaintext_since_mode:
+                        ok = False
+                        text = (
+                            f"{st.proxy_id} port {ib.port} accepted {ib.plaintext_since_mode} "
+                            "plaintext connection(s) after going STRICT"
+                        )
+                    rows.append({
+                        "proxyId": st.proxy_id, "spiffeId": str(st.spiffe_id), "side": "server",
+                        "port": ib.port, "enforced": ib.mode,
+                        "wanted": want.value if want is not None else None,
+                        "plaintextSinceMode": ib.plaintext_since_mode, "ok": ok, "text": text,
+                    })  # fmt: skip
+            for d in st.destinations:
+                if not glob.matches(d.spiffe_id):
+                    continue
+                cwant = self._wanted(step, "clients", st.proxy_id)
+                transport = {ClientMode.MUTUAL: "mtls", ClientMode.DISABLE: "plaintext"}.get(
+                    cwant  # type: ignore[arg-type]
+                )
+                ok = transport is None or d.transport == transport
+                text = (
+                    f"{st.proxy_id} -> {d.spiffe_id}:{d.port} uses {d.transport or 'unknown'}"
+                    + (f", not {transport}" if not ok else "")
+                )
+                rows.append({
+                    "proxyId": st.proxy_id, "spiffeId": str(st.spiffe_id), "side": "client",
+                    "destination": str(d.spiffe_id), "port": d.port, "enforced": d.transport,
+                    "wanted": transport, "ok": ok, "text": text,
+                })  # fmt: skip
+        return rows
 
     def _noisy(self, gate: str, servers: list[str], statuses: Sequence[ProxyStatus]) -> list[str]:
         """Server proxies that saw plaintext (or new mTLS) since the last tick."""
@@ -631,6 +735,8 @@ class RolloutEngine:
             canary_instances=tuple(s["canaryInstances"]),
             policy_version=s["phaseVersion"],
             waiting_for=tuple(s["waitingFor"]),
+            not_enforced=tuple(s.get("notEnforced", ())),
+            enforcement=tuple(s.get("enforcement", ())),
             reason=s["reason"],
             started_at=_time(s["startedAt"]) or self._clock.now(),
             updated_at=_time(s["updatedAt"]) or self._clock.now(),

@@ -14,6 +14,9 @@ from typing import Any
 
 from trustd.spiffeid import SpiffeId
 
+# Enforced modes are reported as plain strings (PeerMode / Transport values): this module
+# sits below trustd.policy.effective and must not import it.
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class InboundStats:
@@ -23,10 +26,19 @@ class InboundStats:
     tls_active: int = 0  # mTLS connections open now
     tls_total: int = 0  # mTLS connections accepted since the proxy started
     last_plaintext_at: dt.datetime | None = None  # when the last plaintext connection was accepted
+    # What the listener enforces for new connections now ("STRICT", "PERMISSIVE" or
+    # "DISABLE"; None: not known, e.g. a proxy that predates the field), the policy version
+    # it took effect in, and how many plaintext connections were accepted since then.
+    mode: str | None = None
+    mode_version: int | None = None
+    plaintext_since_mode: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {
             "port": self.port,
+            "mode": self.mode,
+            "modeVersion": self.mode_version,
+            "plaintextSinceMode": self.plaintext_since_mode,
             "plaintextActive": self.plaintext_active,
             "plaintextTotal": self.plaintext_total,
             "tlsActive": self.tls_active,
@@ -46,6 +58,9 @@ class InboundStats:
             tls_active=int(data.get("tlsActive", 0)),
             tls_total=int(data.get("tlsTotal", 0)),
             last_plaintext_at=dt.datetime.fromisoformat(last) if last else None,
+            mode=str(data["mode"]) if data.get("mode") else None,
+            mode_version=int(data["modeVersion"]) if data.get("modeVersion") is not None else None,
+            plaintext_since_mode=int(data.get("plaintextSinceMode", 0)),
         )
 
 
@@ -53,6 +68,28 @@ class InboundStats:
 class Destination:
     spiffe_id: SpiffeId  # the server an outbound listener calls
     port: int  # the port it dials (the server proxy's inbound port)
+    transport: str | None = None  # what new connections use now: "mtls" or "plaintext"
+    mtls_total: int = 0  # connections opened with mTLS since the proxy started
+    plaintext_total: int = 0  # connections opened in plaintext since the proxy started
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "spiffeId": str(self.spiffe_id),
+            "port": self.port,
+            "transport": self.transport,
+            "mtlsTotal": self.mtls_total,
+            "plaintextTotal": self.plaintext_total,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Destination:
+        return cls(
+            spiffe_id=SpiffeId.parse(str(data["spiffeId"])),
+            port=int(data["port"]),
+            transport=str(data["transport"]) if data.get("transport") else None,
+            mtls_total=int(data.get("mtlsTotal", 0)),
+            plaintext_total=int(data.get("plaintextTotal", 0)),
+        )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -74,9 +111,7 @@ class ProxyStatus:
             "spiffeId": str(self.spiffe_id),
             "ackedVersion": self.acked_version,
             "inbound": [i.to_json() for i in self.inbound],
-            "destinations": [
-                {"spiffeId": str(d.spiffe_id), "port": d.port} for d in self.destinations
-            ],
+            "destinations": [d.to_json() for d in self.destinations],
             "reportedAt": self.reported_at.isoformat() if self.reported_at else None,
         }
 
@@ -88,9 +123,6 @@ class ProxyStatus:
             spiffe_id=SpiffeId.parse(str(data["spiffeId"])),
             acked_version=int(data["ackedVersion"]),
             inbound=tuple(InboundStats.from_json(i) for i in data.get("inbound", ())),
-            destinations=tuple(
-                Destination(spiffe_id=SpiffeId.parse(str(d["spiffeId"])), port=int(d["port"]))
-                for d in data.get("destinations", ())
-            ),
+            destinations=tuple(Destination.from_json(d) for d in data.get("destinations", ())),
             reported_at=dt.datetime.fromisoformat(at) if at else None,
         )

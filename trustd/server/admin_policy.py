@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from trustd import durations
 from trustd.errors import InvalidArgumentError
+from trustd.policy.effective import PolicySet
 from trustd.policy.errors import PolicyValidationError
 from trustd.policy.hub import ApplyResult, merge_objects
 from trustd.policy.loader import load_text
 from trustd.policy.safety import diff
+from trustd.policy.status import ProxyStatus
 from trustd.server.policy_plane import STATUS_MAX_AGE, PolicyPlane
 from trustd.spiffeid import SpiffeId
 
@@ -43,6 +46,36 @@ def _apply_json(result: ApplyResult) -> dict[str, Any]:
     }
 
 
+def enforcement(ps: PolicySet, statuses: Sequence[ProxyStatus]) -> list[dict[str, Any]]:
+    """Per server port and per client destination: what the proxy reports it enforces
+    against what the current policy says (``agrees`` False once it has acknowledged the
+    current version and still enforces something else: the wire and ``policy show`` differ)."""
+    rows: list[dict[str, Any]] = []
+    for st in statuses:
+        current = st.acked_version >= ps.version
+        for ib in st.inbound:
+            want = ps.peer_mode(st.spiffe_id, ib.port, st.proxy_id).value
+            rows.append({
+                "proxyId": st.proxy_id, "spiffeId": str(st.spiffe_id), "side": "server",
+                "port": ib.port, "enforced": ib.mode, "policy": want,
+                "plaintextTotal": ib.plaintext_total, "tlsTotal": ib.tls_total,
+                "plaintextSinceMode": ib.plaintext_since_mode,
+                "agrees": ib.mode == want or not current,
+            })  # fmt: skip
+        for dest in st.destinations:
+            transport = ps.client_transport(
+                st.spiffe_id, dest.spiffe_id, dest.port, st.proxy_id
+            ).value
+            rows.append({
+                "proxyId": st.proxy_id, "spiffeId": str(st.spiffe_id), "side": "client",
+                "destination": str(dest.spiffe_id), "port": dest.port,
+                "enforced": dest.transport, "policy": transport,
+                "mtlsTotal": dest.mtls_total, "plaintextTotal": dest.plaintext_total,
+                "agrees": dest.transport == transport or not current,
+            })  # fmt: skip
+    return rows
+
+
 def register(admin: AdminService, plane: PolicyPlane) -> None:
     def actor(s: Any) -> Any:
         return admin.actor(s)
@@ -71,7 +104,9 @@ def register(admin: AdminService, plane: PolicyPlane) -> None:
 
     async def status(s: Any, d: dict[str, Any]) -> Any:
         ps = plane.current()
-        proxies = [st.to_json() for st in plane.hub.statuses(max_age=STATUS_MAX_AGE)]
+        statuses = plane.hub.statuses(max_age=STATUS_MAX_AGE)
+        proxies = [st.to_json() for st in statuses]
+        rows = enforcement(ps, statuses)
         return {
             "version": ps.version,
             "hash": ps.content_hash,
@@ -79,7 +114,9 @@ def register(admin: AdminService, plane: PolicyPlane) -> None:
             "clientTlsOffGlobal": ps.client_tls_off_global,
             "pending": bool(ps.pending),
             "proxies": proxies,
-            "converged": all(p.get("ackedVersion", 0) >= ps.version for p in proxies),
+            "enforcement": rows,
+            "converged": all(p.get("ackedVersion", 0) >= ps.version for p in proxies)
+            and all(r["agrees"] for r in rows),
         }
 
     async def client_tls(s: Any, d: dict[str, Any]) -> Any:

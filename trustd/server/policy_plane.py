@@ -19,11 +19,11 @@ from typing import Any
 import structlog
 
 from trustd.clock import Clock
-from trustd.errors import TrustdError
+from trustd.errors import FailedPreconditionError, TrustdError
 from trustd.policy.effective import PolicySet
 from trustd.policy.hub import ApplyResult, PolicyHub
-from trustd.policy.model import PolicyObject
-from trustd.policy.rollout import RolloutEngine, RolloutEvent, RolloutStatus
+from trustd.policy.model import PolicyObject, dump
+from trustd.policy.rollout import ACTIVE_STATES, RolloutEngine, RolloutEvent, RolloutStatus
 from trustd.policy.status import ProxyStatus
 from trustd.server.audit_hook import SYSTEM, Actor, Auditor
 from trustd.server.changes import ChangeHub
@@ -104,6 +104,8 @@ class PolicyPlane:
         if not dry_run:
             self._auditor.check()
         try:
+            if not force:
+                self._refuse_during_rollout(objects, prune=prune)
             result = self.hub.apply(objects, prune=prune, force=force, dry_run=dry_run)
         except TrustdError as exc:
             if not dry_run:
@@ -123,6 +125,33 @@ class PolicyPlane:
                 },
             )
         return result
+
+    def _refuse_during_rollout(self, objects: list[PolicyObject], *, prune: bool) -> None:
+        """While a rollout is active its overlay decides inside the selector, and every step
+        republishes it: a PeerAuthentication or ClientTLSPolicy change would be undone by
+        the next step. Refuse it, naming the rollout (``--force`` applies it anyway; the
+        rollout then waits for the modes it wants and fails rather than report them)."""
+        if not self.engine.has_rollout():
+            return
+        st = self.engine.status()
+        if st.state not in ACTIVE_STATES:
+            return
+        before = {o.ref: dump(o) for o in self.hub.current().objects}
+        after: dict[str, dict[str, Any] | None] = {o.ref: dump(o) for o in objects}
+        if prune:
+            after = {**dict.fromkeys(before), **after}
+        changed = sorted(
+            ref
+            for ref, obj in after.items()
+            if ref.split("/")[0] in ("PeerAuthentication", "ClientTLSPolicy") and before.get(ref) != obj
+        )
+        if changed:
+            raise FailedPreconditionError(
+                f"rollout {st.id} ({st.selector} to {st.target.value}) is {st.state.value}: "
+                f"it decides the mTLS modes it covers, so changing {', '.join(changed[:5])} now "
+                "would be undone by its next step; wait for it to complete, or "
+                "`trustd rollout abort`, or apply with --force"
+            )
 
     def client_tls_off(self, actor: Actor, off: bool, *, force: bool) -> ApplyResult:
         self._auditor.check()

@@ -59,8 +59,26 @@ class Fleet:
         self.ack_all()
 
     def ack(self, *pids: str) -> None:
+        """The proxies take the current version and report what they now enforce (as the
+        real proxy does: the mode its accept path applies to new connections)."""
+        ps = self.hub.current()
         for pid in pids:
-            self.status[pid] = replace(self.status[pid], acked_version=self.hub.current().version)
+            st = self.status[pid]
+            inbound = []
+            for old in st.inbound:
+                mode = ps.peer_mode(st.spiffe_id, old.port, pid).value
+                inbound.append(
+                    old
+                    if mode == old.mode
+                    else replace(old, mode=mode, mode_version=ps.version, plaintext_since_mode=0)
+                )
+            dests = tuple(
+                replace(d, transport=ps.client_transport(st.spiffe_id, d.spiffe_id, d.port, pid).value)
+                for d in st.destinations
+            )
+            self.status[pid] = replace(
+                st, acked_version=ps.version, inbound=tuple(inbound), destinations=dests
+            )
             self.hub.report(self.status[pid])
 
     def ack_all(self) -> None:
@@ -443,3 +461,155 @@ def test_invalid_start_arguments_are_refused(kwargs: dict[str, object], fragment
     w = World("DISABLE")
     with pytest.raises(InvalidArgumentError, match=fragment.replace("-", r"\-")):
         w.engine.start(**kwargs)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------ complete means enforced
+
+
+def _report(w: World, pid: str, **inbound: object) -> None:
+    """A proxy that acknowledges the current version but reports its own enforcement."""
+    st = w.fleet.status[pid]
+    ib = replace(st.inbound[0], **inbound)  # type: ignore[arg-type]
+    w.fleet.status[pid] = replace(st, acked_version=w.hub.current().version, inbound=(ib,))
+    w.hub.report(w.fleet.status[pid])
+
+
+def _to_last_phase(w: World) -> None:
+    w.engine.start(selector=SELECTOR, target="STRICT", statuses=w.fleet.statuses())
+    for _ in range(2):
+        w.fleet.ack_all()
+        w.tick()
+    w.settle()
+    assert (w.engine.status().step, w.engine.status().phase) == ("servers-strict", "all")
+
+
+def test_an_acknowledged_version_that_is_not_enforced_never_completes() -> None:
+    w = World("DISABLE")
+    _to_last_phase(w)
+    w.fleet.ack_all()
+    _report(w, "backend-0", mode="DISABLE")  # acked the STRICT version, still enforces DISABLE
+    assert w.tick() is RolloutState.RUNNING
+    st = w.engine.status()
+    assert st.waiting_for == ()
+    assert st.not_enforced == ("backend-0 port 16006 enforces DISABLE, not STRICT",)
+    row = next(r for r in st.enforcement if r["side"] == "server")
+    assert (row["enforced"], row["wanted"], row["ok"]) == ("DISABLE", "STRICT", False)
+    w.clock.advance(dt.timedelta(minutes=6))
+    assert w.tick() is RolloutState.FAILED
+    assert "acknowledged but not enforced" in (w.engine.status().reason or "")
+    assert "backend-0 port 16006 enforces DISABLE" in (w.engine.status().reason or "")
+
+
+def test_a_proxy_that_does_not_report_its_mode_holds_the_step() -> None:
+    w = World("DISABLE")
+    w.engine.start(selector=SELECTOR, target="STRICT", statuses=w.fleet.statuses())
+    w.fleet.ack_all()
+    _report(w, "backend-0", mode=None)
+    w.tick()
+    st = w.engine.status()
+    assert st.step == "servers-permissive"
+    assert st.not_enforced == ("backend-0 port 16006 enforces an unknown mode, not PERMISSIVE",)
+
+
+def test_a_client_that_keeps_sending_plaintext_holds_the_clients_step() -> None:
+    w = World("DISABLE")
+    w.engine.start(selector=SELECTOR, target="STRICT", statuses=w.fleet.statuses())
+    w.fleet.ack_all()
+    w.tick()
+    assert w.engine.status().step == "clients-mtls"
+    w.fleet.ack_all()
+    st = w.fleet.status["frontend-0"]
+    w.fleet.status["frontend-0"] = replace(
+        st, destinations=(replace(st.destinations[0], transport="plaintext"),)
+    )
+    w.hub.report(w.fleet.status["frontend-0"])
+    w.tick()
+    assert w.engine.status().step == "clients-mtls"
+    assert w.engine.status().not_enforced == (
+        f"frontend-0 -> {SERVER}:{PORT} uses plaintext, not mtls",
+    )
+
+
+def test_to_strict_completes_only_with_no_plaintext_accepted_after_strict() -> None:
+    w = World("DISABLE")
+    _to_last_phase(w)
+    w.fleet.ack_all()
+    _report(w, "backend-0", mode="STRICT", plaintext_since_mode=2)
+    assert w.tick() is RolloutState.RUNNING
+    assert w.engine.status().not_enforced == (
+        "backend-0 port 16006 accepted 2 plaintext connection(s) after going STRICT",
+    )
+    _report(w, "backend-0", mode="STRICT", plaintext_since_mode=0)
+    assert w.tick() is RolloutState.COMPLETE
+
+
+def test_a_selector_that_matches_no_server_is_refused_with_the_reason() -> None:
+    w = World("DISABLE")
+    with pytest.raises(RolloutError) as err:
+        w.engine.start(selector=f"{TD}/ns/shop/*", target="STRICT", statuses=w.fleet.statuses())
+    text = str(err.value)
+    assert "matches no server proxy" in text
+    assert str(SERVER) in text  # the servers that do report
+    assert f"{TD}/ns/shop/**" in text  # and the glob that covers them
+    assert not w.engine.has_rollout() and w.hub.current().version == 1  # nothing published
+    with pytest.raises(RolloutError, match="no server proxy reports at all"):
+        w.engine.start(selector=SELECTOR, target="STRICT", statuses=[])
+
+
+def test_servers_that_stop_reporting_hold_the_step() -> None:
+    w = World("DISABLE")
+    w.engine.start(selector=SELECTOR, target="STRICT", statuses=w.fleet.statuses())
+    w.fleet.ack_all()
+    clients_only = [st for st in w.fleet.statuses() if not st.is_server]
+    w.engine.tick(clients_only)
+    st = w.engine.status()
+    assert st.step == "servers-permissive"
+    assert st.not_enforced[0].startswith("no server proxy matched by")
+
+
+# ------------------------------------------------------------------ rollouts and explicit objects
+
+
+def mesh_pa(mode: str) -> str:
+    return (
+        "apiVersion: trustd.io/v1alpha1\nkind: PeerAuthentication\n"
+        f"metadata: {{name: default, namespace: trustd-system}}\nspec:\n  mtls: {{mode: {mode}}}\n"
+    )
+
+
+def test_a_rollout_beats_older_objects_and_a_later_apply_beats_the_rollout() -> None:
+    w = World("DISABLE")
+    w.hub.apply(load_text(mesh_pa("DISABLE")), force=True)
+    w.fleet.ack_all()
+    _to_last_phase(w)
+    w.fleet.ack_all()
+    assert w.tick() is RolloutState.COMPLETE
+    show = w.hub.current().show(SERVER, PORT)["peerAuthentication"]
+    assert show["mode"] == "STRICT" and show["source"] == f"overlay rollout:{SELECTOR}"
+    assert show["overrides"] == "PeerAuthentication/shop/n"  # the most specific object it beats
+    # re-applying the same objects changes nothing: the rollout still decides
+    w.hub.apply(load_text(pa("DISABLE") + "---\n" + mesh_pa("DISABLE")), force=True)
+    assert w.server_mode() is PeerMode.STRICT
+    # a later apply that says otherwise wins, and show says so
+    w.hub.apply(load_text(pa("PERMISSIVE")))
+    show = w.hub.current().show(SERVER, PORT)["peerAuthentication"]
+    assert (show["mode"], show["source"]) == ("PERMISSIVE", "PeerAuthentication/shop/n")
+    assert show["overrides"] == f"overlay rollout:{SELECTOR}"
+    assert w.server_mode() is PeerMode.PERMISSIVE
+
+
+def test_the_wire_follows_policy_show_whatever_the_order() -> None:
+    """Every order of objects and rollouts: what show says is what a proxy decides."""
+    w = World("STRICT")
+    w.hub.apply(load_text(mesh_pa("DISABLE")), force=True)
+    w.fleet.ack_all()
+    st = w.engine.start(selector=SELECTOR, target="DISABLE", statuses=w.fleet.statuses())
+    assert st.state is RolloutState.RUNNING
+    for _ in range(6):
+        w.fleet.ack_all()
+        w.tick()
+        w.settle()
+        ps = w.hub.current()
+        assert ps.show(SERVER, PORT)["peerAuthentication"]["mode"] == w.server_mode().value
+    assert w.engine.status().state is RolloutState.COMPLETE
+    assert w.server_mode() is PeerMode.DISABLE

@@ -413,3 +413,69 @@ def test_status_reports_readiness_as_json(tmp_path: Path) -> None:
             json.dumps(out)
 
     asyncio.run(body())
+
+
+def _pa_file(mode: str, namespace: str = "trustd-system", name: str = "default") -> dict[str, Any]:
+    text = (
+        "apiVersion: trustd.io/v1alpha1\nkind: PeerAuthentication\n"
+        f"metadata: {{name: {name}, namespace: {namespace}}}\nspec:\n  mtls: {{mode: {mode}}}\n"
+    )
+    return {"files": [{"name": "pa.yaml", "text": text}]}
+
+
+@with_server
+async def test_policy_changes_inside_an_active_rollout_are_refused_naming_it(
+    server: TrustdServer, sock: Path
+) -> None:
+    from trustd.policy.status import Destination, InboundStats, ProxyStatus
+    from trustd.spiffeid import SpiffeId
+
+    await call(sock, "PolicyApply", {**_pa_file("DISABLE"), "force": True})
+    backend = SpiffeId.parse("spiffe://trustd.local/ns/shop/sa/backend")
+    server.policy.report(ProxyStatus(
+        proxy_id="backend-1", spiffe_id=backend, acked_version=1,
+        inbound=(InboundStats(port=16006, mode="DISABLE"),),
+    ))  # fmt: skip
+    server.policy.report(ProxyStatus(
+        proxy_id="web-1", spiffe_id=SpiffeId.parse(WEB), acked_version=1,
+        destinations=(Destination(spiffe_id=backend, port=16006, transport="plaintext"),),
+    ))  # fmt: skip
+    started = await call(
+        sock, "RolloutStart", {"selector": "spiffe://trustd.local/ns/shop/**", "target": "STRICT"}
+    )
+    assert started["state"] == "running"
+    code, text = await status_of(sock, "PolicyApply", _pa_file("PERMISSIVE", "shop", "n"))
+    assert code is Status.FAILED_PRECONDITION
+    assert started["id"] in text and "PeerAuthentication/shop/n" in text and "--force" in text
+    assert (await call(sock, "PolicyStatus"))["objects"] == ["PeerAuthentication/trustd-system/default"]
+    # an AuthorizationPolicy does not touch the modes: the rollout does not stand in its way
+    # (the proxies have not acknowledged step 1 yet, so the usual safety check needs --force)
+    authz = (
+        "apiVersion: trustd.io/v1alpha1\nkind: AuthorizationPolicy\n"
+        "metadata: {name: a, namespace: shop}\nspec:\n  action: DENY\n  rules: []\n"
+    )
+    code, text = await status_of(sock, "PolicyApply", {"files": [{"name": "a.yaml", "text": authz}]})
+    assert "still run a version older" in text and "rollout" not in text
+    await call(sock, "PolicyApply", {"files": [{"name": "a.yaml", "text": authz}], "force": True})
+    # policy status shows what each proxy enforces against what the policy says
+    status = await call(sock, "PolicyStatus")
+    rows = {(r["proxyId"], r["side"]): r for r in status["enforcement"]}
+    assert rows[("backend-1", "server")]["enforced"] == "DISABLE"
+    assert rows[("backend-1", "server")]["policy"] == "PERMISSIVE"  # step 1 published, not acked
+    assert rows[("web-1", "client")]["enforced"] == "plaintext"
+    assert status["converged"] is False
+    server.policy.tick()
+    rollout = await call(sock, "RolloutStatus")
+    assert rollout["waitingFor"] == ["backend-1", "web-1"]
+    assert any("backend-1 port 16006 enforces DISABLE" in t for t in rollout["notEnforced"])
+
+
+@with_server
+async def test_a_rollout_over_no_reporting_server_is_refused(server: TrustdServer, sock: Path) -> None:
+    code, text = await status_of(
+        sock, "RolloutStart", {"selector": "spiffe://trustd.local/ns/shop/*", "target": "STRICT"}
+    )
+    assert code is Status.FAILED_PRECONDITION, text
+    assert "matches no server proxy" in text
+    code, _ = await status_of(sock, "RolloutStatus", {})
+    assert code is Status.NOT_FOUND
