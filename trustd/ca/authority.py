@@ -181,10 +181,22 @@ class AuthorityManager:
         event: str,
         subject: AuthorityRecord,
     ) -> None:
-        """Write the new slot set, only if nobody (another server) changed it since ``before``."""
-        if self._before_commit is not None:
-            self._before_commit(event, subject)
-        if not self._store.replace_authorities(records, expect=slot_fingerprint(before)):
+        """Write the new slot set, only if nobody (another server) changed it since ``before``.
+
+        The audit hook runs inside the store's transaction, after the compare-and-set
+        check and with the slots locked: the event it writes records a change that is
+        about to be committed, never one that another server's change pre-empted. If the
+        hook fails, nothing is written.
+        """
+        hook = self._before_commit
+
+        def before_write() -> None:
+            if hook is not None:
+                hook(event, subject)
+
+        if not self._store.replace_authorities(
+            records, expect=slot_fingerprint(before), before_write=before_write
+        ):
             self._reload_signer()
             raise ConcurrentRotationError(
                 "another server changed the CA slots at the same time; nothing was changed "

@@ -9,7 +9,7 @@ issuance fails with UNAVAILABLE while agents keep serving what they hold.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -96,7 +96,11 @@ class Store(Protocol):
     def save_authority(self, record: AuthorityRecord) -> None: ...
     def list_authorities(self) -> list[AuthorityRecord]: ...
     def replace_authorities(
-        self, records: Sequence[AuthorityRecord], *, expect: str | None = None
+        self,
+        records: Sequence[AuthorityRecord],
+        *,
+        expect: str | None = None,
+        before_write: Callable[[], None] | None = None,
     ) -> bool: ...
     def delete_authority(self, authority_id: str) -> None: ...
 

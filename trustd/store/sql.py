@@ -268,22 +268,30 @@ class SqlStore:
             )
 
     def replace_authorities(
-        self, records: Sequence[AuthorityRecord], *, expect: str | None = None
+        self,
+        records: Sequence[AuthorityRecord],
+        *,
+        expect: str | None = None,
+        before_write: Callable[[], None] | None = None,
     ) -> bool:
         """Write the whole slot set at once: a rotation never leaves half of it behind.
 
         With ``expect`` (a fingerprint of the slots the caller read), nothing is written
         and False is returned when the slots changed meanwhile: two servers on one
-        database cannot both rotate.
+        database cannot both rotate. ``before_write`` runs once the check has passed,
+        with the slots locked until the commit (the audit event is written there, so it
+        records a change that is sure to happen); if it raises, nothing is written.
         """
         with self._tx() as run:
+            if self.kind == "postgresql":  # SQLite's transactions are BEGIN IMMEDIATE already
+                run("LOCK TABLE authorities IN EXCLUSIVE MODE")
             if expect is not None:
-                if self.kind == "postgresql":
-                    run("LOCK TABLE authorities IN EXCLUSIVE MODE")
                 rows = run("SELECT id, state, tainted FROM authorities").fetchall()
                 current = ",".join(sorted(f"{r[0]}:{r[1]}:{int(r[2])}" for r in rows))
                 if current != expect:
                     return False
+            if before_write is not None:
+                before_write()
             run("DELETE FROM authorities")
             for record in records:
                 run(

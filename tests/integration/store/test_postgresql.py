@@ -78,6 +78,8 @@ def test_database_down_is_unavailable_not_a_crash() -> None:
 
 
 def test_two_servers_cannot_both_rotate(fresh_db: str) -> None:
+    from ca_fakes import RacingKeyManager
+
     from trustd.ca.authority import AuthorityManager, RotationSchedule
     from trustd.ca.errors import ConcurrentRotationError
     from trustd.ca.kms.memory import MemoryKeyManager
@@ -85,21 +87,21 @@ def test_two_servers_cannot_both_rotate(fresh_db: str) -> None:
     from trustd.spiffeid import TrustDomain
 
     km, clock = MemoryKeyManager(), FakeClock()
+    racing = RacingKeyManager(km)
     a, b = (
         AuthorityManager(
             store=PostgresStore(fresh_db),
-            key_manager=km,
+            key_manager=manager,
             trust_domain=TrustDomain.parse("trustd.local"),
             schedule=RotationSchedule(ca_ttl=dt.timedelta(hours=24)),
             clock=clock,
         )
-        for _ in range(2)
+        for manager in (racing, km)
     )
     a.ensure_active()
-
-    def b_prepares_meanwhile(event: str, _rec: object) -> None:
-        b.prepare()
-
-    with pytest.raises(ConcurrentRotationError), a.audited(b_prepares_meanwhile):
+    racing.meanwhile = b.prepare  # b commits between a's read of the slots and a's write
+    recorded: list[str] = []
+    with pytest.raises(ConcurrentRotationError), a.audited(lambda event, rec: recorded.append(event)):
         a.prepare()
     assert sorted(r.state for r in b.records()) == ["active", "prepared"]
+    assert recorded == []  # no success audited for the rotation that lost
