@@ -544,3 +544,53 @@ def test_sigterm_exits_0_and_no_secret_reached_the_logs(tmp_path: Path) -> None:
             json.loads(line)  # not a TTY: every log line is JSON
     finally:
         stop_up(up)
+
+
+# -- a second instance ------------------------------------------------------------------
+
+
+def _second_up(up: Up, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [TRUSTD, "up", "--server-address", "127.0.0.1:0", *args],
+        capture_output=True, text=True, env=up.env(), timeout=60, check=False,
+    )  # fmt: skip
+
+
+def test_a_second_up_on_the_same_data_dir_refuses_and_touches_nothing(up: Up) -> None:
+    before = sorted(p.name for p in up.data_dir.rglob("*"))
+    second = _second_up(up, "--data-dir", str(up.data_dir), "--metrics-address", up.metrics[7:],
+                        "--admin-socket", str(up.admin_socket), "--agent-socket", str(up.agent_socket))  # fmt: skip
+    assert second.returncode == 1, second
+    err = second.stderr
+    assert err.startswith("trustd: another trustd is running on the data directory"), err
+    assert f"(pid {up.proc.pid})" in err and err.count("\n") == 1 and "Traceback" not in err
+    assert second.stdout == ""
+    assert up.admin_socket.exists() and up.agent_socket.exists()
+    assert sorted(p.name for p in up.data_dir.rglob("*")) == before
+    ok(up, "entry", "list")  # the first one still answers
+
+
+def _ends_with_one_error_line(result: subprocess.CompletedProcess[str], words: str) -> None:
+    """Exit 1; the server's own log lines (JSON) may come first, then one plain error line."""
+    assert result.returncode == 1, result
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.splitlines()
+    assert lines[-1].startswith("trustd: ") and words in lines[-1], lines[-1]
+    assert all(line.startswith("{") for line in lines[:-1]), lines
+
+
+def test_a_second_up_on_a_live_admin_socket_or_a_busy_port_says_so_in_one_line(
+    up: Up, tmp_path: Path
+) -> None:
+    tmp_path.chmod(0o755)
+    second = _second_up(up, "--data-dir", str(tmp_path / "a"), "--metrics-address", "127.0.0.1:0",
+                        "--admin-socket", str(up.admin_socket), "--agent-socket", str(tmp_path / "a.sock"))  # fmt: skip
+    _ends_with_one_error_line(second, f"another process serves {up.admin_socket}")
+    assert up.admin_socket.exists()
+    ok(up, "entry", "list")
+    busy = up.metrics[len("http://") :]
+    third = _second_up(up, "--data-dir", str(tmp_path / "b"), "--metrics-address", busy,
+                       "--admin-socket", str(tmp_path / "b-admin.sock"),
+                       "--agent-socket", str(tmp_path / "b.sock"))  # fmt: skip
+    _ends_with_one_error_line(third, f"cannot listen on the metrics address {busy}")
+    assert not (tmp_path / "b-admin.sock").exists()

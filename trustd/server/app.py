@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import os
+import socket
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from trustd.ca.issuer import X509Issuer
 from trustd.ca.kms.base import KeyAlgorithm
 from trustd.clock import Clock, SystemClock
 from trustd.config import ServerConfig
-from trustd.errors import TrustdError
+from trustd.errors import FailedPreconditionError, TrustdError
 from trustd.server import factory
 from trustd.server.admin import AdminService
 from trustd.server.admin_audit import register as register_audit_admin
@@ -30,6 +31,7 @@ from trustd.server.audit_hook import Auditor
 from trustd.server.auditing import AuditLogAuditor, DeferredAuditor, open_audit_log
 from trustd.server.changes import ChangeHub
 from trustd.server.core import ServerCore
+from trustd.server.datadir_lock import DataDirLock
 from trustd.server.policy_plane import PolicyPlane
 from trustd.spiffeid import TrustDomain
 from trustd.telemetry.http import HealthServer
@@ -40,9 +42,27 @@ log = structlog.get_logger(__name__)
 ROTATION_CHECK_INTERVAL = 10.0  # seconds between automatic rotation checks
 
 
+def _served(path: Path) -> bool:
+    """Does a process accept connections on this Unix socket now?"""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(1)
+        try:
+            s.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
 async def bind_unix_socket_server(server: grpclib.server.Server, path: Path, mode: int) -> None:
-    """Start a grpclib server on a Unix socket that never exists with looser permissions."""
+    """Start a grpclib server on a Unix socket that never exists with looser permissions.
+
+    A stale socket file (nobody listening) is replaced; a live one is never touched.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() and _served(path):
+        raise FailedPreconditionError(
+            f"another process serves {path}: stop it first, or configure another socket path"
+        )
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
     old = os.umask(0o777 & ~mode)
@@ -61,6 +81,16 @@ class TrustdServer:
         self.clock = clock or SystemClock()
         self.trust_domain = TrustDomain.parse(cfg.trust_domain)
         self.metrics = ServerMetrics()
+        cfg.data_path.mkdir(parents=True, exist_ok=True)
+        self._lock = DataDirLock(cfg.data_path)
+        self._lock.acquire()  # before anything is bound, created or removed
+        try:
+            self._build(cfg, auditor)
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def _build(self, cfg: ServerConfig, auditor: Auditor | None) -> None:
         self.executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="trustd-blocking")
         factory.prepare_data_dir(cfg.data_path)
         self.store = factory.make_store(cfg)
@@ -105,6 +135,7 @@ class TrustdServer:
         self.agent_api = AgentApiServer(self.core, self.hub, self.executor, self.policy)
         self.agent_api_port: int | None = None
         self._admin_server: grpclib.server.Server | None = None
+        self._admin_bound = False
         self._health = HealthServer(registries=[self.metrics.registry], readiness=self.readiness)
         self._tasks: list[asyncio.Task[Any]] = []
         self._not_ready_reason = "starting"
@@ -184,7 +215,14 @@ class TrustdServer:
             register_audit_admin(admin, self.auditor)
         self._admin_server = grpclib.server.Server([admin, health])
         await bind_unix_socket_server(self._admin_server, self.cfg.admin_socket_path, 0o600)
-        self.metrics_address = await self._health.start(self.cfg.metrics_address)
+        self._admin_bound = True
+        try:
+            self.metrics_address = await self._health.start(self.cfg.metrics_address)
+        except OSError as exc:
+            raise FailedPreconditionError(
+                f"cannot listen on the metrics address {self.cfg.metrics_address}: "
+                f"{exc.strerror or exc} (set metricsAddress or --metrics-address)"
+            ) from None
         self._tasks.append(asyncio.create_task(self._bring_up_ca()))
         self._tasks.append(asyncio.create_task(self._rotation_loop()))
         self.policy.start()
@@ -212,7 +250,7 @@ class TrustdServer:
                 await task
         await self.agent_api.stop()
         await self.policy.stop()
-        if self._admin_server is not None:
+        if self._admin_server is not None and self._admin_bound:
             self._admin_server.close()
             await self._admin_server.wait_closed()
         await self._health.stop()
@@ -224,8 +262,11 @@ class TrustdServer:
             self.upstream.close()
         self.key_manager.close()
         self.store.close()
-        with contextlib.suppress(FileNotFoundError):
-            self.cfg.admin_socket_path.unlink()
+        if self._admin_bound:  # never the socket of another process that refused us
+            with contextlib.suppress(FileNotFoundError):
+                self.cfg.admin_socket_path.unlink()
+            self._admin_bound = False
+        self._lock.release()
         log.info("server stopped")
 
 
