@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import pwd
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from trustd.selectors import Caller, Selector, matches
@@ -59,3 +62,44 @@ class RegistrationEntry:
                 else dt.datetime.now(dt.UTC)
             ),
         )
+
+
+def default_order(entry: RegistrationEntry) -> tuple[dt.datetime, int, str]:
+    """How a caller's entries are ordered: the first is its ``default`` SVID, as the agent
+    serves them. The oldest entry first; ``created_at`` is kept to the second, so among
+    entries of the same second the registry's revision (which grows with every change)
+    tells which came first."""
+    return (entry.created_at, entry.revision, entry.id)
+
+
+def entries_for(entries: Iterable[RegistrationEntry], caller: Caller) -> list[RegistrationEntry]:
+    """The entries a caller matches, ``default`` first."""
+    return sorted((e for e in entries if e.matches(caller)), key=default_order)
+
+
+def _uid_of(selector: Selector) -> str | None:
+    """The uid a uid or user selector pins, as text (None: another kind, or an unknown user)."""
+    if selector.key == "uid":
+        return selector.value
+    if selector.key == "user":
+        with contextlib.suppress(KeyError):
+            return str(pwd.getpwnam(selector.value).pw_uid)
+        return f"user:{selector.value}"  # unknown here: compared by name
+    return None
+
+
+def may_overlap(a: Sequence[Selector], b: Sequence[Selector]) -> bool:
+    """Could one process match both selector sets?
+
+    A process has exactly one uid and one executable, so two sets that pin different
+    uids (``uid`` or ``user``) or different paths never meet. It has one primary and
+    any number of supplementary groups, so group selectors never keep two sets apart.
+    """
+    if not a or not b:
+        return False
+    for pin in (_uid_of, lambda s: s.value if s.key == "path" else None):
+        left = {v for s in a if (v := pin(s)) is not None}
+        right = {v for s in b if (v := pin(s)) is not None}
+        if left and right and left != right:
+            return False
+    return True

@@ -594,3 +594,44 @@ def test_a_second_up_on_a_live_admin_socket_or_a_busy_port_says_so_in_one_line(
                        "--agent-socket", str(tmp_path / "b.sock"))  # fmt: skip
     _ends_with_one_error_line(third, f"cannot listen on the metrics address {busy}")
     assert not (tmp_path / "b-admin.sock").exists()
+
+
+def test_entry_create_warns_of_an_overlap_and_show_caller_names_the_default(up: Up) -> None:
+    first = _sid()
+    second = _sid()
+    a = ok(up, "entry", "create", "--spiffe-id", first, "--selector", "unix:uid:4242").strip()
+    made = cli(up, "entry", "create", "--spiffe-id", second, "--selector", "unix:gid:4243")
+    try:
+        assert made.returncode == 0, made.stderr
+        b = made.stdout.strip()
+        warnings = [w for w in made.stderr.splitlines() if a in w]
+        assert len(warnings) == 1, made.stderr
+        assert warnings[0].startswith("warning: a process matching both this entry (unix:gid:4243)")
+        assert f"gets {first} as its default SVID" in warnings[0]
+        # a process of uid 4242 whose group is 4243 would match both: which one does it get?
+        script = "import os,time; os.setgroups([]); os.setgid(4243); os.setuid(4242); time.sleep(30)"
+        proc = subprocess.Popen([sys.executable, "-c", script])
+        try:
+            deadline = time.monotonic() + 10
+            while True:
+                shown = json.loads(ok(up, "entry", "show", "--caller", str(proc.pid), "-o", "json"))
+                if shown["caller"]["uid"] == 4242 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
+            assert shown["caller"]["uid"] == 4242 and shown["caller"]["gid"] == 4243, shown
+            assert shown["default"]["spiffe_id"] == first
+            assert [e["spiffe_id"] for e in shown["entries"]] == [first, second]
+            table = ok(up, "entry", "show", "--caller", f"pid:{proc.pid}")
+            assert f"default SVID: {first} (entry {a})" in table
+        finally:
+            proc.kill()
+            proc.wait()
+        by_uid = json.loads(ok(up, "entry", "show", "--caller", "uid:4242", "-o", "json"))
+        assert by_uid["default"]["spiffe_id"] == first  # no passwd entry: group 4242, not 4243
+        assert_error(cli(up, "entry", "show", "--caller", "pid:99999999"), 1, "no process with pid")
+        assert_error(cli(up, "entry", "show", "--caller", "uid:x"), 1, "invalid --caller")
+        assert_error(cli(up, "entry", "show"), 1, "--caller")
+    finally:
+        for eid in (a, made.stdout.strip()):
+            if eid:
+                cli(up, "entry", "delete", eid)

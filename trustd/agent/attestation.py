@@ -22,6 +22,7 @@ Known limit (as in SPIRE): a process may ``exec`` another binary after
 from __future__ import annotations
 
 import os
+import pwd
 import socket
 import struct
 from collections.abc import Callable
@@ -29,6 +30,7 @@ from typing import Protocol
 
 import structlog
 
+from trustd.errors import InvalidArgumentError
 from trustd.selectors import Caller
 
 log = structlog.get_logger(__name__)
@@ -117,3 +119,42 @@ def attest(sock: _SockOpt, *, proc_root: str = "/proc") -> Caller:
 
 
 Attestor = Callable[[_SockOpt], Caller]
+
+
+def describe_process(pid: int, *, proc_root: str = "/proc") -> Caller:
+    """The caller a running process would be on the agent socket (for ``entry show
+    --caller``): its effective uid and gid, supplementary groups and executable, read
+    from /proc. A diagnostic, not an attestation: nothing is checked against a socket."""
+    try:
+        dir_fd = os.open(f"{proc_root}/{pid}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        raise InvalidArgumentError(f"no process with pid {pid}") from None
+    try:
+        uid = gid = None
+        groups: frozenset[int] = frozenset()
+        for line in _read_at(dir_fd, "status").splitlines():
+            if line.startswith(b"Uid:"):
+                uid = int(line.split()[2])
+            elif line.startswith(b"Gid:"):
+                gid = int(line.split()[2])
+            elif line.startswith(b"Groups:"):
+                groups = frozenset(int(g) for g in line.split()[1:])
+        try:
+            exe: str | None = os.readlink("exe", dir_fd=dir_fd)
+        except OSError:
+            exe = None  # another user's process, without the privilege to read it
+    finally:
+        os.close(dir_fd)
+    if uid is None or gid is None:
+        raise InvalidArgumentError(f"cannot read the credentials of pid {pid}")
+    return Caller(uid=uid, gid=gid, pid=pid, exe=exe, supplementary_gids=groups)
+
+
+def describe_uid(uid: int) -> Caller:
+    """A process of this uid started the usual way: the user's primary and other groups."""
+    try:
+        entry = pwd.getpwuid(uid)
+    except KeyError:
+        return Caller(uid=uid, gid=uid, pid=0)
+    groups = frozenset(os.getgrouplist(entry.pw_name, entry.pw_gid))
+    return Caller(uid=uid, gid=entry.pw_gid, pid=0, supplementary_gids=groups)

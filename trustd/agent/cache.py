@@ -44,7 +44,7 @@ from trustd.agent.metrics import AgentMetrics
 from trustd.agent.upstream import BundleUpdate, EntryUpdate, SvidRequest, Upstream
 from trustd.bundle import Bundle
 from trustd.clock import Clock
-from trustd.entries import RegistrationEntry
+from trustd.entries import RegistrationEntry, default_order
 from trustd.errors import TrustdError, UnavailableError
 from trustd.selectors import Caller, Selector
 from trustd.spiffeid import TrustDomain
@@ -239,14 +239,14 @@ class AgentCache:
             raise NotReadyError("the agent is still syncing with its server; retry shortly")
 
     def matching_entries(self, key: WorkloadKey) -> tuple[RegistrationEntry, ...]:
-        """The caller's entries, ``default`` first (oldest entry, then lowest id)."""
+        """The caller's entries, ``default`` first (see trustd.entries.default_order)."""
         ids = self._matching.get(key)
         if ids is None:
             found = [
                 e for e in self._entries.values()
                 if e.selectors and all(s in key for s in e.selectors)
             ]
-            found.sort(key=lambda e: (e.created_at, e.id))
+            found.sort(key=default_order)
             ids = tuple(e.id for e in found)
             self._matching[key] = ids
         return tuple(self._entries[i] for i in ids)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from trustd.cli.common import OutputOpt, call, fmt
 from trustd.cli.output import emit
+
+if TYPE_CHECKING:
+    from trustd.selectors import Caller
 
 app = typer.Typer(
     help="Register workloads: which selectors get which SPIFFE ID.", no_args_is_help=True
@@ -56,6 +59,27 @@ def create(
         typer.echo(entry["id"])
     else:
         emit(entry, f)
+    _warn_overlaps(ctx, entry)
+
+
+def _warn_overlaps(ctx: typer.Context, created: dict[str, Any]) -> None:
+    """On stderr: the entries a process could match together with the new one, and which
+    identity such a process gets as ``default`` (the older entry's)."""
+    from trustd.entries import RegistrationEntry, default_order, may_overlap
+
+    new = RegistrationEntry.from_json(created)
+    others = [RegistrationEntry.from_json(e) for e in call(ctx, "EntryList").get("entries", [])]
+    for other in sorted(others, key=default_order):
+        if other.id == new.id or not may_overlap(new.selectors, other.selectors):
+            continue
+        first = min((new, other), key=default_order)
+        typer.echo(
+            f"warning: a process matching both this entry ({', '.join(map(str, new.selectors))}) "
+            f"and entry {other.id} ({other.spiffe_id}: {', '.join(map(str, other.selectors))}) "
+            f"gets {first.spiffe_id} as its default SVID (the older entry); "
+            "make the selectors disjoint (e.g. by uid) or check with `trustd entry show --caller`",
+            err=True,
+        )
 
 
 @app.command("list")
@@ -67,11 +91,72 @@ def list_(ctx: typer.Context, output: OutputOpt = None) -> None:
 @app.command("show")
 def show(
     ctx: typer.Context,
-    entry_id: Annotated[str, typer.Argument(metavar="ID")],
+    entry_id: Annotated[str | None, typer.Argument(metavar="ID")] = None,
+    caller: Annotated[
+        str | None,
+        typer.Option(
+            "--caller",
+            help="which identity a process would get: PID, pid:N, uid:N or user:NAME (this host)",
+        ),
+    ] = None,
     output: OutputOpt = None,
 ) -> None:
-    """Show one entry."""
-    emit(call(ctx, "EntryShow", {"id": entry_id}), fmt(ctx, output), columns=COLUMNS)
+    """Show one entry, or (--caller) the entries a process matches, default first."""
+    f = fmt(ctx, output)
+    if caller is None:
+        if entry_id is None:
+            raise typer.BadParameter("give an entry ID, or --caller PID|uid:N")
+        emit(call(ctx, "EntryShow", {"id": entry_id}), f, columns=COLUMNS)
+        return
+    if entry_id is not None:
+        raise typer.BadParameter("give an entry ID or --caller, not both")
+    who = _caller(caller)
+    from trustd.entries import RegistrationEntry, entries_for
+
+    entries = [RegistrationEntry.from_json(e) for e in call(ctx, "EntryList").get("entries", [])]
+    found = entries_for(entries, who)
+    result = {
+        "caller": {
+            "pid": who.pid or None,
+            "uid": who.uid,
+            "gid": who.gid,
+            "groups": sorted(who.supplementary_gids),
+            "exe": who.exe,
+        },
+        "default": found[0].to_json() if found else None,
+        "entries": [e.to_json() for e in found],
+    }
+    if f.value != "table":
+        emit(result, f)
+        return
+    desc = f"pid {who.pid}" if who.pid else f"uid {who.uid}"
+    typer.echo(
+        f"{desc}: uid {who.uid}, gid {who.gid}, groups {','.join(map(str, sorted(who.supplementary_gids))) or '-'}"
+        + (f", exe {who.exe}" if who.exe else "")
+    )
+    if not found:
+        typer.echo("no entry matches: the agent gives it no SVID")
+        return
+    typer.echo(f"default SVID: {found[0].spiffe_id} (entry {found[0].id})")
+    rows = [{**e.to_json(), "default": i == 0} for i, e in enumerate(found)]
+    emit({"entries": rows}, f, columns=["id", "spiffe_id", "selectors", "default"], rows_key="entries")
+
+
+def _caller(text: str) -> Caller:
+    from trustd.agent.attestation import describe_process, describe_uid
+
+    kind, _, value = text.rpartition(":")
+    kind = kind or "pid"
+    if kind == "user":
+        import pwd
+
+        try:
+            return describe_uid(pwd.getpwnam(value).pw_uid)
+        except KeyError:
+            raise typer.BadParameter(f"no user named {value!r} on this host") from None
+    if kind not in ("pid", "uid") or not value.isdigit():
+        raise typer.BadParameter(f"invalid --caller {text!r}: use PID, pid:N, uid:N or user:NAME")
+    return describe_process(int(value)) if kind == "pid" else describe_uid(int(value))
 
 
 @app.command("delete")

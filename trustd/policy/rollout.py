@@ -54,6 +54,7 @@ from trustd.errors import InvalidArgumentError
 from trustd.policy.effective import ClientMode, Overlay, PeerMode, PolicySet, compile_glob
 from trustd.policy.errors import InvalidGlobError, NoRolloutError, RolloutError
 from trustd.policy.status import ProxyStatus
+from trustd.spiffeid import SpiffeId
 
 log = structlog.get_logger(__name__)
 
@@ -238,18 +239,24 @@ def _time(v: Any) -> dt.datetime | None:
     return dt.datetime.fromisoformat(v) if v else None
 
 
-def _matches_no_server(selector: str, statuses: Sequence[ProxyStatus]) -> str:
-    """Why ``rollout start`` refuses a selector that covers no reporting server proxy."""
+def _matches_no_server(
+    selector: str, statuses: Sequence[ProxyStatus], registered: Sequence[SpiffeId]
+) -> str:
+    """Why ``rollout start`` refuses a selector that covers no server at all."""
     known = sorted({str(st.spiffe_id) for st in statuses if st.is_server})
     text = (
-        f"selector {selector} matches no server proxy that reports to trustd, "
-        "so the rollout would change nothing"
+        f"selector {selector} matches no server proxy that reports to trustd and no "
+        "registered workload, so the rollout would change nothing"
     )
     if known:
         shown = ", ".join(known[:5]) + (f" and {len(known) - 5} more" if len(known) > 5 else "")
         text += f"; server proxies reporting now: {shown}"
+    elif registered:
+        ids = sorted({str(r) for r in registered})
+        shown = ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
+        text += f"; registered workloads: {shown}"
     else:
-        text += "; no server proxy reports at all (start the server-side `trustd proxy` first)"
+        text += "; nothing is registered and no server proxy reports"
     if selector.endswith("/*"):
         text += (
             f"; '*' matches within one path segment: {selector[:-1]}** covers every ID below it"
@@ -286,7 +293,15 @@ class RolloutEngine:
         canary: int = 0,
         step_timeout: dt.timedelta = DEFAULT_STEP_TIMEOUT,
         statuses: Sequence[ProxyStatus] = (),
+        registered: Sequence[SpiffeId] = (),
     ) -> RolloutStatus:
+        """Start a rollout over the servers ``selector`` matches.
+
+        Refused when the selector covers no server proxy that reports and no registered
+        workload (``registered``: the registry's SPIFFE IDs), since it would change nothing
+        and could only "complete" vacuously. A registered server whose proxy has not
+        reported yet holds each step until it does (or the step times out).
+        """
         try:
             compile_glob(selector)
         except InvalidGlobError as exc:
@@ -307,8 +322,10 @@ class RolloutEngine:
                 "wait for it to complete or run `trustd rollout abort` first"
             )
         glob = compile_glob(selector)
-        if not any(st.is_server and glob.matches(st.spiffe_id) for st in statuses):
-            raise RolloutError(_matches_no_server(selector, statuses))
+        if not any(st.is_server and glob.matches(st.spiffe_id) for st in statuses) and not any(
+            glob.matches(sid) for sid in registered
+        ):
+            raise RolloutError(_matches_no_server(selector, statuses, registered))
         now = self._clock.now()
         original = self._publisher.current().overlay(overlay_name(selector))
         self._s = {
@@ -560,7 +577,7 @@ class RolloutEngine:
         s["enforcement"] = rows
         unenforced = [r["text"] for r in rows if not r["ok"]]
         if not servers:
-            unenforced.insert(0, f"no server proxy matched by {s['selector']} reports any more")
+            unenforced.insert(0, f"no server proxy matched by {s['selector']} reports (yet)")
         s["notEnforced"] = unenforced
         if waiting or unenforced:
             if now - started >= self._timeout():

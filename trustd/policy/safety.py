@@ -4,8 +4,11 @@ Proxies pick up a new version at different moments, so for every client and
 server the proxies report, a change is safe only when *each* of the client's
 transports (before, after) is accepted by *each* of the server's modes (before,
 after). On top of that, a server going STRICT must not have plaintext
-connections open or accepted recently. Workloads with no reporting proxy are
-not known to the check: it protects the traffic it can see.
+connections open or accepted recently, and an AuthorizationPolicy change must
+not deny a call that a reporting client makes (by the identity it presents: its
+SPIFFE ID over mTLS, none over plaintext) or plaintext that a server still
+sees. Workloads with no reporting proxy are not known to the check: it protects
+the traffic it can see.
 """
 
 from __future__ import annotations
@@ -84,7 +87,52 @@ def check_change(
                     f"last accepted {_ago(ib.last_plaintext_at, now)}): move its clients to mTLS "
                     "and wait for the plaintext to drain"
                 )
+    reasons += _authz_reasons(current, proposed, statuses, now=now, recent=recent)
     return list(dict.fromkeys(reasons))
+
+
+def _authz_reasons(
+    current: PolicySet,
+    proposed: PolicySet,
+    statuses: Sequence[ProxyStatus],
+    *,
+    now: dt.datetime,
+    recent: dt.timedelta,
+) -> list[str]:
+    """Calls the proxies report that the current policy allows and the proposed denies."""
+    reasons: list[str] = []
+    for st in statuses:
+        for dest in st.destinations:
+            for transport in {
+                current.client_transport(st.spiffe_id, dest.spiffe_id, dest.port, st.proxy_id),
+                proposed.client_transport(st.spiffe_id, dest.spiffe_id, dest.port, st.proxy_id),
+            }:
+                peer = st.spiffe_id if transport is Transport.MTLS else None
+                if not current.authorize(dest.spiffe_id, dest.port, peer).allowed:
+                    continue  # denied already: nothing flows that the change could drop
+                verdict = proposed.authorize(dest.spiffe_id, dest.port, peer)
+                if not verdict.allowed:
+                    who = f"client {st.spiffe_id} (proxy {st.proxy_id}, {transport.value})"
+                    reasons.append(
+                        f"{who} calls {dest.spiffe_id} port {dest.port}, which the change would "
+                        f"deny ({verdict.reason}): allow it first, or stop the client"
+                    )
+    for st in statuses:
+        for ib in st.inbound:
+            recent_plain = ib.last_plaintext_at is not None and now - ib.last_plaintext_at < recent
+            if not (ib.plaintext_active or recent_plain):
+                continue
+            if not current.authorize(st.spiffe_id, ib.port, None).allowed:
+                continue
+            verdict = proposed.authorize(st.spiffe_id, ib.port, None)
+            if not verdict.allowed:
+                reasons.append(
+                    f"server {st.spiffe_id} port {ib.port} (proxy {st.proxy_id}) still sees "
+                    f"plaintext ({ib.plaintext_active} open, last accepted "
+                    f"{_ago(ib.last_plaintext_at, now)}), which the change would deny "
+                    f"({verdict.reason}): move those clients to mTLS first"
+                )
+    return reasons
 
 
 def _ago(when: dt.datetime | None, now: dt.datetime) -> str:

@@ -189,7 +189,8 @@ class PolicyPlane:
         self._auditor.check()
         statuses = self.hub.statuses(max_age=STATUS_MAX_AGE)
         if command == "start":
-            status = self.engine.start(statuses=statuses, **kwargs)
+            registered = [e.spiffe_id for e in self._store.list_entries()]
+            status = self.engine.start(statuses=statuses, registered=registered, **kwargs)
         elif command == "pause":
             status = self.engine.pause()
         elif command == "resume":

@@ -552,8 +552,22 @@ def test_a_selector_that_matches_no_server_is_refused_with_the_reason() -> None:
     assert str(SERVER) in text  # the servers that do report
     assert f"{TD}/ns/shop/**" in text  # and the glob that covers them
     assert not w.engine.has_rollout() and w.hub.current().version == 1  # nothing published
-    with pytest.raises(RolloutError, match="no server proxy reports at all"):
+    with pytest.raises(RolloutError, match="nothing is registered and no server proxy reports"):
         w.engine.start(selector=SELECTOR, target="STRICT", statuses=[])
+    with pytest.raises(RolloutError, match=f"registered workloads: {SERVER}"):
+        w.engine.start(selector=f"{TD}/ns/shop/*", target="STRICT", statuses=[], registered=[SERVER])
+
+
+def test_a_registered_server_that_has_not_reported_yet_holds_the_first_step() -> None:
+    w = World("DISABLE")
+    clients_only = [st for st in w.fleet.statuses() if not st.is_server]
+    st = w.engine.start(selector=SELECTOR, target="STRICT", statuses=clients_only, registered=[SERVER])
+    assert st.state is RolloutState.RUNNING
+    w.engine.tick(clients_only)
+    assert w.engine.status().not_enforced[0] == f"no server proxy matched by {SELECTOR} reports (yet)"
+    w.fleet.ack_all()  # the server proxy comes up and reports
+    w.tick()
+    assert w.engine.status().step == "clients-mtls"
 
 
 def test_servers_that_stop_reporting_hold_the_step() -> None:

@@ -220,3 +220,40 @@ def test_hub_refuses_a_version_that_is_not_newer() -> None:
     hub = hub_with_proxies(pa("DISABLE"))
     with pytest.raises(Exception, match="not newer"):
         hub.publish(hub.current(), reason="again")
+
+
+def authz(port: int, principal: str = f"{TD}/ns/shop/sa/frontend") -> str:
+    return (
+        "apiVersion: trustd.io/v1alpha1\nkind: AuthorizationPolicy\n"
+        "metadata: {name: backend-callers, namespace: shop}\nspec:\n"
+        f"  selector: {{spiffeIds: ['{SERVER}']}}\n  action: ALLOW\n  rules:\n"
+        f"    - from: [{{principals: ['{principal}']}}]\n      to: [{{ports: [{port}]}}]\n---\n"
+    )
+
+
+def test_an_allow_policy_on_another_port_would_deny_the_flowing_calls() -> None:
+    """The example the README once shipped: ALLOW on port 16006 while calls go to 15106."""
+    cur = ps(pa("STRICT"))
+    new = cur.successor(objects=load_text(pa("STRICT") + authz(15106)))
+    [reason] = check_change(cur, new, statuses(), now=NOW)
+    assert f"client {CLIENT} (proxy frontend-1, mtls) calls {SERVER} port {PORT}" in reason
+    assert "which the change would deny (no ALLOW rule matches" in reason
+    hub = PolicyHub(clock=FakeClock(NOW), initial=cur)
+    for st in statuses():
+        hub.report(st)
+    with pytest.raises(UnsafeChangeError, match="would deny"):
+        hub.apply(load_text(authz(15106)))
+    # the right port lets the reported client through: no reason
+    assert check_change(cur, cur.successor(objects=load_text(pa("STRICT") + authz(PORT))),
+                        statuses(), now=NOW) == []  # fmt: skip
+    # a principal that is not the caller denies it too
+    other = cur.successor(objects=load_text(pa("STRICT") + authz(PORT, f"{TD}/ns/shop/sa/other")))
+    assert len(check_change(cur, other, statuses(), now=NOW)) == 1
+
+
+def test_an_allow_policy_would_deny_plaintext_that_a_server_still_sees() -> None:
+    cur = ps(pa("PERMISSIVE") + ct("MUTUAL"))
+    new = cur.successor(objects=load_text(pa("PERMISSIVE") + ct("MUTUAL") + authz(PORT)))
+    reasons = check_change(cur, new, statuses(plaintext_active=2), now=NOW)
+    assert len(reasons) == 1 and "still sees plaintext (2 open" in reasons[0], reasons
+    assert check_change(cur, new, statuses(), now=NOW) == []  # none seen: nothing to drop
