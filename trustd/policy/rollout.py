@@ -53,6 +53,7 @@ from trustd.clock import Clock
 from trustd.errors import InvalidArgumentError
 from trustd.policy.effective import ClientMode, Overlay, PeerMode, PolicySet, compile_glob
 from trustd.policy.errors import InvalidGlobError, NoRolloutError, RolloutError
+from trustd.policy.safety import authz_reasons
 from trustd.policy.status import ProxyStatus
 from trustd.spiffeid import SpiffeId
 
@@ -327,6 +328,7 @@ class RolloutEngine:
         ):
             raise RolloutError(_matches_no_server(selector, statuses, registered))
         now = self._clock.now()
+        self._refuse_denials(selector, tgt, statuses, now)
         original = self._publisher.current().overlay(overlay_name(selector))
         self._s = {
             "id": "r-" + secrets.token_hex(4),
@@ -355,6 +357,28 @@ class RolloutEngine:
         log.info("rollout started", rollout=self._s["id"], selector=selector, target=tgt.value)
         self._enter_step(statuses)
         return self._status()
+
+    def _refuse_denials(
+        self, selector: str, target: Target, statuses: Sequence[ProxyStatus], now: dt.datetime
+    ) -> None:
+        """Refuse a rollout whose end state an AuthorizationPolicy would turn into denials:
+        to DISABLE, clients lose their identity (a plaintext peer matches no principal)."""
+        last = steps_for(target)[-1]
+        final = Overlay(
+            name=overlay_name(selector),
+            selector=selector,
+            server_mode=last.server_mode,
+            client_mode=last.client_mode,
+        )
+        current = self._publisher.current()
+        reasons = authz_reasons(
+            current, current.with_overlay(final, name=final.name), statuses, now=now
+        )
+        if reasons:
+            raise RolloutError(
+                f"the rollout to {target.value} would end in denied calls: "
+                + "; ".join(reasons[:5])
+            )
 
     def pause(self) -> RolloutStatus:
         s = self._need()

@@ -87,29 +87,29 @@ def check_change(
                     f"last accepted {_ago(ib.last_plaintext_at, now)}): move its clients to mTLS "
                     "and wait for the plaintext to drain"
                 )
-    reasons += _authz_reasons(current, proposed, statuses, now=now, recent=recent)
+    reasons += authz_reasons(current, proposed, statuses, now=now, recent=recent)
     return list(dict.fromkeys(reasons))
 
 
-def _authz_reasons(
+def authz_reasons(
     current: PolicySet,
     proposed: PolicySet,
     statuses: Sequence[ProxyStatus],
     *,
     now: dt.datetime,
-    recent: dt.timedelta,
+    recent: dt.timedelta = RECENT_PLAINTEXT,
 ) -> list[str]:
     """Calls the proxies report that the current policy allows and the proposed denies."""
     reasons: list[str] = []
     for st in statuses:
         for dest in st.destinations:
-            for transport in {
-                current.client_transport(st.spiffe_id, dest.spiffe_id, dest.port, st.proxy_id),
-                proposed.client_transport(st.spiffe_id, dest.spiffe_id, dest.port, st.proxy_id),
-            }:
+            now_t = current.client_transport(st.spiffe_id, dest.spiffe_id, dest.port, st.proxy_id)
+            then_t = proposed.client_transport(st.spiffe_id, dest.spiffe_id, dest.port, st.proxy_id)
+            now_peer = st.spiffe_id if now_t is Transport.MTLS else None
+            if not current.authorize(dest.spiffe_id, dest.port, now_peer).allowed:
+                continue  # denied already: nothing flows that the change could drop
+            for transport in dict.fromkeys((now_t, then_t)):  # both, while proxies catch up
                 peer = st.spiffe_id if transport is Transport.MTLS else None
-                if not current.authorize(dest.spiffe_id, dest.port, peer).allowed:
-                    continue  # denied already: nothing flows that the change could drop
                 verdict = proposed.authorize(dest.spiffe_id, dest.port, peer)
                 if not verdict.allowed:
                     who = f"client {st.spiffe_id} (proxy {st.proxy_id}, {transport.value})"

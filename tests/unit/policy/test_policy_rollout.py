@@ -627,3 +627,21 @@ def test_the_wire_follows_policy_show_whatever_the_order() -> None:
         assert ps.show(SERVER, PORT)["peerAuthentication"]["mode"] == w.server_mode().value
     assert w.engine.status().state is RolloutState.COMPLETE
     assert w.server_mode() is PeerMode.DISABLE
+
+
+def test_a_rollout_to_disable_that_authorization_would_turn_into_denials_is_refused() -> None:
+    w = World("STRICT")
+    allow = (
+        "apiVersion: trustd.io/v1alpha1\nkind: AuthorizationPolicy\n"
+        "metadata: {name: callers, namespace: shop}\nspec:\n  action: ALLOW\n  rules:\n"
+        f"    - from: [{{principals: ['{CLIENT}']}}]\n"
+    )
+    w.hub.apply(load_text(allow), force=True)
+    w.fleet.ack_all()
+    with pytest.raises(RolloutError) as err:
+        w.engine.start(selector=SELECTOR, target="DISABLE", statuses=w.fleet.statuses())
+    assert "the rollout to DISABLE would end in denied calls" in str(err.value)
+    assert f"client {CLIENT} (proxy frontend-0, plaintext) calls {SERVER} port {PORT}" in str(err.value)
+    assert not w.engine.has_rollout()
+    st = w.engine.start(selector=SELECTOR, target="STRICT", statuses=w.fleet.statuses())
+    assert st.state is RolloutState.RUNNING  # mTLS keeps the caller's identity: allowed
