@@ -44,8 +44,11 @@ class Selector:
                 f"unknown unix selector {key!r} in {text[:80]!r}: "
                 f"use one of {', '.join(SELECTOR_TYPES)}"
             )
-        if key in ("uid", "gid") and not (value.isdigit() and len(value) <= 10):
-            raise InvalidSelectorError(f"invalid selector {text[:80]!r}: {key} must be a number")
+        if key in ("uid", "gid") and not (value.isdigit() and int(value) < 2**32):
+            raise InvalidSelectorError(
+                f"invalid selector {text[:80]!r}: {key} must be a whole number from 0 to "
+                f"4294967295{' (uids and gids are never negative)' if value.startswith('-') else ''}"
+            )
         if key == "path" and not value.startswith("/"):
             raise InvalidSelectorError(
                 f"invalid selector {text[:80]!r}: path must be an absolute path"

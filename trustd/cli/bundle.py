@@ -8,7 +8,8 @@ from typing import Annotated
 
 import typer
 
-from trustd.cli.common import call
+from trustd.cli.common import OutputOpt, call, fmt
+from trustd.cli.output import Format, emit
 
 app = typer.Typer(help="The trust bundle.", no_args_is_help=True)
 
@@ -24,10 +25,14 @@ def show(
     format_: Annotated[
         BundleFormat, typer.Option("--format", help="pem or spiffe")
     ] = BundleFormat.pem,
+    output: OutputOpt = None,
 ) -> None:
-    """Print the trust bundle on stdout."""
+    """Print the trust bundle on stdout (-o json|yaml: both forms in one document)."""
     result = call(ctx, "BundleShow")
-    if format_ is BundleFormat.spiffe:
+    f = fmt(ctx, output)
+    if f is not Format.table:
+        emit(result, f)
+    elif format_ is BundleFormat.spiffe:
         typer.echo(json.dumps(result["spiffe"], indent=2))
     else:
         typer.echo(result["pem"], nl=False)

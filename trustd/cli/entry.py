@@ -40,6 +40,10 @@ def create(
     from trustd.spiffeid import SpiffeId
 
     SpiffeId.parse(spiffe_id)  # validated here first: a bad ID is a local error (exit 1)
+    from trustd.dnsnames import check_dns_name
+
+    for name in dns or []:
+        check_dns_name(name)
     for s in selector:
         Selector.parse(s)
     ttl_s = parse_ttl(ttl)

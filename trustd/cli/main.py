@@ -11,8 +11,8 @@ from typer.exceptions import TyperException
 from trustd import __version__, durations
 from trustd.cli import agent, audit, authority, bundle, entry, policy, rollout, svid, token
 from trustd.cli.client import ServerError
-from trustd.cli.common import CheckFailed, State
-from trustd.cli.output import Format
+from trustd.cli.common import CheckFailed, OutputOpt, State, fmt
+from trustd.cli.output import Format, emit
 from trustd.errors import TrustdError
 
 app = typer.Typer(
@@ -66,9 +66,13 @@ def root(
 
 
 @app.command("version")
-def version() -> None:
+def version(ctx: typer.Context, output: OutputOpt = None) -> None:
     """Print the version."""
-    typer.echo(__version__)
+    f = fmt(ctx, output)
+    if f is Format.table:
+        typer.echo(__version__)
+    else:
+        emit({"version": __version__}, f)
 
 
 @app.command("up")
@@ -166,11 +170,44 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
+_GLOBAL_FLAGS = ("--debug",)
+_GLOBAL_OPTIONS = ("--admin-socket",)
+
+
+def hoist_global_options(args: list[str]) -> list[str]:
+    """``--admin-socket X`` and ``--debug`` work after the noun and verb too, as in
+    kubectl: they are moved in front of the noun, where the root command reads them.
+    Nothing after ``--`` moves, and commands with an option of the same name (the
+    long-running ones: ``up --admin-socket``) keep theirs."""
+    if args and args[0] in ("up", "server"):
+        return args
+    front: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if a == "--":
+            rest.extend(args[i:])
+            break
+        if a in _GLOBAL_FLAGS:
+            front.append(a)
+        elif a in _GLOBAL_OPTIONS and i + 1 < len(args):
+            front.extend(args[i : i + 2])
+            i += 1
+        elif a.split("=", 1)[0] in _GLOBAL_OPTIONS and "=" in a:
+            front.append(a)
+        else:
+            rest.append(a)
+        i += 1
+    return front + rest
+
+
 def main(argv: list[str] | None = None) -> int:
-    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    args = hoist_global_options(list(argv if argv is not None else sys.argv[1:]))
+    debug = "--debug" in args
     try:
         # Without standalone mode, a command's `raise typer.Exit(n)` comes back as n.
-        rc = app(args=argv, prog_name="trustd", standalone_mode=False)
+        rc = app(args=args, prog_name="trustd", standalone_mode=False)
     except typer.Exit as exc:
         return int(exc.exit_code or 0)
     except typer.Abort:

@@ -62,7 +62,7 @@ def apply(
 def show(
     ctx: typer.Context,
     spiffe_id: Annotated[str, typer.Option("--spiffe-id", help="the workload")],
-    port: Annotated[int | None, typer.Option(help="a server port")] = None,
+    port: Annotated[int | None, typer.Option(help="a server port", min=1, max=65535)] = None,
     output: OutputOpt = None,
 ) -> None:
     """The effective policy for a SPIFFE ID (and port)."""

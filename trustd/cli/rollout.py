@@ -51,7 +51,23 @@ def start(
     step_timeout: Annotated[str | None, typer.Option("--step-timeout", help="e.g. 5m")] = None,
     output: OutputOpt = None,
 ) -> None:
-    """Start a rollout; each step waits for every affected proxy to acknowledge it."""
+    """Start a rollout; each step waits until every affected proxy enforces it."""
+    from trustd.cli.main import UsageError
+    from trustd.durations import parse
+    from trustd.policy.errors import InvalidGlobError
+    from trustd.policy.glob import SpiffeGlob
+
+    try:
+        SpiffeGlob.parse(selector)  # a bad glob is a local error (exit 1), not the server's
+    except InvalidGlobError as exc:
+        raise UsageError(str(exc)) from None
+    if canary < 0:
+        raise UsageError("invalid --canary: use 0 or a positive number of instances")
+    if step_timeout is not None:
+        try:
+            parse(step_timeout)
+        except ValueError as exc:
+            raise UsageError(f"invalid --step-timeout: {exc}") from None
     result = call(
         ctx,
         "RolloutStart",

@@ -39,10 +39,21 @@ def mint(
     output: OutputOpt = None,
 ) -> None:
     """Mint an SVID. The private key is made here and never leaves this machine."""
-    from trustd.cli.main import parse_ttl
+    from trustd.cli.main import UsageError, parse_ttl
     from trustd.spiffeid import SpiffeId
 
     SpiffeId.parse(spiffe_id)
+    ttl_seconds = parse_ttl(ttl)
+    from trustd.dnsnames import check_dns_name
+
+    for name in dns or []:
+        check_dns_name(name)
+    if not out_dir.is_dir() and not out_dir.parent.is_dir():
+        # one level is made, never a tree (a typo would plant directories at /)
+        raise UsageError(f"--out-dir {out_dir}: {out_dir.parent} does not exist; create it first")
+    writable = out_dir if out_dir.is_dir() else out_dir.parent
+    if not os.access(writable, os.W_OK):
+        raise UsageError(f"--out-dir {out_dir}: {writable} is not writable")
     key = ec.generate_private_key(ec.SECP256R1())
     csr = (
         x509.CertificateSigningRequestBuilder()
@@ -54,12 +65,15 @@ def mint(
         "SvidMint",
         {
             "spiffe_id": spiffe_id,
-            "ttl": parse_ttl(ttl),
+            "ttl": ttl_seconds,
             "csr_pem": csr.public_bytes(serialization.Encoding.PEM).decode(),
             "dns_names": dns or [],
         },
     )
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(mode=0o755, exist_ok=True)  # only once the server has signed
+    except OSError as exc:
+        raise UsageError(f"--out-dir {out_dir}: {exc.strerror or exc}") from None
     _write(out_dir / "svid.pem", result["chain_pem"].encode(), 0o644)
     _write(
         out_dir / "svid.key",

@@ -125,7 +125,7 @@ def _sid() -> str:
                 "--selector",
                 "unix:uid:x",
             ],
-            ["uid must be a number"],
+            ["uid must be a whole number"],
         ),
         (
             [
@@ -480,3 +480,72 @@ def test_json_and_yaml_output_round_trip(capsys: pytest.CaptureFixture[str]) -> 
     assert json.loads(capsys.readouterr().out) == data
     emit(data, Format.yaml)
     assert yaml.safe_load(capsys.readouterr().out) == data
+
+
+# -- the admin's first hour: local checks, flags anywhere ---------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["entry", "create", "--spiffe-id", "spiffe://trustd.local/x", "--selector", "unix:uid:-5"],
+         ["uid must be a whole number", "never negative"]),
+        (["entry", "create", "--spiffe-id", "spiffe://trustd.local/x", "--selector", "unix:uid:1",
+          "--dns", "bad_dns!"], ["invalid dns name 'bad_dns!'"]),
+        (["svid", "mint", "--spiffe-id", "spiffe://trustd.local/x", "--out-dir", "/tmp/o",
+          "--dns", "-x.example"], ["invalid dns name"]),
+        (["rollout", "start", "--selector", "spiffe://trustd.local/ns/a**", "--to", "STRICT"],
+         ["invalid spiffe id glob", "whole path segment"]),
+        (["rollout", "start", "--selector", "spiffe://trustd.local/ns/**", "--to", "STRICT",
+          "--step-timeout", "soon"], ["invalid --step-timeout"]),
+        (["policy", "show", "--spiffe-id", "spiffe://trustd.local/x", "--port", "70000"],
+         ["--port", "65535"]),
+    ],
+)  # fmt: skip
+def test_local_mistakes_exit_1_before_the_server_is_asked(
+    capsys: pytest.CaptureFixture[str], argv: list[str], words: list[str], tmp_path: Path
+) -> None:
+    # the socket does not exist: reaching the server would exit 2
+    code, out, err = run_cli(capsys, "--admin-socket", str(tmp_path / "none.sock"), *argv)
+    assert (code, out) == (1, "")
+    assert_one_line_error(err, *words)
+
+
+def test_svid_mint_never_creates_a_directory_tree(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    target = tmp_path / "missing" / "dir"
+    code, _, err = run_cli(capsys, "--admin-socket", str(tmp_path / "none.sock"), "svid", "mint",
+                           "--spiffe-id", _sid(), "--out-dir", str(target))  # fmt: skip
+    assert code == 1
+    assert_one_line_error(err, f"{tmp_path / 'missing'} does not exist")
+    assert not (tmp_path / "missing").exists()
+
+
+def test_admin_socket_and_debug_work_after_the_noun(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    absent = str(tmp_path / "absent.sock")
+    code, _, err = run_cli(capsys, "entry", "list", "--admin-socket", absent)
+    assert code == 2 and absent in err
+    code, _, err = run_cli(capsys, "entry", "list", f"--admin-socket={absent}")
+    assert code == 2 and absent in err
+    with pytest.raises(ServerError):
+        main(["entry", "list", "--admin-socket", absent, "--debug"])
+    assert cli_main.hoist_global_options(["up", "--admin-socket", "x"]) == ["up", "--admin-socket", "x"]
+    assert cli_main.hoist_global_options(["a", "--", "--debug"]) == ["a", "--", "--debug"]
+
+
+def test_version_and_bundle_show_take_the_output_format(
+    capsys: pytest.CaptureFixture[str], admin: Path
+) -> None:
+    from trustd import __version__
+
+    code, out, _ = run_cli(capsys, "version", "-o", "json")
+    assert code == 0 and json.loads(out) == {"version": __version__}
+    code, out, _ = run_cli(capsys, "-o", "yaml", "version")
+    assert code == 0 and yaml.safe_load(out) == {"version": __version__}
+    code, out, _ = run_cli(capsys, "--admin-socket", str(admin), "bundle", "show", "-o", "json")
+    assert code == 0
+    doc = json.loads(out)
+    assert doc["pem"].startswith("-----BEGIN CERTIFICATE-----") and "keys" in doc["spiffe"]
