@@ -386,7 +386,16 @@ def test_authority_rotation_by_hand(up: Up, tmp_path: Path) -> None:
     assert_error(cli(up, "authority", "taint", prepared["id"]), 2, "is active")
     assert_error(cli(up, "authority", "revoke", old), 2, "not tainted")
     assert json.loads(ok(up, "authority", "taint", old, "-o", "json"))["tainted"] is True
-    assert_error(cli(up, "authority", "revoke", old), 2, "--force")  # its SVIDs are still valid
+    refused = cli(up, "authority", "revoke", old)  # the SVIDs it signed are still valid
+    assert_error(refused, 2, "--force", f"trustd authority blockers {old[:16]}")
+    blocking = json.loads(ok(up, "authority", "blockers", old, "-o", "json"))["certificates"]
+    assert blocking, "revoke was refused, so something must hold it back"
+    for cert in blocking:
+        assert {"serial", "spiffe_id", "not_after", "holder", "reissued_by_agents"} <= cert.keys()
+    assert len(blocking) == int(refused.stderr.split("trustd: ")[1].split()[0])  # the count said
+    table = ok(up, "authority", "blockers", old)
+    assert table.splitlines()[0].split("\t")[:4] == ["SERIAL", "SPIFFE_ID", "NOT_AFTER", "HOLDER"]
+    assert_error(cli(up, "authority", "blockers", "0" * 40), 2, "no authority with id")
     assert (
         json.loads(ok(up, "authority", "revoke", old, "--force", "-o", "json"))["revoked"] is True
     )

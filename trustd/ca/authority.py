@@ -40,7 +40,7 @@ __all__ = ["AuthorityManager", "RotationSchedule", "UpstreamAuthority", "Upstrea
 from trustd.clock import Clock
 from trustd.errors import NotFoundError, TrustdError
 from trustd.spiffeid import TrustDomain
-from trustd.store.base import AuthorityRecord, Store
+from trustd.store.base import AuthorityRecord, LedgerRecord, Store
 
 log = structlog.get_logger(__name__)
 
@@ -405,8 +405,9 @@ class AuthorityManager:
             )
             return tainted
 
-    def still_relied_on(self, target: AuthorityRecord, now: dt.datetime) -> int:
-        """How many unexpired certificates it signed have not been reissued by another CA."""
+    def relied_on(self, target: AuthorityRecord, now: dt.datetime) -> list[LedgerRecord]:
+        """The unexpired certificates it signed that no other CA has reissued since
+        (for the same SPIFFE ID and entry), oldest expiry first: what holds a revoke back."""
         issued = self._store.list_issued()
         latest_other: dict[tuple[str, str | None], dt.datetime] = {}
         for rec in issued:
@@ -414,14 +415,23 @@ class AuthorityManager:
                 key = (rec.spiffe_id, rec.entry_id)
                 if rec.issued_at > latest_other.get(key, dt.datetime.min.replace(tzinfo=dt.UTC)):
                     latest_other[key] = rec.issued_at
-        count = 0
+        pending = []
         for rec in issued:
             if rec.authority_id != target.id or rec.not_after <= now:
                 continue
             later = latest_other.get((rec.spiffe_id, rec.entry_id))
             if later is None or later < rec.issued_at:
-                count += 1
-        return count
+                pending.append(rec)
+        return sorted(pending, key=lambda r: (r.not_after, r.serial))
+
+    def still_relied_on(self, target: AuthorityRecord, now: dt.datetime) -> int:
+        """How many unexpired certificates it signed have not been reissued by another CA."""
+        return len(self.relied_on(target, now))
+
+    def blockers(self, authority_id: str) -> list[LedgerRecord]:
+        """``relied_on`` for an authority named by id (or a unique prefix of it)."""
+        with self._lock:
+            return self.relied_on(self._find(self.records(), authority_id), self._clock.now())
 
     def revoke(self, authority_id: str, *, force: bool = False) -> AuthorityRecord:
         with self._lock:
@@ -441,7 +451,9 @@ class AuthorityManager:
             if pending and not force:
                 raise AuthorityStateError(
                     f"{pending} valid certificates signed by {target.id[:16]} have not been "
-                    "reissued yet: wait for agents to rotate them, or use --force"
+                    f"reissued yet: `trustd authority blockers {target.id[:16]}` lists them; "
+                    "wait for agents to rotate them (a hand-minted SVID is never reissued: "
+                    "wait for it to expire), or use --force"
                 )
             revoked = replace(target, revoked=True)
             self._commit(records, [r for r in records if r.id != target.id], "revoked", revoked)

@@ -1,4 +1,4 @@
-"""trustd authority list|prepare|activate|taint|revoke"""
+"""trustd authority list|prepare|activate|taint|revoke|blockers"""
 
 from __future__ import annotations
 
@@ -55,4 +55,20 @@ def revoke(
         call(ctx, "AuthorityRevoke", {"id": authority_id, "force": force}),
         fmt(ctx, output),
         columns=COLUMNS,
+    )
+
+
+@app.command("blockers")
+def blockers(
+    ctx: typer.Context,
+    authority_id: Annotated[str, typer.Argument(metavar="ID")],
+    output: OutputOpt = None,
+) -> None:
+    """The valid certificates a CA signed that were not reissued: what holds a revoke back."""
+    result = call(ctx, "AuthorityBlockers", {"id": authority_id})
+    emit(
+        result,
+        fmt(ctx, output),
+        columns=["serial", "spiffe_id", "not_after", "holder", "reissued_by_agents"],
+        rows_key="certificates",
     )

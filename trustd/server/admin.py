@@ -188,6 +188,24 @@ class AdminService(JsonService):
 
             return fn
 
+        async def authority_blockers(s: Any, d: dict[str, Any]) -> Any:
+            aid = _str(d, "id")
+            records = await run(lambda: c.authorities.blockers(aid))
+            return {
+                "certificates": [
+                    {
+                        "serial": r.serial,
+                        "spiffe_id": r.spiffe_id,
+                        "not_after": _iso(r.not_after),
+                        "holder": r.caller,
+                        "entry_id": r.entry_id,
+                        "issued_at": _iso(r.issued_at),
+                        "reissued_by_agents": r.entry_id is not None,
+                    }
+                    for r in records
+                ]
+            }
+
         async def token_create(s: Any, d: dict[str, Any]) -> Any:
             token, expires = await run(lambda: c.create_token(self.actor(s), _token_ttl(d)))
             return {"token": token, "expires_at": _iso(expires)}
@@ -216,6 +234,7 @@ class AdminService(JsonService):
             "AuthorityActivate": authority("activate"),
             "AuthorityTaint": authority("taint"),
             "AuthorityRevoke": authority("revoke"),
+            "AuthorityBlockers": authority_blockers,
             "TokenCreate": token_create,
             "AgentList": agent_list,
             "AgentEvict": agent_evict,
