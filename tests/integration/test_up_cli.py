@@ -614,6 +614,7 @@ def test_entry_create_warns_of_an_overlap_and_show_caller_names_the_default(up: 
         assert made.returncode == 0, made.stderr
         b = made.stdout.strip()
         warnings = [w for w in made.stderr.splitlines() if a in w]
+        assert b and b not in warnings[0] if warnings else True
         assert len(warnings) == 1, made.stderr
         assert warnings[0].startswith("warning: a process matching both this entry (unix:gid:4243)")
         assert f"gets {first} as its default SVID" in warnings[0]
@@ -632,6 +633,7 @@ def test_entry_create_warns_of_an_overlap_and_show_caller_names_the_default(up: 
             assert [e["spiffe_id"] for e in shown["entries"]] == [first, second]
             table = ok(up, "entry", "show", "--caller", f"pid:{proc.pid}")
             assert f"default SVID: {first} (entry {a})" in table
+            assert b in table  # listed too, second
         finally:
             proc.kill()
             proc.wait()

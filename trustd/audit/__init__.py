@@ -28,6 +28,7 @@ from trustd.audit.events import (
     AGENT_JOIN,
     AGENT_RENEW,
     AUDIT_EXPORT,
+    AUDIT_TORN_TAIL,
     AUTHORITY_ACTIVATE,
     AUTHORITY_PREPARE,
     AUTHORITY_REVOKE,
@@ -57,9 +58,9 @@ from trustd.audit.export import (
     write_jsonl,
     write_ocsf,
 )
-from trustd.audit.log import AuditLog, ChainHead
+from trustd.audit.log import AuditLog
 from trustd.audit.reader import EventFilter, iter_records, parse_time, tail
-from trustd.audit.record import GENESIS_HASH, AuditRecord
+from trustd.audit.record import GENESIS_HASH, AuditRecord, ChainHead
 from trustd.audit.verify import VerifyReport, verify
 
 __all__ = [
@@ -71,6 +72,7 @@ __all__ = [
     "AGENT_JOIN",
     "AGENT_RENEW",
     "AUDIT_EXPORT",
+    "AUDIT_TORN_TAIL",
     "AUTHORITY_ACTIVATE",
     "AUTHORITY_PREPARE",
     "AUTHORITY_REVOKE",

@@ -46,6 +46,7 @@ POLICY_APPLY = "policy.apply"
 ROLLOUT_STEP = "rollout.step"
 PROXY_CONNECTION_DENY = "proxy.connection.deny"
 AUDIT_EXPORT = "audit.export"
+AUDIT_TORN_TAIL = "audit.torn_tail"  # a torn last line was set aside at start
 
 HMAC_PREFIX = "hmac-sha256:"
 

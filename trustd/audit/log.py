@@ -7,7 +7,9 @@ the seq does not advance, so the action that asked must fail. Events are not
 fsynced one by one: segments are fsynced at checkpoints, at rotation and on
 ``close``. A checkpoint is signed at ``checkpoint_interval``, at open when the
 head moved, on retention and on ``close``, so a crash loses at most the unsigned
-tail, never a signed event.
+tail, never a signed event. A torn last line (a crash in the middle of a write) is
+set aside at open into a ``.torn`` file beside its segment, recorded by an
+``audit.torn_tail`` event, and the chain continues from the last complete event.
 
 Thread-safe; one writer process per directory (an advisory ``flock`` on
 ``audit.lock`` refuses a second one). Readers (``iter_events``, ``tail``,
@@ -21,6 +23,7 @@ import contextlib
 import datetime as dt
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import secrets
@@ -38,6 +41,7 @@ from trustd.audit.errors import AuditCorruptError, AuditEventError, AuditWriteEr
 from trustd.audit.events import (
     ACTOR_KINDS,
     AUDIT_EXPORT,
+    AUDIT_TORN_TAIL,
     OUTCOMES,
     Actor,
     AuditEvent,
@@ -56,6 +60,7 @@ from trustd.audit.reader import EventFilter, count_records, iter_records, iter_r
 from trustd.audit.record import (
     GENESIS_HASH,
     AuditRecord,
+    ChainHead,
     check_line_hash,
     encode_unhashed,
     parse_line,
@@ -65,10 +70,13 @@ from trustd.audit.segments import (
     CHECKPOINT_FILE,
     HMAC_KEY_FILE,
     KEY_FILE,
+    LOCK_FILE,
     last_lines,
     list_segments,
+    list_torn_tails,
     read_first_line,
     segment_path,
+    torn_path,
 )
 from trustd.audit.verify import VerifyReport, load_key_refs, verify
 from trustd.ca.kms.base import KeyAlgorithm, KeyManager, KeyRef
@@ -77,7 +85,6 @@ from trustd.clock import Clock
 log = structlog.get_logger(__name__)
 
 MiB = 1 << 20
-LOCK_FILE = "audit.lock"
 MAX_LINE_BYTES = 1 * MiB
 _MIN_FREE_BYTES = 64 * 1024  # check() reports the disk full below this
 _OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -94,12 +101,6 @@ class ActorLike(Protocol):
     def uid(self) -> int | None: ...
     @property
     def addr(self) -> str | None: ...
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ChainHead:
-    seq: int  # the newest event's seq (0 for an empty log)
-    hash: str  # its hash (GENESIS_HASH for an empty log)
 
 
 @dataclass(slots=True, kw_only=True)
@@ -254,6 +255,7 @@ class AuditLog:
             self._next_cp_at = now + self._interval
             if last_cp is None or (last_cp.seq, last_cp.hash) != (self._seq, self._hash):
                 self._checkpoint_locked(now)
+            self._record_torn_tails()
         except BaseException:
             self._release_lock_file()
             raise
@@ -331,27 +333,31 @@ class AuditLog:
         return key
 
     def _recover(self) -> Checkpoint | None:
-        """Find the head of the chain and the segments; return the last checkpoint."""
+        """Find the head of the chain and the segments, set a torn last line aside; return
+        the last checkpoint."""
         segments = list_segments(self._dir)
         # A segment is created just before its first line is written: a crash in between
         # leaves an empty file, which holds nothing to keep.
         while segments and segments[-1].path.stat().st_size == 0:
             segments.pop().path.unlink()
+        torn: tuple[Path, int, int] | None = None  # (segment, offset, length)
+        if segments:
+            newest = segments[-1].path
+            _, complete = last_lines(newest, 0)
+            size = newest.stat().st_size
+            if size > complete:
+                torn = (newest, complete, size - complete)
+                if complete == 0:
+                    segments.pop()  # nothing in it but the torn line
         infos: list[_SegInfo] = []
         for i, seg in enumerate(segments):
             is_last = i == len(segments) - 1
             lines, complete = last_lines(seg.path, 1)
-            size = seg.path.stat().st_size
-            if is_last and size > complete:
-                log.warning(
-                    "audit segment ends with a torn line: removing it",
-                    segment=seg.path.name,
-                    bytes=size - complete,
+            if is_last and seg.path.stat().st_size > complete and torn and torn[0] != seg.path:
+                raise AuditCorruptError(
+                    f"audit segment {seg.path.name} ends with an unterminated line: run trustd "
+                    "audit verify, keep the directory as evidence and start a new one"
                 )
-                try:
-                    os.truncate(seg.path, complete)
-                except OSError as exc:
-                    raise _write_error("repair the audit segment", seg.path, exc) from exc
             try:
                 first_rec = parse_line(read_first_line(seg.path) or b"")
                 last_rec = parse_line(lines[-1] if lines else b"")
@@ -383,7 +389,7 @@ class AuditLog:
             self._anchor = (infos[0].first_seq, infos[0].first_prev_hash)
         cp = self._read_last_checkpoint()
         if cp is None:
-            if infos:
+            if infos or torn is not None:
                 # Events are only ever written after the first checkpoint.
                 raise AuditCorruptError(
                     f"the audit log in {self._dir} has events but no signed checkpoint: the "
@@ -403,7 +409,82 @@ class AuditLog:
                 f"anchors it at seq {cp.first_seq}: old segments were deleted; keep the "
                 "directory as evidence and start a new one"
             )
+        if torn is not None:
+            self._set_torn_aside(*torn)
         return cp
+
+    def _set_torn_aside(self, segment: Path, offset: int, length: int) -> None:
+        """Keep the bytes after the last complete line of ``segment`` in a pending .torn file
+        beside it, then cut the segment back to that line, so that appends continue the
+        chain from the last complete event. ``_record_torn_tails`` records it."""
+        try:
+            with segment.open("rb") as fh:
+                fh.seek(offset)
+                data = fh.read(length)
+            n = 0
+            while True:
+                aside = torn_path(segment, offset, n)
+                if aside.exists() and aside.read_bytes() == data:
+                    break  # set aside already by a start that stopped before the cut
+                if not aside.exists() and not torn_path(segment, offset, n, pending=False).exists():
+                    _write_file_atomic(aside, data)
+                    break
+                n += 1
+            if offset == 0:
+                segment.unlink()
+            else:
+                fd = os.open(segment, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                try:
+                    os.ftruncate(fd, offset)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            _fsync_dir(self._dir)
+        except OSError as exc:
+            raise _write_error("set aside the torn end of the audit segment", segment, exc) from exc
+        log.warning(
+            "audit segment ends with a torn line: set aside",
+            segment=segment.name,
+            offset=offset,
+            bytes=length,
+            file=aside.name,
+        )
+
+    def _record_torn_tails(self) -> None:
+        """Append an ``audit.torn_tail`` event for each torn end set aside and not yet
+        recorded, sign a checkpoint over them, then mark their files recorded."""
+        pending = [t for t in list_torn_tails(self._dir) if t.pending]
+        if not pending:
+            return
+        for torn in pending:
+            try:
+                data = torn.path.read_bytes()
+            except OSError as exc:
+                raise _write_error("read a torn audit line set aside", torn.path, exc) from exc
+            self.append(
+                AuditEvent(
+                    type=AUDIT_TORN_TAIL,
+                    actor=Actor.system(),
+                    action="recover",
+                    resource=torn.segment,
+                    reason="the segment ended with an incomplete line: kept aside, the chain "
+                    "continues from the last complete event",
+                    details={
+                        "segment": torn.segment,
+                        "offset": torn.offset,
+                        "length": len(data),
+                        "file": torn.recorded_path.name,
+                        "sha256": hashlib.sha256(data).hexdigest(),
+                    },
+                )
+            )
+        self._checkpoint_locked(self._clock.now())
+        try:
+            for torn in pending:
+                os.replace(torn.path, torn.recorded_path)
+            _fsync_dir(self._dir)
+        except OSError as exc:
+            raise _write_error("mark a torn audit line recorded", self._dir, exc) from exc
 
     def _read_last_checkpoint(self) -> Checkpoint | None:
         path = self._dir / CHECKPOINT_FILE
@@ -949,14 +1030,19 @@ class AuditLog:
     def verify(
         self, *, min_seq: int | None = None, trusted_keys: Sequence[KeyRef] | None = None
     ) -> VerifyReport:
-        """Verify the whole log (see ``trustd.audit.verify``); retention waits meanwhile."""
+        """Verify the whole log (see ``trustd.audit.verify``) against the head this writer
+        appended, so that a tail cut or torn after the last checkpoint is found too;
+        retention waits meanwhile."""
         if trusted_keys is None:
             trusted_keys = [
                 r for r in (self._key_ref, *self._previous_keys) if r.backend == self._km.kind
             ]
         keys = trusted_keys
         with self._retention_lock:
-            return verify(self._dir, key_manager=self._km, trusted_keys=keys, min_seq=min_seq)
+            head = self.head  # every event up to it is written: later ones may be in progress
+            return verify(
+                self._dir, key_manager=self._km, trusted_keys=keys, min_seq=min_seq, head=head
+            )
 
     # ------------------------------------------------------------------ closing
 

@@ -20,6 +20,7 @@ import hashlib
 import json
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from trustd.audit.events import Actor, Outcome
@@ -43,6 +44,14 @@ ACTOR_FIELDS = ("kind", "id", "uid", "addr")
 _HASH_SUFFIX_RE = re.compile(rb',"hash":"([0-9a-f]{64})"\}\n?$')
 _ENCODER = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), allow_nan=False)
 _esc: Callable[[str], str] = json.encoder.encode_basestring_ascii  # what JSONEncoder uses
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChainHead:
+    """The newest event of the chain, as the writer that appended it knows it."""
+
+    seq: int  # the newest event's seq (0 for an empty log)
+    hash: str  # its hash (GENESIS_HASH for an empty log)
 
 
 def _no_default(obj: object) -> object:

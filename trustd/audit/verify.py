@@ -5,21 +5,41 @@ What is detected, and the ``first_bad_seq`` reported:
 - an edited event (its content no longer matches its hash): that event;
 - an event rewritten *with* a recomputed hash: that event (the next one no longer
   chains to it); a rewrite of the whole rest of the chain: the first event after
-  the last checkpoint that still matches;
+  the last checkpoint (or head) that still matches;
 - a deleted or reordered event (seq out of order): the first seq missing from its place;
 - an inserted event (a seq that appears twice, or a line that does not chain): that seq;
-- a truncated tail (the log ends before the last signed checkpoint): the first missing seq;
+- a truncated tail (the log ends before the last signed checkpoint, or before the
+  ``head`` of the running writer): the first missing seq;
+- a torn last line (the newest segment ends with bytes that are not a complete,
+  newline-terminated line: a crash in the middle of a write, or a truncate inside an
+  event): the seq that line would hold. With ``head``, bytes after the head's event
+  are an append in progress, not damage;
 - deleted old events that retention did not delete (the log starts after the anchor
   in the last checkpoint): the anchored first seq.
 
-What cannot be detected from the directory alone: removal of events written after
-the last checkpoint together with the checkpoints' own tail. Anchor the head
-elsewhere (syslog forwarding, ``min_seq`` from a remote copy) to close that gap.
+Online (``AuditLog.verify``, which ``trustd audit verify`` reaches through the admin
+API) the files are compared with the head the running writer holds in memory, so a
+tail that was cut, torn or rewritten is found whether or not a checkpoint covers it.
+
+Offline (``trustd audit verify --offline``, the server stopped) the newest signed
+checkpoint is the only record of the head: trustd signs one every
+``checkpoint_interval``, on retention and at every clean shutdown. Offline
+verification finds an edited event anywhere, a deleted, inserted or reordered event
+that a later event follows, a torn last line, and a cut or rewritten tail up to the
+newest checkpoint (after a clean shutdown: the whole log). It cannot find, after a
+crash or a kill, whole events written after the newest checkpoint (at most one
+``checkpoint_interval`` of them) that were cut from the end or rewritten with
+recomputed hashes; nor events removed together with the checkpoints that cover them
+(checkpoints.jsonl cut back to an older line). Anchor the head elsewhere (syslog
+forwarding, ``min_seq`` from a remote copy) to close that gap.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,12 +48,13 @@ from trustd.audit.checkpoint import Checkpoint, signature_valid
 from trustd.audit.errors import AuditCorruptError
 from trustd.audit.record import (
     GENESIS_HASH,
+    ChainHead,
     check_line_hash,
     parse_json_line,
     record_from_json,
     validate,
 )
-from trustd.audit.segments import CHECKPOINT_FILE, KEY_FILE, list_segments
+from trustd.audit.segments import CHECKPOINT_FILE, KEY_FILE, LOCK_FILE, list_segments
 from trustd.ca.kms.base import KeyManager, KeyRef, PublicKey
 from trustd.errors import TrustdError
 
@@ -50,6 +71,7 @@ class VerifyReport:
     last_seq: int | None = None  # the newest event found
     checkpoints_checked: int = 0  # checkpoints whose signature was verified
     last_checkpoint_seq: int | None = None  # the head the newest valid checkpoint signed
+    head_seq: int | None = None  # the running writer's head compared against; None offline
 
 
 def load_key_refs(directory: Path) -> list[KeyRef]:
@@ -68,6 +90,22 @@ def load_key_refs(directory: Path) -> list[KeyRef]:
     return refs
 
 
+def in_use(directory: Path) -> bool:
+    """True while a writer (a running trustd) holds the log's lock."""
+    try:
+        fd = os.open(directory / LOCK_FILE, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(fd)  # closing drops a lock taken here
+    return False
+
+
 class _Damage(Exception):
     def __init__(self, seq: int | None, problem: str) -> None:
         super().__init__(problem)
@@ -81,19 +119,23 @@ def verify(
     key_manager: KeyManager,
     trusted_keys: Sequence[KeyRef] | None = None,
     min_seq: int | None = None,
+    head: ChainHead | None = None,
 ) -> VerifyReport:
     """Verify every segment and checkpoint in ``directory``.
 
     ``trusted_keys`` defaults to the refs in audit-key.json that belong to
     ``key_manager``'s backend; each checkpoint's signature is checked against the
     public key the key manager returns for it. ``min_seq``: an externally anchored
-    seq the log must reach (e.g. the last seq a SIEM received).
+    seq the log must reach (e.g. the last seq a SIEM received). ``head``: the
+    newest event the running writer appended, taken before the files are read; the
+    log must hold it, with its hash.
     """
     state = _Walk()
+    head_seq = head.seq if head is not None else None
     try:
         checkpoints = _load_checkpoints(directory, key_manager, trusted_keys, state)
-        _walk_events(directory, checkpoints, state)
-        _check_tail(checkpoints, state, min_seq)
+        _walk_events(directory, checkpoints, state, head)
+        _check_tail(checkpoints, state, min_seq, head)
     except _Damage as damage:
         return VerifyReport(
             ok=False,
@@ -104,6 +146,7 @@ def verify(
             last_seq=state.last_seq,
             checkpoints_checked=state.checkpoints,
             last_checkpoint_seq=state.last_cp_seq,
+            head_seq=head_seq,
         )
     return VerifyReport(
         ok=True,
@@ -114,6 +157,7 @@ def verify(
         last_seq=state.last_seq,
         checkpoints_checked=state.checkpoints,
         last_checkpoint_seq=state.last_cp_seq,
+        head_seq=head_seq,
     )
 
 
@@ -124,6 +168,7 @@ class _Walk:
         self.first_seq: int | None = None
         self.last_seq: int | None = None
         self.last_cp_seq: int | None = None
+        self.torn: tuple[str, int, int] | None = None  # (segment, offset, length) of a torn end
 
 
 def _load_checkpoints(
@@ -196,7 +241,9 @@ def _load_checkpoints(
     return out
 
 
-def _walk_events(directory: Path, checkpoints: list[Checkpoint], state: _Walk) -> None:
+def _walk_events(
+    directory: Path, checkpoints: list[Checkpoint], state: _Walk, head: ChainHead | None
+) -> None:
     anchor_seq, anchor_prev = 1, GENESIS_HASH
     if checkpoints:
         anchor_seq, anchor_prev = checkpoints[-1].first_seq, checkpoints[-1].first_prev_hash
@@ -217,6 +264,8 @@ def _walk_events(directory: Path, checkpoints: list[Checkpoint], state: _Walk) -
                 (expected or seg.first_seq),
                 f"segment {seg.path.name} ends with an unterminated line",
             )
+        if torn:
+            state.torn = (seg.path.name, len(data) - len(torn), len(torn))
         for lineno, line in enumerate(lines, 1):
             where = f"{seg.path.name} line {lineno}"
             hashes = check_line_hash(line)
@@ -272,20 +321,50 @@ def _walk_events(directory: Path, checkpoints: list[Checkpoint], state: _Walk) -
                         f"seq {last_good_cp_seq} was rewritten",
                     )
                 last_good_cp_seq = seq
+            if head is not None and seq == head.seq and rec.hash != head.hash:
+                raise _Damage(
+                    last_good_cp_seq + 1,
+                    f"event {seq} differs from the head the running trustd wrote: the chain "
+                    f"after seq {last_good_cp_seq} was rewritten",
+                )
             prev_hash = rec.hash
             expected = seq + 1
             state.events += 1
             state.last_seq = seq
 
 
-def _check_tail(checkpoints: list[Checkpoint], state: _Walk, min_seq: int | None) -> None:
+def _missing(first: int, last: int) -> str:
+    return f"event {first} is" if first == last else f"events {first}..{last} are"
+
+
+def _check_tail(
+    checkpoints: list[Checkpoint], state: _Walk, min_seq: int | None, head: ChainHead | None
+) -> None:
     last = state.last_seq or 0
+    torn = ""
+    if state.torn is not None:
+        name, offset, length = state.torn
+        torn = f"; {name} ends with a torn line at byte {offset} ({length} bytes, no newline)"
+    if head is not None and head.seq > last:
+        raise _Damage(
+            last + 1,
+            f"truncated: {_missing(last + 1, head.seq)} missing after the last one on disk "
+            f"(seq {last}); the running trustd wrote up to seq {head.seq}{torn}",
+        )
     if checkpoints and checkpoints[-1].seq > last:
         cp = checkpoints[-1]
         raise _Damage(
             last + 1,
-            f"the log ends at seq {last} but a checkpoint signed at {cp.time} covers seq {cp.seq}: "
-            "the tail was truncated",
+            f"truncated: {_missing(last + 1, cp.seq)} missing after the last one on disk "
+            f"(seq {last}); a checkpoint signed at {cp.time} covers seq {cp.seq}{torn}",
+        )
+    if state.torn is not None and head is None:
+        name, offset, length = state.torn
+        raise _Damage(
+            last + 1,
+            f"{name} ends with a torn line at byte {offset} ({length} bytes, no newline): "
+            f"event {last + 1} was cut short by a crash or a truncate; starting trustd sets "
+            "it aside and records that",
         )
     if min_seq is not None and min_seq > last:
         raise _Damage(last + 1, f"the log ends at seq {last} but seq {min_seq} was expected")

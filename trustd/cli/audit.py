@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import enum
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from trustd.cli import client
+from trustd.cli.client import ServerError
 from trustd.cli.common import CheckFailed, OutputOpt, call, fmt, state
 from trustd.cli.output import Format, emit
 
@@ -26,20 +28,62 @@ class ExportFormat(enum.StrEnum):
 
 
 @app.command("verify")
-def verify(ctx: typer.Context, output: OutputOpt = None) -> None:
-    """Check the hash chain and signed checkpoints; exit 3 naming the first damaged seq."""
-    report = call(ctx, "AuditVerify")
+def verify(
+    ctx: typer.Context,
+    output: OutputOpt = None,
+    offline: Annotated[bool, typer.Option("--offline", help="read the files with the server stopped: no head to compare with, so whole events cut after the newest checkpoint (a crash skips the one signed at shutdown) go unseen")] = False,
+    config: Annotated[str | None, typer.Option("--config", help="with --offline: the server's config file (YAML)")] = None,
+    data_dir: Annotated[str | None, typer.Option("--data-dir", envvar="TRUSTD_DATA_DIR", help="with --offline: the server's data directory")] = None,
+) -> None:
+    """Check the hash chain, the signed checkpoints and the running server's head; exit 3 naming the first damaged seq."""
+    if offline:
+        report = _verify_offline(config, data_dir)
+    else:
+        if config is not None:
+            raise typer.BadParameter("--config is for --offline", param_hint="--config")
+        try:
+            report = call(ctx, "AuditVerify")
+        except ServerError as exc:
+            if exc.status is not None:
+                raise
+            raise ServerError(f"{exc}; with the server stopped, use trustd audit verify --offline") from None
     f = fmt(ctx, output)
     if f is not Format.table:
         emit(report, f)
     elif report["ok"]:
+        head = report.get("head_seq")
         typer.echo(
             f"ok: {report['events_checked']} events (seq {report['first_seq']}..{report['last_seq']}), "
             f"{report['checkpoints_checked']} signed checkpoints"
+            + (f", the running server's head (seq {head}) is on disk" if head is not None else "")
         )
     if not report["ok"]:
         seq = report.get("first_bad_seq")
         raise CheckFailed(f"audit log damaged at seq {seq}: {report['problem']}" if seq is not None else f"audit log damaged: {report['problem']}")
+
+
+def _verify_offline(config: str | None, data_dir: str | None) -> dict[str, Any]:
+    from trustd.audit.verify import in_use
+    from trustd.audit.verify import verify as verify_files
+    from trustd.config import LocalKeyManagerConfig, load_server_config
+    from trustd.errors import FailedPreconditionError
+    from trustd.server.auditing import audit_directory
+    from trustd.server.factory import make_key_manager
+
+    cfg = load_server_config(config, {"dataDir": data_dir})
+    directory = audit_directory(cfg)
+    if not directory.is_dir():
+        raise FailedPreconditionError(f"there is no audit log in {directory}: pass the server's --config or --data-dir")
+    if in_use(directory):
+        raise FailedPreconditionError(
+            f"the audit log in {directory} is open in a running trustd: verify through it "
+            "(without --offline), which also compares the files with the head it wrote"
+        )
+    km = cfg.key_manager
+    if isinstance(km, LocalKeyManagerConfig) and km.kek_file is None:
+        # read the key-encryption key the server created; never create one here
+        cfg = cfg.model_copy(update={"key_manager": km.model_copy(update={"kek_file": str(cfg.data_path / "kek")})})
+    return dataclasses.asdict(verify_files(directory, key_manager=make_key_manager(cfg)))
 
 
 @app.command("export")

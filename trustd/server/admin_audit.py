@@ -74,6 +74,7 @@ def register(admin: AdminService, auditor: AuditLogAuditor | DeferredAuditor) ->
             "last_seq": report.last_seq,
             "checkpoints_checked": report.checkpoints_checked,
             "last_checkpoint_seq": report.last_checkpoint_seq,
+            "head_seq": report.head_seq,
         }
 
     def _filters(d: dict[str, Any]) -> dict[str, Any]:

@@ -17,7 +17,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from trustd.audit import AuditWriteError
+from trustd.audit import AuditWriteError, verify
+from trustd.cli.main import main as cli
 from trustd.config import load_server_config
 from trustd.errors import UnavailableError
 from trustd.server.app import TrustdServer
@@ -52,6 +53,15 @@ def _events(tmp: Path) -> list[dict[str, Any]]:
     for f in sorted((tmp / "d" / "audit").glob("audit-*.jsonl")):
         lines.extend(json.loads(x) for x in f.read_text().splitlines() if x.strip())
     return lines
+
+
+def _segments(tmp: Path) -> list[Path]:
+    return sorted((tmp / "d" / "audit").glob("audit-*.jsonl"))
+
+
+async def _cli(*args: str) -> int:
+    """``trustd ARGS`` in a thread: the CLI runs its own event loop."""
+    return await asyncio.to_thread(cli, list(args))
 
 
 def _break_writes(srv: TrustdServer, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -170,3 +180,113 @@ def test_syslog_sink_from_config_forwards_events(tmp_path: Path) -> None:
     assert b"admin.entry.create" in data
     assert data.split(b" ", 1)[0].isdigit()  # octet-counting framing (RFC 6587)
     assert os.path.exists(tmp_path / "d" / "audit")
+
+
+def test_verify_through_the_server_finds_a_tail_cut_after_the_last_checkpoint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async def main() -> None:
+        srv = _server(tmp_path)
+        await srv.start()
+        await srv.wait_ready()
+        try:
+            for n in range(3):
+                srv.core.create_entry(
+                    ADMIN, spiffe_id=f"spiffe://trustd.local/ns/a/sa/t{n}", selectors=[f"unix:uid:{20 + n}"]
+                )
+            log = srv.auditor.log
+            head = log.head
+            assert log.last_checkpoint is not None and log.last_checkpoint.seq <= head.seq - 2
+            sock = str(srv.cfg.admin_socket_path)
+            capsys.readouterr()
+            assert await _cli("audit", "verify", "--offline", "--data-dir", str(tmp_path / "d")) == 1
+            assert "running trustd" in capsys.readouterr().err
+            assert await _cli("--admin-socket", sock, "audit", "verify") == 0
+            assert f"head (seq {head.seq})" in capsys.readouterr().out
+
+            segment = _segments(tmp_path)[-1]
+            lines = segment.read_bytes().splitlines(keepends=True)
+            segment.write_bytes(b"".join(lines[:-2]))  # the last two events, signed by nothing
+            assert verify(segment.parent, key_manager=srv.key_manager).ok  # the files alone
+            rc = await _cli("--admin-socket", sock, "audit", "verify")
+            err = capsys.readouterr().err
+            assert rc == 3, err
+            assert f"damaged at seq {head.seq - 1}" in err
+            assert f"events {head.seq - 1}..{head.seq} are missing" in err
+        finally:
+            await srv.stop()
+
+    asyncio.run(main())
+
+
+def test_offline_verify_finds_a_torn_last_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async def main() -> None:
+        srv = _server(tmp_path)
+        await srv.start()
+        await srv.wait_ready()
+        try:
+            srv.core.create_entry(ADMIN, spiffe_id="spiffe://trustd.local/ns/a/sa/o", selectors=["unix:uid:11"])
+        finally:
+            await srv.stop()
+
+    asyncio.run(main())
+    data_dir = str(tmp_path / "d")
+    assert cli(["audit", "verify", "--offline", "--data-dir", data_dir]) == 0
+    last = _events(tmp_path)[-1]["seq"]
+    with _segments(tmp_path)[-1].open("ab") as fh:
+        fh.write(b'{"id":"0b1e5a7c-2f4d-4e8a-9c3b-5d6e7f8a9b0c","seq":')  # a crash mid-write
+    capsys.readouterr()
+    rc = cli(["audit", "verify", "--offline", "--data-dir", data_dir])
+    err = capsys.readouterr().err
+    assert rc == 3, err
+    assert f"damaged at seq {last + 1}" in err and "torn line" in err
+
+
+def test_start_sets_a_torn_last_line_aside_and_the_chain_goes_on(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    torn = b'{"id":"0b1e5a7c-2f4d-4e8a-9c3b-5d6e7f8a9b0c","seq":'
+    where: dict[str, Any] = {}
+
+    async def first() -> None:
+        srv = _server(tmp_path)
+        await srv.start()
+        await srv.wait_ready()
+        try:
+            srv.core.create_entry(ADMIN, spiffe_id="spiffe://trustd.local/ns/a/sa/r", selectors=["unix:uid:12"])
+        finally:
+            await srv.stop()
+        segment = _segments(tmp_path)[-1]
+        where.update(segment=segment, offset=segment.stat().st_size, last=_events(tmp_path)[-1])
+        with segment.open("ab") as fh:
+            fh.write(torn)
+
+    async def second() -> None:
+        srv = _server(tmp_path)
+        await srv.start()
+        await srv.wait_ready()
+        try:
+            segment: Path = where["segment"]
+            kept = segment.with_name(f"{segment.name}.{where['offset']}.torn")
+            assert kept.read_bytes() == torn
+            events = _events(tmp_path)  # every line is whole again
+            recovered = next(e for e in events if e["type"] == "audit.torn_tail")
+            assert recovered["seq"] == where["last"]["seq"] + 1
+            assert recovered["prev_hash"] == where["last"]["hash"]
+            assert recovered["details"]["segment"] == segment.name
+            assert recovered["details"]["offset"] == where["offset"]
+            assert recovered["details"]["length"] == len(torn)
+            srv.core.create_entry(ADMIN, spiffe_id="spiffe://trustd.local/ns/a/sa/s", selectors=["unix:uid:13"])
+            assert _events(tmp_path)[-1]["type"] == "admin.entry.create"
+            sock = str(srv.cfg.admin_socket_path)
+            capsys.readouterr()
+            rc = await _cli("--admin-socket", sock, "audit", "verify")
+            assert rc == 0, capsys.readouterr().err
+        finally:
+            await srv.stop()
+
+    asyncio.run(first())
+    asyncio.run(second())
+    assert cli(["audit", "verify", "--offline", "--data-dir", str(tmp_path / "d")]) == 0

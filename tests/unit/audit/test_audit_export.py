@@ -855,6 +855,7 @@ OCSF_CLASS_OF_TYPE = {
     "proxy.connection.deny": (4001, 5),
     "proxy.connection.allow": (6003, 99),
     "audit.export": (6003, 2),
+    "audit.torn_tail": (6003, 99),
     "admin.thing.frobnicate": (6003, 99),
 }
 

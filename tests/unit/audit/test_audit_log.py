@@ -36,6 +36,7 @@ from trustd.audit import (
     AuditWriteError,
     Checkpoint,
     tail,
+    verify,
 )
 from trustd.audit.record import FIELDS
 from trustd.ca.kms.base import KeyAlgorithm, KeyRef
@@ -393,13 +394,114 @@ def test_restart_after_a_crash_keeps_every_written_event(tmp_path: Path) -> None
     km = LocalKeyManager(tmp_path / "keys", b"k" * 32)
     log = AuditLog(tmp_path / "audit", key_manager=km, clock=SystemClock())
     try:
-        assert (log.head.seq, log.head.hash) == (head["seq"], head["hash"])
-        assert log.append(AuditEvent(type="svid.issue", actor=Actor.system(), action="x")) == 26
+        recovered = read_events(tmp_path / "audit")[-1]
+        assert (recovered["seq"], recovered["type"]) == (26, "audit.torn_tail")
+        assert recovered["prev_hash"] == head["hash"]  # the chain goes on from the last whole event
+        assert log.append(AuditEvent(type="svid.issue", actor=Actor.system(), action="x")) == 27
         report = log.verify()
         assert report.ok, report.problem
-        assert report.events_checked == 26
+        assert report.events_checked == 27
     finally:
         log.close()
+
+
+TORN = b'{"id":"5d2c3f0e-8a1b-4c6d-9e7f-0a1b2c3d4e5f","seq":6,"time":"2026-03-01T12:00:0'
+
+
+def test_a_torn_last_line_is_set_aside_and_recorded_at_open(
+    open_log: OpenLog, audit_dir: Path, km: MemoryKeyManager
+) -> None:
+    log = open_log()
+    for i in range(5):
+        log.append(make_event(i))
+    head = log.head
+    log.close()
+    (segment,) = segment_files(audit_dir)
+    offset = segment.stat().st_size
+    with segment.open("ab") as fh:
+        fh.write(TORN)
+
+    again = open_log()
+    kept = audit_dir / f"{segment.name}.{offset}.torn"
+    assert kept.read_bytes() == TORN  # never deleted
+    assert not list(audit_dir.glob("*.pending"))
+    events = read_events(audit_dir)  # every line parses: the torn bytes left the segment
+    recovered = events[-1]
+    assert (recovered["seq"], recovered["type"]) == (6, "audit.torn_tail")
+    assert recovered["prev_hash"] == head.hash
+    assert recovered["actor"]["kind"] == "system" and recovered["outcome"] == "success"
+    assert recovered["details"] == {
+        "segment": segment.name,
+        "offset": offset,
+        "length": len(TORN),
+        "file": kept.name,
+        "sha256": hashlib.sha256(TORN).hexdigest(),
+    }
+    assert "5d2c3f0e" not in json.dumps(recovered)  # where and how much, not what
+    assert checkpoints(audit_dir)[-1].seq == 6  # the recovery is signed at once
+    assert again.append(make_event(9)) == 7
+    assert again.verify().ok
+    again.close()
+    report = verify(audit_dir, key_manager=km)
+    assert report.ok, report.problem
+    assert report.events_checked == 7
+
+
+def test_a_segment_holding_only_a_torn_line_is_set_aside_whole(
+    open_log: OpenLog, audit_dir: Path
+) -> None:
+    log = open_log()
+    for i in range(3):
+        log.append(make_event(i))
+    log.close()
+    started = audit_dir / "audit-0000000000000004.jsonl"  # a new segment, its first write cut
+    started.write_bytes(TORN)
+    again = open_log()
+    assert (audit_dir / f"{started.name}.0.torn").read_bytes() == TORN
+    events = read_events(audit_dir)
+    assert [e["seq"] for e in events] == [1, 2, 3, 4]
+    assert events[-1]["details"] == {
+        "segment": started.name,
+        "offset": 0,
+        "length": len(TORN),
+        "file": f"{started.name}.0.torn",
+        "sha256": hashlib.sha256(TORN).hexdigest(),
+    }
+    assert again.append(make_event(9)) == 5
+    assert again.verify().ok
+
+
+def test_a_torn_line_set_aside_is_recorded_by_the_next_start_if_this_one_fails(
+    open_log: OpenLog, audit_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from trustd.audit import AuditLog
+
+    log = open_log()
+    for i in range(3):
+        log.append(make_event(i))
+    log.close()
+    (segment,) = segment_files(audit_dir)
+    offset = segment.stat().st_size
+    with segment.open("ab") as fh:
+        fh.write(TORN)
+
+    def full(self: AuditLog, seq: int, ts: str, data: bytes) -> bool:
+        raise AuditWriteError("cannot write audit event (ENOSPC): the disk is full")
+
+    monkeypatch.setattr(AuditLog, "_write_line", full)
+    with pytest.raises(AuditWriteError):
+        open_log()
+    monkeypatch.undo()
+    pending = audit_dir / f"{segment.name}.{offset}.torn.pending"
+    assert pending.read_bytes() == TORN  # set aside, not recorded yet
+    assert segment.stat().st_size == offset
+
+    again = open_log()
+    assert not pending.exists()
+    assert (audit_dir / f"{segment.name}.{offset}.torn").read_bytes() == TORN
+    recovered = read_events(audit_dir)[-1]
+    assert (recovered["seq"], recovered["type"]) == (4, "audit.torn_tail")
+    assert again.verify().ok
 
 
 # ------------------------------------------------------------------ retention

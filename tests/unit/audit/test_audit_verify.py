@@ -10,6 +10,7 @@ from audit_helpers import OpenLog, make_event, segment_files
 
 from trustd.audit import AuditCorruptError, AuditLog, verify
 from trustd.audit.record import encode_unhashed, seal
+from trustd.audit.verify import in_use
 from trustd.ca.kms.memory import MemoryKeyManager
 
 N = 30
@@ -219,12 +220,34 @@ def test_garbage_line(closed_log: Path, km: MemoryKeyManager) -> None:
     assert seq == 20
 
 
-def test_an_unterminated_last_line_is_an_append_in_progress(
+def test_a_torn_last_line_is_found_offline(closed_log: Path, km: MemoryKeyManager) -> None:
+    last = segment_files(closed_log)[-1]
+    size = last.stat().st_size
+    with last.open("ab") as fh:
+        fh.write(b'{"id":"half a line')
+    seq, problem = check(closed_log, km)
+    assert seq == N + 1 and "torn" in problem and f"byte {size} (18 bytes" in problem
+
+
+def test_a_signed_event_cut_in_half_is_a_truncated_tail(
     closed_log: Path, km: MemoryKeyManager
 ) -> None:
+    last = segment_files(closed_log)[-1]
+    lines = lines_of(last)
+    write_lines(last, [*lines[:-1], lines[-1][:40]])
+    seq, problem = check(closed_log, km)
+    assert seq == N and "truncated" in problem and "torn" in problem
+
+
+def test_a_line_being_appended_after_the_head_is_not_damage(
+    closed_log: Path, open_log: OpenLog
+) -> None:
+    log = open_log()
     with segment_files(closed_log)[-1].open("ab") as fh:
-        fh.write(b'{"id":"half a line')
-    assert verify(closed_log, key_manager=km).ok
+        fh.write(b'{"id":"half a line')  # the writer's next append, half-way through its write
+    report = log.verify()
+    assert report.ok, report.problem
+    assert report.head_seq == N
 
 
 def test_altered_checkpoint(closed_log: Path, km: MemoryKeyManager) -> None:
@@ -287,6 +310,18 @@ def test_reopening_a_truncated_log_is_refused(
         open_log()
 
 
+def test_reopening_with_a_signed_event_torn_is_refused_and_changes_nothing(
+    closed_log: Path, open_log: OpenLog
+) -> None:
+    last = segment_files(closed_log)[-1]
+    lines = lines_of(last)
+    write_lines(last, [*lines[:-1], lines[-1][:40]])
+    before = {p.name: p.read_bytes() for p in closed_log.iterdir()}
+    with pytest.raises(AuditCorruptError, match="cut off"):
+        open_log()
+    assert {p.name: p.read_bytes() for p in closed_log.iterdir()} == before  # kept as evidence
+
+
 def test_reopening_without_checkpoints_is_refused(closed_log: Path, open_log: OpenLog) -> None:
     (closed_log / "checkpoints.jsonl").unlink()
     with pytest.raises(AuditCorruptError, match="checkpoint"):
@@ -302,5 +337,69 @@ def test_auditlog_verify_matches_offline_verify(
     lines[idx] = lines[idx].replace(b"authority-1", b"authority-2")
     write_lines(path, lines)
     online = log.verify()
-    assert online == verify(closed_log, key_manager=km)
+    assert online == verify(closed_log, key_manager=km, head=log.head)
     assert online.first_bad_seq == 5
+
+
+# ------------------------------------------------------------------ against the running head
+
+
+@pytest.fixture
+def running(open_log: OpenLog) -> AuditLog:
+    """A writer still running: 30 events in one segment, the last checkpoint at seq 20."""
+    log = open_log()
+    for i in range(N):
+        log.append(make_event(i))
+        if i + 1 == 20:
+            log.checkpoint()
+    return log
+
+
+def test_a_tail_cut_after_the_last_checkpoint_is_found_against_the_head(
+    running: AuditLog, audit_dir: Path, km: MemoryKeyManager
+) -> None:
+    (path,) = segment_files(audit_dir)
+    write_lines(path, lines_of(path)[:-3])
+    assert verify(audit_dir, key_manager=km).ok  # the files alone: nothing signed covers 28..30
+    report = running.verify()
+    assert not report.ok
+    assert report.first_bad_seq == N - 2
+    assert (
+        f"truncated: events {N - 2}..{N} are missing after the last one on disk" in report.problem
+    )
+    assert report.head_seq == N
+
+
+def test_a_torn_tail_is_found_against_the_head(running: AuditLog, audit_dir: Path) -> None:
+    (path,) = segment_files(audit_dir)
+    lines = lines_of(path)
+    write_lines(path, [*lines[:-1], lines[-1][:40]])
+    report = running.verify()
+    assert not report.ok and report.first_bad_seq == N
+    assert f"event {N} is missing" in report.problem and "torn line" in report.problem
+
+
+def test_a_tail_rewritten_after_the_last_checkpoint_is_found_against_the_head(
+    running: AuditLog, audit_dir: Path, km: MemoryKeyManager
+) -> None:
+    (path,) = segment_files(audit_dir)
+    lines = lines_of(path)
+    prev = json.loads(lines[24])["hash"]
+    for idx in range(25, N):  # seq 26..30, rechained with fresh hashes
+        changes: dict[str, object] = {"prev_hash": prev}
+        if idx == 25:
+            changes["resource"] = "spiffe://trustd.local/ns/evil/sa/x"
+        lines[idx] = resealed(lines[idx], **changes)
+        prev = json.loads(lines[idx])["hash"]
+    write_lines(path, lines)
+    assert verify(audit_dir, key_manager=km).ok
+    report = running.verify()
+    assert not report.ok and report.first_bad_seq == 21  # the first event no checkpoint covers
+    assert "head" in report.problem and "rewritten" in report.problem
+
+
+def test_in_use_tells_whether_a_writer_holds_the_log(running: AuditLog, audit_dir: Path) -> None:
+    assert in_use(audit_dir)
+    running.close()
+    assert not in_use(audit_dir)
+    assert not in_use(audit_dir / "missing")
