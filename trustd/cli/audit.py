@@ -16,6 +16,7 @@ from trustd.cli import client
 from trustd.cli.client import ServerError
 from trustd.cli.common import CheckFailed, OutputOpt, call, fmt, state
 from trustd.cli.output import Format, emit
+from trustd.errors import TrustdError
 
 app = typer.Typer(help="The tamper-evident audit log: verify it, export it to a SIEM, follow it.", no_args_is_help=True)
 
@@ -97,6 +98,30 @@ def export(
     out: Annotated[Path | None, typer.Option("-o", "--output-file", help="write here instead of stdout")] = None,
 ) -> None:
     """Export events for a SIEM. The export itself is audited."""
+    import datetime as dt
+
+    from trustd.audit.reader import parse_time
+    from trustd.cli.main import UsageError
+
+    for name, value in (("since", since), ("until", until)):
+        if value is not None:
+            try:  # a local mistake (exit 1), before the server is asked
+                parse_time(value, now=dt.datetime.now(dt.UTC))
+            except (ValueError, TrustdError) as exc:
+                raise UsageError(f"invalid --{name} {value!r}: {exc}") from None
+    if outcome is not None and outcome not in ("success", "failure"):
+        raise UsageError(f"invalid --outcome {outcome!r}: use success or failure")
+    if out is not None:
+        if str(out) in {f.value for f in Format} | {"wide"}:
+            raise UsageError(
+                f"audit export -o is the file to write, and {str(out)!r} looks like an output "
+                "format: the export format is --format jsonl|csv|ocsf|cef (write to a file with "
+                "-o FILE, or leave -o out for stdout)"
+            )
+        if not out.parent.is_dir():
+            raise UsageError(f"-o {out}: the directory {out.parent} does not exist")
+        if out.is_dir():
+            raise UsageError(f"-o {out}: is a directory; name a file")
     doc = {"format": format_.value, "since": since, "until": until, "types": type_ or [], "outcome": outcome}
     asyncio.run(_export(state(ctx).admin_socket, doc, out))
 
@@ -134,12 +159,31 @@ def tail(
     ctx: typer.Context,
     follow: Annotated[bool, typer.Option("-f", "--follow", help="keep printing new events")] = False,
     last: Annotated[int, typer.Option("-n", help="how many recent events first")] = 10,
+    output: OutputOpt = None,
 ) -> None:
-    """The newest events as JSON lines; with -f, follow live events."""
+    """The newest events (JSON lines, as stored; -o table: one short line each); -f follows."""
+    explicit = output is not None or state(ctx).output is not Format.table
+    f = fmt(ctx, output) if explicit else Format.json
 
     async def run() -> None:
         async for msg in client.stream(state(ctx).admin_socket, "AuditTail", {"follow": follow, "last": last}):
-            sys.stdout.write(msg["event"] + "\n")
+            if f is Format.json:
+                sys.stdout.write(msg["event"] + "\n")
+            elif f is Format.yaml:
+                import json
+
+                import yaml
+
+                sys.stdout.write(yaml.safe_dump(json.loads(msg["event"]), sort_keys=False, explicit_start=True))
+            else:
+                import json
+
+                e = json.loads(msg["event"])
+                actor = e["actor"]["id"] + (f" (uid {e['actor']['uid']})" if e["actor"].get("uid") is not None else "")
+                sys.stdout.write(
+                    f"{e['seq']}\t{e['time']}\t{e['type']}\t{e['outcome']}\t{actor}\t{e['resource']}"
+                    + (f"\t{e['reason']}" if e.get("reason") else "") + "\n"
+                )
             sys.stdout.flush()
 
     with contextlib.suppress(KeyboardInterrupt):

@@ -500,6 +500,10 @@ def test_json_and_yaml_output_round_trip(capsys: pytest.CaptureFixture[str]) -> 
           "--step-timeout", "soon"], ["invalid --step-timeout"]),
         (["policy", "show", "--spiffe-id", "spiffe://trustd.local/x", "--port", "70000"],
          ["--port", "65535"]),
+        (["audit", "export", "--since", "yesterday"], ["invalid --since 'yesterday'"]),
+        (["audit", "export", "--outcome", "failed"], ["invalid --outcome"]),
+        (["audit", "export", "--format", "cef", "-o", "json"], ["looks like an output format"]),
+        (["audit", "export", "-o", "/nonexistent/dir/a.jsonl"], ["/nonexistent/dir does not exist"]),
     ],
 )  # fmt: skip
 def test_local_mistakes_exit_1_before_the_server_is_asked(
