@@ -1,8 +1,9 @@
 """The agent API: agents join with a one-time token, then talk gRPC over mTLS.
 
-- ``Join``: no client certificate yet. The token is consumed atomically (two
-  racing joins: exactly one wins) and the agent gets its own SVID,
-  ``spiffe://TD/trustd/agent/<id>``, signed from its CSR.
+- ``Join``: no client certificate yet. The request and its CSR are checked
+  first; only then is the token consumed atomically (two racing joins: exactly
+  one wins) and the agent gets its own SVID, ``spiffe://TD/trustd/agent/<id>``,
+  signed from its CSR. A join that fails after that gives the token back.
 - Every other call needs that SVID as the TLS client certificate. Besides the
   TLS layer's check, each call re-verifies it against the *current* bundle and
   the agent's record: an evicted agent is cut off, streams included.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
 import contextlib
 import datetime as dt
 import ssl
@@ -32,6 +34,8 @@ from grpclib.health.service import Health
 
 from trustd import tlsutil
 from trustd.agent.upstream import SvidRequest as AgentSvidRequest
+from trustd.ca.errors import InvalidCsrError
+from trustd.ca.issuer import load_csr
 from trustd.entries import RegistrationEntry
 from trustd.errors import (
     InvalidArgumentError,
@@ -56,10 +60,23 @@ log = structlog.get_logger(__name__)
 SERVICE = "trustd.agent.v1.AgentAPI"
 AGENT_PATH_PREFIX = "/trustd/agent/"
 SERVER_PATH = "/trustd/server"
+MAX_TOKEN_CHARS = 256
 
 
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
+
+
+def _csr_der(value: object) -> bytes:
+    """A ``csr_der`` field: the standard base64 of a PKCS#10 request."""
+    if not isinstance(value, str) or not value:
+        raise InvalidArgumentError("csr_der is required: the base64 of a DER certificate request")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidArgumentError(
+            "csr_der is not valid base64: send the base64 of a DER certificate request"
+        ) from None
 
 
 def entry_doc(e: RegistrationEntry) -> dict[str, Any]:
@@ -134,47 +151,64 @@ class AgentApi(JsonService):
         entry = RegistrationEntry(
             id=f"agent:{agent_id}", spiffe_id=sid, selectors=(), created_at=self.core.clock.now()
         )
-        [res] = self.core.issue_svids(
-            actor, [core_mod.SvidRequest(entry=entry, csr=csr)], source="agent"
+        return self.core.issue_internal_svid(
+            actor, core_mod.SvidRequest(entry=entry, csr=csr), source="agent"
         )
-        if isinstance(res, TrustdError):
-            raise res
-        return res
 
     def _join_blocking(
         self, token: str, csr: bytes, hostname: str, addr: str | None
     ) -> dict[str, Any]:
+        """Check the request, then consume the token, issue and record, all or nothing.
+
+        Nothing that the request itself gets wrong can spend the token: the CSR
+        is checked before it is consumed. A failure after that (KMS, store,
+        audit log) gives the token back, so the agent can retry with it.
+        """
         now = self.core.clock.now()
         agent_id = uuid.uuid4().hex
         digest = self.core.token_hash(token)
+        resource = f"token/{digest[:16]}"
         actor = Actor(
             kind="unix" if addr is None else "spiffe", id=f"join_token:{digest[:16]}", addr=addr
         )
+        try:
+            load_csr(csr)
+        except InvalidCsrError as bad_csr:
+            self.core._audit_failure("agent.join", actor, "join", resource, bad_csr)
+            raise
         if not self.core.store.consume_token(digest, agent_id, now):
             exc = PermissionDeniedError(
                 "the join token is unknown, used or expired: create a new one"
             )
-            self.core._audit_failure("agent.join", actor, "join", f"token/{digest[:16]}", exc)
+            self.core._audit_failure("agent.join", actor, "join", resource, exc)
             raise exc
-        svid = self._issue_agent_svid(actor, agent_id, csr)
-        self.core.store.save_agent(
-            AgentRecord(
-                id=agent_id,
-                spiffe_id=str(svid.spiffe_id),
-                serial=svid.serial,
-                not_after=svid.not_after,
-                joined_at=now,
-                last_seen=now,
-                hostname=hostname[:255],
+        try:
+            svid = self._issue_agent_svid(actor, agent_id, csr)
+            self.core._audit(
+                "agent.join",
+                actor,
+                "join",
+                f"agent/{agent_id}",
+                details={
+                    "spiffe_id": str(svid.spiffe_id),
+                    "serial": svid.serial,
+                    "token_hmac": digest,
+                },
             )
-        )
-        self.core._audit(
-            "agent.join",
-            actor,
-            "join",
-            f"agent/{agent_id}",
-            details={"spiffe_id": str(svid.spiffe_id), "serial": svid.serial, "token_hmac": digest},
-        )
+            self.core.store.save_agent(
+                AgentRecord(
+                    id=agent_id,
+                    spiffe_id=str(svid.spiffe_id),
+                    serial=svid.serial,
+                    not_after=svid.not_after,
+                    joined_at=now,
+                    last_seen=now,
+                    hostname=hostname[:255],
+                )
+            )
+        except Exception as exc:
+            self._give_token_back(digest, agent_id, actor, resource, exc)
+            raise
         log.info("agent joined", agent_id=agent_id, spiffe_id=str(svid.spiffe_id))
         return {
             "agent_id": agent_id,
@@ -183,24 +217,55 @@ class AgentApi(JsonService):
             "bundle_pem": self.core.bundle().to_pem().decode(),
         }
 
+    def _give_token_back(
+        self, digest: str, agent_id: str, actor: Actor, resource: str, exc: Exception
+    ) -> None:
+        """After a join failed past consuming its token: make the token usable again."""
+        try:
+            released = self.core.store.release_token(digest, agent_id)
+        except TrustdError:
+            released = False
+        if released:
+            log.warning(
+                "join failed after its token was consumed; the token can be used again",
+                token_hmac=digest[:16],
+                error=str(exc),
+            )
+        else:
+            log.error(
+                "join failed after its token was consumed; the token could not be given back",
+                token_hmac=digest[:16],
+                error=str(exc),
+            )
+        self.core._audit_failure("agent.join", actor, "join", resource, exc)
+
     async def _join(self, stream: Any, d: dict[str, Any]) -> Any:
         token = d.get("token")
-        csr = d.get("csr_der")
-        if not isinstance(token, str) or not token or not isinstance(csr, str):
-            raise InvalidArgumentError("join needs a token and a csr")
+        if not isinstance(token, str) or not token:
+            raise InvalidArgumentError("join needs a token: create one with 'trustd token create'")
+        if len(token) > MAX_TOKEN_CHARS or not token.isascii() or not token.isprintable():
+            raise InvalidArgumentError(
+                "the join token is malformed: use the token 'trustd token create' printed"
+            )
+        csr = _csr_der(d.get("csr_der"))
+        hostname = d.get("hostname")
+        if hostname is None:
+            hostname = ""
+        if not isinstance(hostname, str) or not hostname.isprintable():
+            raise InvalidArgumentError("hostname must be a printable string")
         addr = stream.peer.addr()
         return await self._run(
             self._join_blocking,
             token,
-            base64.b64decode(csr),
-            str(d.get("hostname", "")),
+            csr,
+            hostname,
             f"{addr[0]}:{addr[1]}" if addr else None,
         )
 
     async def _renew(self, stream: Any, d: dict[str, Any]) -> Any:
         rec = await self._run(self._agent_of, stream)
         actor = self._actor(rec, stream)
-        csr = base64.b64decode(str(d.get("csr_der", "")))
+        csr = _csr_der(d.get("csr_der"))
 
         def renew() -> dict[str, Any]:
             svid = self._issue_agent_svid(actor, rec.id, csr)
@@ -218,9 +283,7 @@ class AgentApi(JsonService):
     async def _sign(self, stream: Any, d: dict[str, Any]) -> Any:
         rec = await self._run(self._agent_of, stream)
         reqs = [
-            AgentSvidRequest(
-                entry_id=str(r["entry_id"]), csr_der=base64.b64decode(str(r["csr_der"]))
-            )
+            AgentSvidRequest(entry_id=str(r["entry_id"]), csr_der=_csr_der(r["csr_der"]))
             for r in d.get("requests", [])
         ]
         upstream = ServerUpstream(self.core, self.hub, self.executor, self._actor(rec, stream))
@@ -360,11 +423,9 @@ class AgentApiServer:
         entry = RegistrationEntry(
             id="server", spiffe_id=sid, selectors=(), created_at=self.core.clock.now()
         )
-        [res] = self.core.issue_svids(
-            SYSTEM, [core_mod.SvidRequest(entry=entry, csr=csr)], source="server"
+        res = self.core.issue_internal_svid(
+            SYSTEM, core_mod.SvidRequest(entry=entry, csr=csr), source="server"
         )
-        if isinstance(res, TrustdError):
-            raise res
         chain = [x509.load_der_x509_certificate(d) for d in res.chain_der]
         return chain, key, res.not_after
 

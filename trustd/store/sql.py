@@ -385,6 +385,16 @@ class SqlStore:
             )
             return bool(cur.rowcount == 1)
 
+    def release_token(self, token_hash: str, agent_id: str) -> bool:
+        """Make a token usable again when the join that consumed it as ``agent_id`` failed."""
+        with self._tx() as run:
+            cur = run(
+                "UPDATE join_tokens SET used_at = NULL, agent_id = NULL "
+                "WHERE token_hash = ? AND agent_id = ? AND used_at IS NOT NULL",
+                (token_hash, agent_id),
+            )
+            return bool(cur.rowcount == 1)
+
     _AGENT_COLS = "id, spiffe_id, serial, not_after, joined_at, last_seen, evicted, hostname, meta"
 
     def save_agent(self, record: AgentRecord) -> None:

@@ -3,24 +3,34 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime as dt
+import json
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog.testing
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from google.protobuf.wrappers_pb2 import BytesValue
+from grpclib.client import Channel, UnaryUnaryMethod
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
 
+from trustd import tlsutil
 from trustd.agent.server_link import ServerLink
 from trustd.agent.upstream import SvidRequest
+from trustd.ca.errors import SigningError
 from trustd.config import load_server_config
 from trustd.errors import PermissionDeniedError, UnavailableError
+from trustd.server.agent_api import SERVICE
 from trustd.server.app import TrustdServer
 from trustd.server.audit_hook import Actor
-from trustd.spiffeid import TrustDomain
+from trustd.spiffeid import SpiffeId, TrustDomain
 
 pytestmark = pytest.mark.integration
 ADMIN = Actor(kind="unix", id="uid:0", uid=0)
@@ -64,6 +74,38 @@ def _link(srv: TrustdServer, tmp: Path, token: str | None, name: str = "agent") 
 
 async def _next(it: AsyncIterator[Any], timeout: float = 10.0) -> Any:
     return await asyncio.wait_for(it.__anext__(), timeout)
+
+
+async def _join_status(srv: TrustdServer, doc: dict[str, Any]) -> tuple[Status, str]:
+    """Call Join with a hand-made request; return the gRPC status and message it fails with."""
+    ctx = tlsutil.client_context(
+        srv.core.bundle().to_pem(), SpiffeId.parse(f"spiffe://{TD}/trustd/server")
+    )
+    channel = Channel("127.0.0.1", srv.agent_api_port, ssl=ctx)
+    try:
+        stub = UnaryUnaryMethod(channel, f"/{SERVICE}/Join", BytesValue, BytesValue)
+        with pytest.raises(GRPCError) as err:
+            await stub(BytesValue(value=json.dumps(doc).encode()), timeout=10)
+    finally:
+        channel.close()
+    return err.value.status, err.value.message or ""
+
+
+def _signed_csr(key: Any, algorithm: Any = None) -> bytes:
+    return (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([]))
+        .sign(key, algorithm)
+        .public_bytes(serialization.Encoding.DER)
+    )
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _audit_text(tmp: Path) -> str:
+    return "".join(p.read_text() for p in (tmp / "server" / "audit").glob("audit-*.jsonl"))
 
 
 def test_join_sync_sign_and_deltas(tmp_path: Path) -> None:
@@ -130,6 +172,136 @@ def test_join_token_is_single_use_even_when_joins_race(tmp_path: Path) -> None:
             assert len(srv.store.list_agents()) == 1
             for lk in links:
                 await lk.close()
+        finally:
+            await srv.stop()
+
+    asyncio.run(main())
+
+
+def test_join_with_a_csr_that_is_not_base64_is_invalid_and_logs_no_traceback(
+    tmp_path: Path,
+) -> None:
+    async def main() -> None:
+        srv = await _server(tmp_path)
+        try:
+            token, _ = srv.core.create_token(ADMIN, dt.timedelta(minutes=5))
+            with structlog.testing.capture_logs() as logs:
+                for bad in ("not base64 at all!", "QUJD=x", "@@@@"):
+                    status, message = await _join_status(srv, {"token": token, "csr_der": bad})
+                    assert status is Status.INVALID_ARGUMENT, message
+                    assert "base64" in message and "\n" not in message
+                    assert token not in message
+            assert not [e for e in logs if e.get("exc_info") or e["log_level"] == "error"], logs
+            assert token not in repr(logs)
+            link = _link(srv, tmp_path, token)
+            await link.start()  # the token was not spent
+            assert link.agent_id
+            await link.close()
+            assert token not in _audit_text(tmp_path)
+        finally:
+            await srv.stop()
+
+    asyncio.run(main())
+
+
+def test_join_with_a_malformed_csr_leaves_the_token_for_a_retry(tmp_path: Path) -> None:
+    async def main() -> None:
+        srv = await _server(tmp_path)
+        try:
+            token, _ = srv.core.create_token(ADMIN, dt.timedelta(minutes=5))
+            with structlog.testing.capture_logs() as logs:
+                for bad in (b"garbage", _csr()[:-7], b""):
+                    status, message = await _join_status(
+                        srv, {"token": token, "csr_der": _b64(bad), "hostname": "h"}
+                    )
+                    assert status is Status.INVALID_ARGUMENT, message
+                    assert "csr" in message and "\n" not in message
+                    assert token not in message
+            assert not [e for e in logs if e.get("exc_info")], logs
+            assert srv.store.list_agents() == []
+            link = _link(srv, tmp_path, token)
+            await link.start()
+            assert [a.id for a in srv.store.list_agents()] == [link.agent_id]
+            await link.close()
+            status, message = await _join_status(srv, {"token": token, "csr_der": _b64(_csr())})
+            assert status is Status.PERMISSION_DENIED, message  # spent by the good join only
+            events = [json.loads(line) for line in _audit_text(tmp_path).splitlines()]
+            joins = [e for e in events if e["type"] == "agent.join"]
+            # the empty csr is refused before it reaches the join (nothing to audit)
+            assert [e["outcome"] for e in joins] == ["failure"] * 2 + ["success", "failure"]
+            assert "csr" in joins[0]["reason"]
+            assert token not in _audit_text(tmp_path)
+        finally:
+            await srv.stop()
+
+    asyncio.run(main())
+
+
+def test_join_with_a_wrong_key_type_or_bad_signature_keeps_the_token(tmp_path: Path) -> None:
+    async def main() -> None:
+        srv = await _server(tmp_path)
+        try:
+            token, _ = srv.core.create_token(ADMIN, dt.timedelta(minutes=5))
+            tampered = bytearray(_csr())
+            tampered[-3] ^= 0x55
+            cases: list[tuple[Any, str]] = [
+                (_b64(_signed_csr(ed25519.Ed25519PrivateKey.generate())), "not supported"),
+                (
+                    _b64(_signed_csr(ec.generate_private_key(ec.SECP521R1()), hashes.SHA256())),
+                    "curve",
+                ),
+                (
+                    _b64(
+                        _signed_csr(
+                            rsa.generate_private_key(public_exponent=65537, key_size=1024),
+                            hashes.SHA256(),
+                        )
+                    ),
+                    "bits",
+                ),
+                (_b64(bytes(tampered)), "csr"),
+                (12345, "csr"),
+            ]
+            for csr_der, words in cases:
+                status, message = await _join_status(srv, {"token": token, "csr_der": csr_der})
+                assert status is Status.INVALID_ARGUMENT, message
+                assert words in message, message
+            status, message = await _join_status(
+                srv, {"token": token, "csr_der": _b64(_csr()), "hostname": {"x": 1}}
+            )
+            assert status is Status.INVALID_ARGUMENT and "hostname" in message, message
+            assert srv.store.list_agents() == []
+            link = _link(srv, tmp_path, token)
+            await link.start()
+            assert link.agent_id
+            await link.close()
+        finally:
+            await srv.stop()
+
+    asyncio.run(main())
+
+
+def test_a_join_whose_issuance_fails_gives_the_token_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def main() -> None:
+        srv = await _server(tmp_path)
+        try:
+            token, _ = srv.core.create_token(ADMIN, dt.timedelta(minutes=5))
+            real_sign = srv.core.issuer.sign
+
+            def failing(*args: Any, **kwargs: Any) -> Any:
+                raise SigningError("the key manager is unavailable")
+
+            monkeypatch.setattr(srv.core.issuer, "sign", failing)
+            status, message = await _join_status(srv, {"token": token, "csr_der": _b64(_csr())})
+            assert status is Status.UNAVAILABLE, message
+            assert srv.store.list_agents() == []
+            monkeypatch.setattr(srv.core.issuer, "sign", real_sign)
+            link = _link(srv, tmp_path, token)
+            await link.start()
+            assert [a.id for a in srv.store.list_agents()] == [link.agent_id]
+            await link.close()
         finally:
             await srv.stop()
 
