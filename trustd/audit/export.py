@@ -91,7 +91,7 @@ def _split_addr(addr: str | None) -> tuple[str, int] | None:
 
 def _severity_of(event_type: str, outcome: str) -> int:
     """OCSF severity_id: 1 informational, 3 medium (failures, denials), 4 high (CA taint/revoke)."""
-    if event_type in ("authority.taint", "authority.revoke"):
+    if event_type.endswith(("authority.taint", "authority.revoke")):  # by hand (admin.) or not
         return 4
     return 1 if outcome == "success" else 3
 
@@ -284,6 +284,7 @@ _VERB_ACTIVITY = {
 }
 _AUTH_TYPES = {
     "svid.issue": 3,  # an X.509-SVID is the workload's identity credential
+    "admin.svid.mint": 3,  # one minted by hand is one too
     "svid.deny": 3,
     "svid.renew": 5,
     "agent.join": 1,  # a node agent logs on with its join token

@@ -109,7 +109,7 @@ def _sd_value(text: str) -> str:
 
 
 def _severity(rec: AuditRecord) -> int:
-    if rec.type in ("authority.taint", "authority.revoke"):
+    if rec.type.endswith(("authority.taint", "authority.revoke")):
         return 4
     return 6 if rec.outcome == "success" else 5
 

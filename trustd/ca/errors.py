@@ -13,6 +13,10 @@ class InvalidTtlError(InvalidArgumentError):
     """A TTL that is zero, negative, or above the server's maximum."""
 
 
+class ReservedIdError(InvalidArgumentError):
+    """A SPIFFE ID under the path trustd keeps for its own server and agents."""
+
+
 class NoActiveAuthorityError(UnavailableError):
     """No CA is active yet; the server is starting or its KMS is down."""
 

@@ -3,6 +3,10 @@
 The identity comes only from the entry. Of the CSR only the public key is
 used, after its signature has been checked; its subject, SANs, basic
 constraints and other extensions never reach the certificate.
+
+IDs under ``/trustd/`` (the server's ``/trustd/server``, agents'
+``/trustd/agent/<id>``) are what agents and the server trust each other by:
+the issuer signs them only when its caller says the request is the server's own.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 
 from trustd import durations
 from trustd.ca import der
-from trustd.ca.errors import InvalidCsrError, InvalidTtlError, SigningError
+from trustd.ca.errors import InvalidCsrError, InvalidTtlError, ReservedIdError, SigningError
 from trustd.ca.kms.base import KeyAlgorithm, KeyManager, KeyRef, PublicKey
 from trustd.spiffeid import SpiffeId
 
@@ -30,6 +34,21 @@ MAX_RSA_BITS = 8192
 BACKDATE = dt.timedelta(seconds=10)
 # Hashes a CSR may be signed with. SHA-1 and MD5 are refused; Go's x509 (SPIRE) has no SHA-224.
 CSR_SIGNATURE_HASHES = ("sha256", "sha384", "sha512")
+RESERVED_PATH_PREFIX = "/trustd/"
+
+
+def is_reserved(spiffe_id: SpiffeId) -> bool:
+    """Whether the ID is under ``/trustd/``, the path of trustd's own server and agents."""
+    return (spiffe_id.path + "/").startswith(RESERVED_PATH_PREFIX)
+
+
+def check_not_reserved(spiffe_id: SpiffeId) -> None:
+    """Raise ReservedIdError for an ID only trustd itself may issue."""
+    if is_reserved(spiffe_id):
+        raise ReservedIdError(
+            f"spiffe id {spiffe_id} is under {RESERVED_PATH_PREFIX}, which is reserved for "
+            "trustd's own server and agents: choose another path, e.g. /ns/default/sa/web"
+        )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -260,9 +279,20 @@ class X509Issuer:
         ).encode()
 
     def sign(
-        self, authority: SigningAuthority, templates: Sequence[SvidTemplate]
+        self,
+        authority: SigningAuthority,
+        templates: Sequence[SvidTemplate],
+        *,
+        allow_reserved: bool = False,
     ) -> list[IssuedSvid]:
-        """Sign many leaves in one key-manager call; every signature is verified before use."""
+        """Sign many leaves in one key-manager call; every signature is verified before use.
+
+        A reserved ID (see ``is_reserved``) fails the whole call with ReservedIdError
+        unless ``allow_reserved``, which only the server's own issuance passes.
+        """
+        if not allow_reserved:
+            for t in templates:
+                check_not_reserved(t.spiffe_id)
         alg = authority.key_ref.algorithm
         serials = [new_serial() for _ in templates]
         tbss = [self._tbs(authority, t, s) for t, s in zip(templates, serials, strict=True)]

@@ -7,7 +7,6 @@ Only the socket's owner or root gets in; the kernel says who the caller is
 from __future__ import annotations
 
 import datetime as dt
-import os
 from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any
@@ -106,13 +105,6 @@ def _list(doc: dict[str, Any], key: str) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise InvalidArgumentError(f"{key} must be a list of strings")
     return value
-
-
-def _exe(pid: int) -> str | None:
-    try:
-        return os.readlink(f"/proc/{pid}/exe")
-    except OSError:
-        return None
 
 
 class AdminService(JsonService):
@@ -249,7 +241,7 @@ class AdminService(JsonService):
         cred = peercred.from_grpclib_stream(stream)
         if cred is None:
             return Actor(kind="unix", id="unknown", addr=str(self.socket_path))
-        return Actor.unix(uid=cred.uid, path=_exe(cred.pid), addr=str(self.socket_path))
+        return Actor.unix(uid=cred.uid, addr=str(self.socket_path))
 
     async def authorize(self, stream: grpclib.server.Stream[Any, Any], method: str) -> None:
         cred = peercred.from_grpclib_stream(stream)

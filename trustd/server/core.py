@@ -21,8 +21,15 @@ import structlog
 
 from trustd.bundle import Bundle
 from trustd.ca.authority import AuthorityManager
-from trustd.ca.errors import InvalidCsrError, InvalidTtlError
-from trustd.ca.issuer import IssuedSvid, SvidTemplate, X509Issuer, load_csr
+from trustd.ca.errors import InvalidCsrError, InvalidTtlError, ReservedIdError
+from trustd.ca.issuer import (
+    IssuedSvid,
+    SvidTemplate,
+    X509Issuer,
+    check_not_reserved,
+    is_reserved,
+    load_csr,
+)
 from trustd.ca.kms.base import KeyManager
 from trustd.clock import Clock
 from trustd.entries import RegistrationEntry
@@ -179,8 +186,7 @@ class ServerCore:
                     "a workload spiffe id needs a path, e.g. spiffe://"
                     f"{self.trust_domain}/ns/default/sa/web"
                 )
-            if sid.path.startswith("/trustd/"):
-                raise InvalidArgumentError("the path /trustd/ is reserved for trustd's own agents")
+            check_not_reserved(sid)
             if not selectors:
                 raise InvalidArgumentError(
                     "at least one --selector is required, e.g. unix:uid:1000"
@@ -249,8 +255,31 @@ class ServerCore:
         """Issue one SVID per request, signing them in one key-manager batch.
 
         A bad request fails alone (its slot holds the error); a KMS, store or
-        audit failure fails them all with UnavailableError.
+        audit failure fails them all with UnavailableError. An ID under the
+        reserved ``/trustd/`` path is such a bad request, whatever entry it came
+        from: only ``issue_internal_svid`` issues those.
         """
+        return self._issue(actor, requests, source=source, internal=False)
+
+    def issue_internal_svid(self, actor: Actor, request: SvidRequest, *, source: str) -> IssuedSvid:
+        """The server's own SVID, or an agent's at join and renewal: IDs under ``/trustd/``.
+
+        Only the server's own code calls this, with an ID it built itself;
+        nothing an admin or an agent names reaches it.
+        """
+        if not is_reserved(request.entry.spiffe_id):
+            raise InvalidArgumentError(
+                f"spiffe id {request.entry.spiffe_id} is not one of trustd's own: "
+                "issue it with issue_svids"
+            )
+        [result] = self._issue(actor, [request], source=source, internal=True)
+        if isinstance(result, TrustdError):
+            raise result
+        return result
+
+    def _issue(
+        self, actor: Actor, requests: Sequence[SvidRequest], *, source: str, internal: bool
+    ) -> list[IssuedSvid | TrustdError]:
         started = time.perf_counter()
         now = self.clock.now()
         signer = self.authorities.active_signer()
@@ -258,6 +287,8 @@ class ServerCore:
         slots: list[IssuedSvid | TrustdError | None] = []
         for req in requests:
             try:
+                if not internal:
+                    check_not_reserved(req.entry.spiffe_id)
                 _, pub = load_csr(req.csr)
                 nb, na = self.issuer.validity(signer, now, req.entry.ttl)
                 templates.append(
@@ -270,13 +301,19 @@ class ServerCore:
                     )
                 )
                 slots.append(None)
-            except (InvalidCsrError, InvalidTtlError) as exc:
-                reason = "invalid_csr" if isinstance(exc, InvalidCsrError) else "invalid_ttl"
+            except (ReservedIdError, InvalidCsrError, InvalidTtlError) as exc:
+                reason = (
+                    "reserved_id"
+                    if isinstance(exc, ReservedIdError)
+                    else "invalid_csr"
+                    if isinstance(exc, InvalidCsrError)
+                    else "invalid_ttl"
+                )
                 self.metrics.svids_denied.labels(reason=reason).inc()
                 self._audit(
-                    "svid.deny",
+                    "admin.svid.mint" if source == "mint" else "svid.deny",
                     actor,
-                    "issue",
+                    "mint" if source == "mint" else "issue",
                     str(req.entry.spiffe_id),
                     "failure",
                     str(exc),
@@ -286,10 +323,13 @@ class ServerCore:
         issued: list[IssuedSvid] = []
         if templates:
             try:
-                issued = self.issuer.sign(signer, templates)
+                issued = self.issuer.sign(signer, templates, allow_reserved=internal)
             except TrustdError as exc:
                 self.metrics.svids_denied.labels(reason="unavailable").inc(len(templates))
-                self._audit_failure("svid.deny", actor, "issue", "batch", exc)
+                if source == "mint":
+                    self._audit_failure("admin.svid.mint", actor, "mint", "batch", exc)
+                else:
+                    self._audit_failure("svid.deny", actor, "issue", "batch", exc)
                 raise
         it = iter(issued)
         out: list[IssuedSvid | TrustdError] = []
@@ -302,9 +342,9 @@ class ServerCore:
             svid = next(it)
             events.append(
                 {
-                    "type": "svid.issue",
+                    "type": "admin.svid.mint" if source == "mint" else "svid.issue",
                     "actor": actor,
-                    "action": "issue",
+                    "action": "mint" if source == "mint" else "issue",
                     "resource": str(svid.spiffe_id),
                     "details": {
                         "serial": svid.serial,
@@ -358,7 +398,7 @@ class ServerCore:
             dns = tuple(_check_dns_name(d) for d in dns_names)
         except TrustdError as exc:
             self.metrics.svids_denied.labels(reason="invalid_request").inc()
-            self._audit_failure("svid.deny", actor, "mint", spiffe_id[:200], exc)
+            self._audit_failure("admin.svid.mint", actor, "mint", spiffe_id[:200], exc)
             raise
         entry = RegistrationEntry(
             id="", spiffe_id=sid, selectors=(), ttl=ttl, dns_names=dns, created_at=self.clock.now()
@@ -380,7 +420,7 @@ class ServerCore:
 
         def record(event: str, rec: AuthorityRecord) -> None:
             self._audit(
-                f"authority.{op}",
+                f"admin.authority.{op}",
                 actor,
                 op,
                 f"authority/{rec.id}",
@@ -401,7 +441,7 @@ class ServerCore:
                 else:
                     raise InvalidArgumentError(f"unknown authority operation {op!r}")
         except TrustdError as exc:
-            self._audit_failure(f"authority.{op}", actor, op, resource, exc)
+            self._audit_failure(f"admin.authority.{op}", actor, op, resource, exc)
             raise
         self.metrics.ca_rotations.labels(event=op).inc()
         self.refresh_metrics()
@@ -461,14 +501,14 @@ class ServerCore:
             rec = self.store.get_agent(agent_id)
             self.auditor.check()
         except TrustdError as exc:
-            self._audit_failure("agent.evict", actor, "evict", f"agent/{agent_id}", exc)
+            self._audit_failure("admin.agent.evict", actor, "evict", f"agent/{agent_id}", exc)
             raise
         from dataclasses import replace
 
         self.store.save_agent(replace(rec, evicted=True))
         self.hub.notify("agents")
         self._audit(
-            "agent.evict", actor, "evict", f"agent/{agent_id}", details={"spiffe_id": rec.spiffe_id}
+            "admin.agent.evict", actor, "evict", f"agent/{agent_id}", details={"spiffe_id": rec.spiffe_id}
         )
 
     # -- health ----------------------------------------------------------------

@@ -19,7 +19,7 @@ from typing import Any
 import structlog
 
 from trustd.clock import Clock
-from trustd.errors import FailedPreconditionError, TrustdError
+from trustd.errors import FailedPreconditionError, InvalidArgumentError, TrustdError
 from trustd.policy.effective import PolicySet
 from trustd.policy.hub import ApplyResult, PolicyHub
 from trustd.policy.model import PolicyObject, dump
@@ -109,11 +109,11 @@ class PolicyPlane:
             result = self.hub.apply(objects, prune=prune, force=force, dry_run=dry_run)
         except TrustdError as exc:
             if not dry_run:
-                self._audit("policy.apply", actor, "apply", ",".join(names)[:1000], "failure", str(exc))
+                self._audit("admin.policy.apply", actor, "apply", ",".join(names)[:1000], "failure", str(exc))
             raise
         if not dry_run:
             self._audit(
-                "policy.apply",
+                "admin.policy.apply",
                 actor,
                 "apply",
                 ",".join(names)[:1000],
@@ -157,7 +157,7 @@ class PolicyPlane:
         self._auditor.check()
         result = self.hub.set_client_tls_off_global(off, force=force)
         self._audit(
-            "policy.client_tls",
+            "admin.policy.client_tls",
             actor,
             "off" if off else "on",
             "client-tls/global",
@@ -186,20 +186,28 @@ class PolicyPlane:
             log.error("rollout event could not be audited", rollout=event.rollout_id, action=event.action)
 
     def rollout(self, actor: Actor, command: str, **kwargs: Any) -> RolloutStatus:
+        if command == "status":
+            return self.engine.status()
         self._auditor.check()
         statuses = self.hub.statuses(max_age=STATUS_MAX_AGE)
-        if command == "start":
-            registered = [e.spiffe_id for e in self._store.list_entries()]
-            status = self.engine.start(statuses=statuses, registered=registered, **kwargs)
-        elif command == "pause":
-            status = self.engine.pause()
-        elif command == "resume":
-            status = self.engine.resume()
-        elif command == "abort":
-            status = self.engine.abort()
-        else:
-            status = self.engine.status()
-            return status
+        try:
+            if command == "start":
+                registered = [e.spiffe_id for e in self._store.list_entries()]
+                status = self.engine.start(statuses=statuses, registered=registered, **kwargs)
+            elif command == "pause":
+                status = self.engine.pause()
+            elif command == "resume":
+                status = self.engine.resume()
+            elif command == "abort":
+                status = self.engine.abort()
+            else:
+                raise InvalidArgumentError(f"unknown rollout command {command!r}")
+        except TrustdError as exc:  # a refused command is an admin action too
+            target = f"rollout/{self.engine.status().id}" if self.engine.has_rollout() else "rollout"
+            details = {k: v for k, v in kwargs.items() if isinstance(v, str | int)}
+            self._audit("admin.rollout." + command, actor, command, target, "failure", str(exc),
+                        details)  # fmt: skip
+            raise
         self._audit(
             "admin.rollout." + command,
             actor,

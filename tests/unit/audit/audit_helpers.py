@@ -15,7 +15,7 @@ OpenLog = Callable[..., AuditLog]
 START = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
 
 AGENT = Actor.spiffe("spiffe://trustd.local/agent/node-1", addr="127.0.0.1:40123")
-ADMIN = Actor.unix(uid=0, path="/usr/bin/trustd", addr="/var/lib/trustd/admin.sock")
+ADMIN = Actor.unix(uid=0, addr="/var/lib/trustd/admin.sock")
 
 
 def make_event(i: int = 0, **overrides: Any) -> AuditEvent:

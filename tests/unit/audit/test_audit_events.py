@@ -40,14 +40,10 @@ class Color(enum.StrEnum):
 
 
 def test_actor_constructors_set_kind_id_uid_addr() -> None:
-    unix = Actor.unix(uid=1000, path="/usr/bin/envoy", addr="/run/agent.sock")
-    assert (unix.kind, unix.id, unix.uid, unix.addr) == (
-        "unix",
-        "/usr/bin/envoy",
-        1000,
-        "/run/agent.sock",
-    )
-    assert Actor.unix(uid=7).id == "uid:7"
+    unix = Actor.unix(uid=0, addr="/run/admin.sock")
+    # the user the kernel names, not the executable (for the CLI that is always python)
+    assert (unix.kind, unix.id, unix.uid, unix.addr) == ("unix", "root", 0, "/run/admin.sock")
+    assert Actor.unix(uid=54321).id == "uid:54321"  # no passwd entry
     assert Actor.system().to_json() == {"kind": "system", "id": "trustd", "uid": None, "addr": None}
 
 

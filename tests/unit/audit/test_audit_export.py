@@ -529,7 +529,7 @@ _DETAILS = "\x00details\x00"  # stands for the details JSON text, put in as it i
 
 
 def _severity(typ: str, outcome: str) -> int:
-    if typ in ("authority.taint", "authority.revoke"):
+    if typ.endswith(("authority.taint", "authority.revoke")):
         return 4
     return 1 if outcome == "success" else 3
 
@@ -845,16 +845,22 @@ OCSF_CLASS_OF_TYPE = {
     "svid.other": (3002, 99),
     "agent.join": (3002, 1),
     "agent.renew": (3002, 5),
-    "agent.evict": (6003, 4),
+    "admin.agent.evict": (6003, 4),
     "authority.prepare": (6003, 1),
     "authority.activate": (6003, 3),
-    "authority.taint": (6003, 3),
-    "authority.revoke": (6003, 4),
-    "policy.apply": (6003, 1),
+    "admin.authority.prepare": (6003, 1),
+    "admin.authority.activate": (6003, 3),
+    "admin.authority.taint": (6003, 3),
+    "admin.authority.revoke": (6003, 4),
+    "admin.policy.apply": (6003, 1),
+    "admin.rollout.abort": (6003, 4),
+    "admin.rollout.start": (6003, 1),
+    "admin.policy.client_tls": (6003, 99),
+    "admin.svid.mint": (3002, 3),
     "rollout.step": (6003, 3),
     "proxy.connection.deny": (4001, 5),
     "proxy.connection.allow": (6003, 99),
-    "audit.export": (6003, 2),
+    "admin.audit.export": (6003, 2),
     "audit.torn_tail": (6003, 99),
     "admin.thing.frobnicate": (6003, 99),
 }
@@ -895,7 +901,7 @@ def test_every_event_type_maps_to_its_ocsf_class() -> None:
             assert event["status_id"] == (1 if outcome == "success" else 2)
             assert event["severity_id"] == (
                 4
-                if typ in ("authority.taint", "authority.revoke")
+                if typ.endswith(("authority.taint", "authority.revoke"))
                 else 1
                 if outcome == "success"
                 else 3

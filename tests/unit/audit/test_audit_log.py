@@ -650,7 +650,7 @@ def test_export_records_an_audit_export_event_first(open_log: OpenLog) -> None:
     n = log.export(out, format="jsonl", types=["svid.*"], actor=ADMIN)
     assert n == 1  # the export event is not an svid.* event
     last = list(log.iter_events())[-1]
-    assert last.type == "audit.export" and last.actor.id == ADMIN.id
+    assert last.type == "admin.audit.export" and last.actor.id == ADMIN.id
     assert last.details["format"] == "jsonl" and last.details["types"] == ["svid.*"]
 
 

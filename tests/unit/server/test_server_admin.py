@@ -222,6 +222,28 @@ async def test_svid_mint_returns_a_chain_that_verifies_against_the_bundle(
 
 
 @with_server
+async def test_svid_mint_refuses_the_ids_reserved_for_the_server_and_agents(
+    server: TrustdServer, sock: Path
+) -> None:
+    for reserved in (
+        "spiffe://trustd.local/trustd/server",
+        "spiffe://trustd.local/trustd/agent/x",
+        "spiffe://trustd.local/trustd",
+    ):
+        got, message = await status_of(
+            sock, "SvidMint", {"spiffe_id": reserved, "csr_pem": _csr_pem()}
+        )
+        assert got is Status.INVALID_ARGUMENT, message
+        assert "/trustd/" in message and "reserved" in message
+        assert "Traceback" not in message
+    issued = [r.spiffe_id for r in server.store.list_issued()]
+    assert issued == ["spiffe://trustd.local/trustd/server"]  # the server's own, only
+    assert isinstance(server.auditor, MemoryAuditor)
+    denied = [e for e in server.auditor.events if e["type"] == "admin.svid.mint"]
+    assert len(denied) == 3 and all("reserved" in e["reason"] for e in denied)
+
+
+@with_server
 async def test_bundle_show_gives_pem_and_spiffe(server: TrustdServer, sock: Path) -> None:
     out = await call(sock, "BundleShow")
     assert out["trust_domain"] == "trustd.local"

@@ -148,7 +148,7 @@ def test_duplicate_entry_is_already_exists_and_audited(rig: Rig) -> None:
         ("spiffe://trustd.local/trustd/agent/x", ["unix:uid:1"], InvalidArgumentError, "reserved"),
         (WEB, [], InvalidArgumentError, "at least one --selector"),
         (WEB, ["k8s:ns:default"], InvalidSelectorError, "unknown selector type 'k8s'"),
-        (WEB, ["unix:uid:root"], InvalidSelectorError, "must be a number"),
+        (WEB, ["unix:uid:root"], InvalidSelectorError, "must be a whole number"),
     ],
 )
 def test_invalid_entries_are_refused_and_nothing_is_stored(
@@ -332,6 +332,59 @@ def test_no_active_ca_is_unavailable() -> None:
     assert not ready and "no active CA" in reason
 
 
+def _reserved_entry(spiffe_id: str) -> RegistrationEntry:
+    return RegistrationEntry(
+        id="e-reserved",
+        spiffe_id=SpiffeId.parse(spiffe_id),
+        selectors=(Selector.parse("unix:uid:1"),),
+        created_at=START,
+    )
+
+
+def test_issuance_refuses_a_reserved_id_alone_even_from_a_stored_entry(rig: Rig) -> None:
+    web = _entry(rig)
+    out = rig.core.issue_svids(
+        AGENT,
+        [
+            SvidRequest(entry=_reserved_entry("spiffe://trustd.local/trustd/server"), csr=_csr()),
+            SvidRequest(entry=web, csr=_csr()),
+            SvidRequest(entry=_reserved_entry("spiffe://trustd.local/trustd/agent/x"), csr=_csr()),
+        ],
+    )
+    assert isinstance(out[0], InvalidArgumentError) and isinstance(out[2], InvalidArgumentError)
+    assert "/trustd/" in str(out[0]) and "reserved" in str(out[0])
+    assert isinstance(out[1], IssuedSvid) and str(out[1].spiffe_id) == WEB
+    assert [r.spiffe_id for r in rig.store.list_issued()] == [WEB]
+    assert _sample(rig, "trustd_svids_denied_total", {"reason": "reserved_id"}) == 2
+    assert len(_events(rig, "svid.deny")) == 2
+
+
+def test_the_ca_issuer_signs_a_reserved_id_only_when_told_it_is_internal(rig: Rig) -> None:
+    from trustd.ca.issuer import SvidTemplate, load_csr
+
+    signer = rig.core.authorities.active_signer()
+    _, pub = load_csr(_csr())
+    template = SvidTemplate(
+        spiffe_id=SpiffeId.parse("spiffe://trustd.local/trustd/server"),
+        public_key=pub,
+        not_before=START,
+        not_after=START + dt.timedelta(minutes=5),
+    )
+    with pytest.raises(InvalidArgumentError, match="reserved"):
+        rig.core.issuer.sign(signer, [template])
+    [svid] = rig.core.issuer.sign(signer, [template], allow_reserved=True)
+    assert str(svid.spiffe_id) == "spiffe://trustd.local/trustd/server"
+
+
+def test_the_internal_path_issues_the_server_and_agent_ids(rig: Rig) -> None:
+    for sid in ("spiffe://trustd.local/trustd/server", "spiffe://trustd.local/trustd/agent/a1"):
+        svid = rig.core.issue_internal_svid(
+            AGENT, SvidRequest(entry=_reserved_entry(sid), csr=_csr()), source="agent"
+        )
+        assert str(svid.spiffe_id) == sid
+    assert len(rig.store.list_issued()) == 2
+
+
 # -- minting ----------------------------------------------------------------------------
 
 
@@ -391,9 +444,9 @@ def test_authority_operations_are_audited_and_counted(rig: Rig) -> None:
     rig.core.authority_op(ADMIN, "taint", old)
     assert rig.core.bundle().tainted_key_ids == frozenset({old})
     assert [e["type"] for e in rig.auditor.events] == [
-        "authority.prepare",
-        "authority.activate",
-        "authority.taint",
+        "admin.authority.prepare",
+        "admin.authority.activate",
+        "admin.authority.taint",
     ]
     assert _sample(rig, "trustd_ca_rotations_total", {"event": "prepare"}) == 1
     assert _sample(rig, "trustd_ca_expiry_timestamp_seconds", {"slot": "active"}) == (
@@ -408,7 +461,7 @@ def test_refused_authority_operations_are_audited_as_failures(rig: Rig) -> None:
     with pytest.raises(TrustdError, match="is active"):
         rig.core.authority_op(ADMIN, "taint", active)
     [event] = rig.auditor.events
-    assert event["outcome"] == "failure" and event["type"] == "authority.taint"
+    assert event["outcome"] == "failure" and event["type"] == "admin.authority.taint"
 
 
 # -- join tokens ------------------------------------------------------------------------
