@@ -646,3 +646,29 @@ def test_entry_create_warns_of_an_overlap_and_show_caller_names_the_default(up: 
         for eid in (a, made.stdout.strip()):
             if eid:
                 cli(up, "entry", "delete", eid)
+
+
+def test_the_readmes_audit_examples_find_refused_admin_actions(up: Up, tmp_path: Path) -> None:
+    """`--type 'admin.*' --outcome failure` (as the README writes it) finds a refused
+    revoke and a refused rollout abort, each with the admin's user as the actor."""
+    import shlex
+
+    assert_error(cli(up, "authority", "revoke", "f" * 40), 2, "no authority with id")
+    assert_error(cli(up, "rollout", "abort"), 2, "no rollout has been started")
+    readme = (REPO / "README.md").read_text()
+    examples = [line.split("#")[0].strip() for line in readme.splitlines()
+                if line.startswith("trustd audit export")]  # fmt: skip
+    assert len(examples) >= 2, examples
+    by_type = next(e for e in examples if "--type 'admin.*' --outcome failure" in e)
+    result = subprocess.run([TRUSTD, *shlex.split(by_type)[1:]], capture_output=True, text=True,
+                            cwd=tmp_path, env=up.env(), timeout=60)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines and all(line.startswith("CEF:0|trustd|trustd|") for line in lines)
+    assert any("|admin.authority.revoke|" in line for line in lines), lines[-5:]
+    assert any("|admin.rollout.abort|" in line for line in lines), lines[-5:]
+    assert all("suser=root" in line for line in lines if "|admin.rollout.abort|" in line)
+    for example in examples:  # every export example runs as written (files land in tmp_path)
+        ran = subprocess.run([TRUSTD, *shlex.split(example)[1:]], capture_output=True, text=True,
+                             cwd=tmp_path, env=up.env(), timeout=60)  # fmt: skip
+        assert ran.returncode == 0, (example, ran.stderr)

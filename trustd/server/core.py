@@ -32,6 +32,7 @@ from trustd.ca.issuer import (
 )
 from trustd.ca.kms.base import KeyManager
 from trustd.clock import Clock
+from trustd.dnsnames import check_dns_name
 from trustd.entries import RegistrationEntry
 from trustd.errors import (
     InvalidArgumentError,
@@ -50,28 +51,6 @@ from trustd.telemetry.metrics import ServerMetrics
 log = structlog.get_logger(__name__)
 
 MAX_TOKEN_TTL = dt.timedelta(days=1)
-_DNS_LABEL_OK = set("abcdefghijklmnopqrstuvwxyz0123456789-")
-
-
-def _check_dns_name(name: str) -> str:
-    lowered = name.lower().rstrip(".")
-    labels = lowered.split(".")
-    if (
-        not lowered
-        or len(lowered) > 253
-        or (lowered.startswith("spiffe")
-        and "://" in lowered)
-        or any(
-            not label
-            or len(label) > 63
-            or label.startswith("-")
-            or label.endswith("-")
-            or not set(label.removeprefix("*")) <= _DNS_LABEL_OK
-            for label in labels
-        )
-    ):
-        raise InvalidArgumentError(f"invalid dns name {name[:80]!r}")
-    return lowered
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -199,7 +178,7 @@ class ServerCore:
                     raise InvalidTtlError(
                         f"ttl {ttl} is above the server maximum {self.issuer.max_ttl}"
                     )
-            dns = tuple(_check_dns_name(d) for d in dns_names)
+            dns = tuple(check_dns_name(d) for d in dns_names)
             entry = RegistrationEntry(
                 id=str(uuid.uuid4()),
                 spiffe_id=sid,
@@ -395,7 +374,7 @@ class ServerCore:
                 raise InvalidArgumentError(
                     f"spiffe id {spiffe_id} is not in this server's trust domain {self.trust_domain}"
                 )
-            dns = tuple(_check_dns_name(d) for d in dns_names)
+            dns = tuple(check_dns_name(d) for d in dns_names)
         except TrustdError as exc:
             self.metrics.svids_denied.labels(reason="invalid_request").inc()
             self._audit_failure("admin.svid.mint", actor, "mint", spiffe_id[:200], exc)
