@@ -37,6 +37,12 @@ class AgentMetrics:
             "SDS responses a client rejected (error_detail or rolled-back version)",
             registry=reg,
         )
+        self.sds_unknown_resources = Counter(
+            "trustd_agent_sds_unknown_resources_total",
+            "SDS resource names not served, by reason (once per stream or fetch and name)",
+            ["reason"],
+            registry=reg,
+        )
         self.svid_renewals = Counter(
             "trustd_agent_svid_signings_total",
             "SVID signing attempts by the agent, by outcome",

@@ -8,7 +8,21 @@
 - ``spiffe://TD/path``: that SVID, when the caller is entitled to it;
 - ``spiffe://TD``: that trust domain's bundle as ``trusted_ca``.
 
-A name the caller may not have is an error, never a byte of another identity.
+Each name that resolves to nothing is refused on its own (a ``Refusal``, with a
+reason from ``REASONS``) and the other names are still served:
+
+- ``unknown``: none of the forms above, or a trust domain with no bundle (yet);
+- ``malformed``: a ``spiffe://`` name that is not a valid SPIFFE ID;
+- ``not_entitled``: a SPIFFE ID that is not one of the caller's (the same
+  whether or not another workload holds it);
+- ``no_identity``: ``default`` for a caller no registration entry matches.
+
+A name the caller may not have never yields a byte of another identity. A
+request fails as a whole (``Resolution.failure``: the first refusal's
+status) only when it names nothing else, i.e. every name is ``not_entitled``,
+``no_identity`` or ``malformed``. Any other request is answered with what
+resolves and leaves the refused names out, as an xDS server leaves out the
+resources it does not have.
 """
 
 from __future__ import annotations
@@ -34,7 +48,7 @@ from trustd.agent.errors import (
 from trustd.agent.keys import Svid
 from trustd.bundle import Bundle
 from trustd.entries import RegistrationEntry
-from trustd.errors import InvalidArgumentError
+from trustd.errors import InvalidArgumentError, TrustdError
 from trustd.spiffeid import SCHEME, SpiffeId, TrustDomain
 
 SECRET_TYPE_URL = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"  # noqa: S105 - a type name
@@ -42,6 +56,13 @@ DEFAULT_SVID = "default"
 DEFAULT_BUNDLE = "ROOTCA"
 ALL_BUNDLES = "ALL"
 SPIFFE_VALIDATOR = "envoy.tls.cert_validator.spiffe"
+
+UNKNOWN = "unknown"
+MALFORMED = "malformed"
+NOT_ENTITLED = "not_entitled"
+NO_IDENTITY = "no_identity"
+REASONS = (UNKNOWN, MALFORMED, NOT_ENTITLED, NO_IDENTITY)  # why a name is refused
+_FAILS_ALONE = frozenset({MALFORMED, NOT_ENTITLED, NO_IDENTITY})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -60,15 +81,40 @@ class BundleResource:
 Resource = SvidResource | BundleResource
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Refusal:
+    name: str  # the resource name as the client asked for it
+    reason: str  # one of REASONS
+    error_type: type[TrustdError]  # what a request for this name alone fails with...
+    message: str  # ...and the message it says (the name's, never a secret)
+
+    def error(self) -> TrustdError:
+        return self.error_type(self.message)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Resolution:
+    resources: list[Resource]  # the names that resolved, in request order
+    refused: list[Refusal]  # the names that did not, in request order
+
+    def failure(self) -> Refusal | None:
+        """The refusal whose error a request for these names fails with as a whole, if any."""
+        if self.resources or not self.refused:
+            return None
+        if all(r.reason in _FAILS_ALONE for r in self.refused):
+            return self.refused[0]
+        return None
+
+
 def resolve(
     cache: AgentCache, entries: tuple[RegistrationEntry, ...], names: list[str]
-) -> list[Resource]:
+) -> Resolution:
     """What the names mean for a caller whose entries are ``entries``.
 
     An empty list means everything the caller may see (as SPIRE does).
     """
     out: list[Resource] = []
-    seen: set[str] = set()
+    refused: list[Refusal] = []
     if not names:
         for td in sorted(cache.bundles):
             out.append(BundleResource(name=str(td.id), trust_domains=(td,),
@@ -78,49 +124,72 @@ def resolve(
             by_id.setdefault(e.spiffe_id, e)
         for sid, e in by_id.items():
             out.append(SvidResource(name=str(sid), entry=e))
-        return out
+        return Resolution(resources=out, refused=refused)
+    seen: set[str] = set()
     for name in names:
         if name in seen:
             continue
         seen.add(name)
-        if name == DEFAULT_SVID:
-            if not entries:
-                raise NoIdentityError(
-                    "no registration entry matches this process, so it has no 'default' svid; "
-                    "create one with 'trustd entry create'"
-                )
-            out.append(SvidResource(name=name, entry=entries[0]))
-        elif name == DEFAULT_BUNDLE:
-            out.append(BundleResource(name=name, trust_domains=(cache.trust_domain,),
-                                      spiffe_validator=False))
-        elif name == ALL_BUNDLES:
-            out.append(BundleResource(name=name, trust_domains=tuple(sorted(cache.bundles)),
-                                      spiffe_validator=True))
-        elif name.startswith(SCHEME):
-            try:
-                sid = SpiffeId.parse(name)
-            except InvalidArgumentError as exc:
-                raise BadResourceNameError(f"invalid sds resource name: {exc}") from exc
-            if not sid.path:
-                if sid.trust_domain not in cache.bundles:
-                    raise UnknownResourceError(
-                        f"no bundle for trust domain {sid.trust_domain}; "
-                        "federate with it on the server first"
-                    )
-                out.append(BundleResource(name=name, trust_domains=(sid.trust_domain,),
-                                          spiffe_validator=False))
-                continue
-            mine = next((e for e in entries if e.spiffe_id == sid), None)
-            if mine is None:
-                # Same answer whether or not another workload has this identity.
-                raise NotEntitledError(f"this process is not entitled to {name}")
-            out.append(SvidResource(name=name, entry=mine))
+        found = _resolve_name(cache, entries, name)
+        if isinstance(found, Refusal):
+            refused.append(found)
         else:
-            raise UnknownResourceError(
-                f"unknown sds resource name {name[:100]!r}; use 'default', 'ROOTCA', 'ALL', "
-                "a spiffe id or a trust domain id"
-            )
-    return out
+            out.append(found)
+    return Resolution(resources=out, refused=refused)
+
+
+def _resolve_name(
+    cache: AgentCache, entries: tuple[RegistrationEntry, ...], name: str
+) -> Resource | Refusal:
+    if name == DEFAULT_SVID:
+        if not entries:
+            return _refused(name, NO_IDENTITY, NoIdentityError, (
+                "no registration entry matches this process, so it has no 'default' svid; "
+                "create one with 'trustd entry create'"
+            ))
+        return SvidResource(name=name, entry=entries[0])
+    if name == DEFAULT_BUNDLE:
+        if cache.trust_domain not in cache.bundles:
+            return _refused(name, UNKNOWN, UnknownResourceError, (
+                f"no bundle for trust domain {cache.trust_domain} yet; "
+                "retry once the agent has synced"
+            ))
+        return BundleResource(name=name, trust_domains=(cache.trust_domain,),
+                              spiffe_validator=False)
+    if name == ALL_BUNDLES:
+        if not cache.bundles:
+            return _refused(name, UNKNOWN, UnknownResourceError,
+                            "no bundle yet; retry once the agent has synced")
+        return BundleResource(name=name, trust_domains=tuple(sorted(cache.bundles)),
+                              spiffe_validator=True)
+    if name.startswith(SCHEME):
+        try:
+            sid = SpiffeId.parse(name)
+        except InvalidArgumentError as exc:
+            return _refused(name, MALFORMED, BadResourceNameError,
+                            f"invalid sds resource name: {exc}")
+        if not sid.path:
+            if sid.trust_domain not in cache.bundles:
+                return _refused(name, UNKNOWN, UnknownResourceError, (
+                    f"no bundle for trust domain {sid.trust_domain}; "
+                    "federate with it on the server first"
+                ))
+            return BundleResource(name=name, trust_domains=(sid.trust_domain,),
+                                  spiffe_validator=False)
+        mine = next((e for e in entries if e.spiffe_id == sid), None)
+        if mine is None:
+            # Same answer whether or not another workload has this identity.
+            return _refused(name, NOT_ENTITLED, NotEntitledError,
+                            f"this process is not entitled to {name}")
+        return SvidResource(name=name, entry=mine)
+    return _refused(name, UNKNOWN, UnknownResourceError, (
+        f"unknown sds resource name {name[:100]!r}; use 'default', 'ROOTCA', 'ALL', "
+        "a spiffe id or a trust domain id"
+    ))
+
+
+def _refused(name: str, reason: str, error_type: type[TrustdError], message: str) -> Refusal:
+    return Refusal(name=name, reason=reason, error_type=error_type, message=message)
 
 
 def resource_version(cache: AgentCache, res: Resource, svids: dict[str, Svid]) -> str:

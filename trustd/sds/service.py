@@ -17,6 +17,18 @@ Per stream, as Envoy expects:
 
 The version of a response is derived from what it contains (SVID serials,
 bundle digests), so an unchanged answer is never sent twice.
+
+Names that resolve to nothing (``trustd.sds.resources``: unknown, malformed,
+not entitled, no identity) are left out of the response, as an xDS server
+leaves out resources it does not have: the rest of the stream is served and the
+client waits for the missing ones (its initial fetch timeout). The stream
+re-derives them on every change like the rest, so a name that comes to exist
+(a federated bundle, an entry that makes the SPIFFE ID the caller's) is sent
+then. Each refused name is logged (warning, the name and reason only) and
+counted in ``trustd_agent_sds_unknown_resources_total{reason}`` once per stream
+while it stays refused. A stream fails only when every name it asks for is
+one the caller may not have or malformed (``Resolution.failure``: nothing
+else to serve); ``FetchSecrets`` fails when none of its names resolves.
 """
 
 from __future__ import annotations
@@ -40,8 +52,11 @@ from trustd.agent.cache import AgentCache, WorkloadKey, workload_key
 from trustd.agent.endpoints import CallerOf, PreEncoded, grpc_errors
 from trustd.agent.metrics import AgentMetrics
 from trustd.sds.resources import (
+    REASONS,
     SECRET_TYPE_URL,
     BundleResource,
+    Refusal,
+    Resolution,
     SecretBuilder,
     SvidResource,
     resolve,
@@ -113,16 +128,18 @@ class _StreamState:
 class _Answer:
     """What a set of names resolves to for one workload at one cache generation."""
 
-    __slots__ = ("_body", "resources", "svids", "version", "versions")
+    __slots__ = ("_body", "failure", "refused", "resources", "svids", "version", "versions")
 
     def __init__(
         self,
-        resources: list[SvidResource | BundleResource],
+        plan: Resolution,
         versions: list[str],
         svids: dict[str, Any],
         version: str,
     ) -> None:
-        self.resources = resources  # resolved names, in request order
+        self.resources = plan.resources  # resolved names, in request order
+        self.refused = plan.refused  # names left out, in request order
+        self.failure = plan.failure()  # set: a stream asking for these names fails with it
         self.versions = versions  # per-resource version strings
         self.svids = svids  # entry id -> Svid for the SVID resources
         self.version = version  # version_info of a response carrying these resources
@@ -166,6 +183,7 @@ class SecretDiscoveryService:
         self._builder = SecretBuilder(cache)
         self._nonces = itertools.count(1)
         self._pushes = metrics.pushes.labels(api="sds")
+        self._refusals = {r: metrics.sds_unknown_resources.labels(reason=r) for r in REASONS}
         # One computed answer per (workload, names) and cache generation: after a bundle
         # change, thousands of identical streams share a single computation.
         self._answers: dict[tuple[WorkloadKey, tuple[str, ...]], _Answer] = {}
@@ -189,9 +207,7 @@ class SecretDiscoveryService:
 
     # ------------------------------------------------------------------ building answers
 
-    def _plan(
-        self, key: WorkloadKey, names: list[str]
-    ) -> list[SvidResource | BundleResource]:
+    def _plan(self, key: WorkloadKey, names: list[str]) -> Resolution:
         return resolve(self._cache, self._cache.matching_entries(key), names)
 
     async def _versions(
@@ -215,14 +231,38 @@ class SecretDiscoveryService:
         if hit is not None:
             return hit
         generation = cache.generation
-        resources = self._plan(key, names)
-        version, versions, svids = await self._versions(key, resources)
-        answer = _Answer(resources, versions, svids, version)
+        plan = self._plan(key, names)
+        version, versions, svids = await self._versions(key, plan.resources)
+        answer = _Answer(plan, versions, svids, version)
         if cache.generation == generation:  # nothing changed while signing
             if len(self._answers) >= 10_000:
                 self._answers.clear()
             self._answers[memo_key] = answer
         return answer
+
+    def _report(
+        self, refused: list[Refusal], reported: frozenset[str], caller: Caller
+    ) -> frozenset[str]:
+        """Log and count the refused names not in ``reported``; returns the names refused now."""
+        if not refused:
+            return frozenset()
+        fresh = False
+        for r in refused:
+            if r.name in reported:
+                continue
+            fresh = True
+            self._refusals[r.reason].inc()
+            log.warning(
+                "sds resource not served",
+                uid=caller.uid,
+                pid=caller.pid,
+                name=r.name[:200],
+                reason=r.reason,
+                detail=r.message,
+            )
+        if not fresh and len(reported) == len(refused):
+            return reported
+        return frozenset(r.name for r in refused)
 
     @staticmethod
     def _check_type(req: DiscoveryRequest) -> None:
@@ -242,6 +282,9 @@ class SecretDiscoveryService:
             caller = self._caller_of(stream)
             self._cache.require_ready()
             answer = await self._answer(workload_key(caller), list(req.resource_names))
+            self._report(answer.refused, frozenset(), caller)
+            if answer.refused and not answer.resources:
+                raise answer.refused[0].error()
         await stream.send_message(PreEncoded(answer.body(self._builder)))
 
     async def delta_secrets(
@@ -323,6 +366,7 @@ class SecretDiscoveryService:
         names: list[str] | None = None  # None until the first request
         last_nonce = ""
         last_version: str | None = None
+        reported: frozenset[str] = frozenset()  # names refused, logged and counted already
         while True:
             await state.wait()
             names, send = self._take_requests(state, names, last_nonce, last_version, caller)
@@ -332,6 +376,9 @@ class SecretDiscoveryService:
                 if not self._cache.ready:
                     await self._cache.wait_ready()
                 answer = await self._answer(key, names)
+                reported = self._report(answer.refused, reported, caller)
+                if answer.failure is not None:
+                    raise answer.failure.error()
                 if send or answer.version != last_version:
                     nonce = str(next(self._nonces))
                     await stream.send_message(_with_nonce(answer.body(self._builder), nonce))

@@ -2,7 +2,8 @@
 
 The bootstrap is ``deploy/envoy/envoy-sidecar.yaml`` itself, loaded and given
 the test's agent socket, ephemeral ports and exact peer SPIFFE IDs; nothing
-else in it changes.
+else in it changes, unless a test asks for one more cluster whose certificate
+is an SDS secret the agent does not have (``unknown_secret``).
 """
 
 from __future__ import annotations
@@ -65,8 +66,13 @@ def render_sidecar(
     upstream_port: int = 1,
     accept_ids: list[str] | None = None,
     upstream_ids: list[str] | None = None,
+    unknown_secret: str | None = None,
 ) -> str:
-    """deploy/envoy/envoy-sidecar.yaml with the test's socket, ports (0 = ephemeral) and peers."""
+    """deploy/envoy/envoy-sidecar.yaml with the test's socket, ports (0 = ephemeral) and peers.
+
+    ``unknown_secret``: add a cluster like ``remote_service`` whose certificate is that SDS
+    secret (and whose validation context is still ``ROOTCA``).
+    """
     cfg = yaml.safe_load(DEPLOY_BOOTSTRAP.read_text())
     cfg = copy.deepcopy(cfg)
     cfg["node"]["id"] = node_id
@@ -87,6 +93,15 @@ def render_sidecar(
             "combined_validation_context"
         ]
         ctx["default_validation_context"]["match_typed_subject_alt_names"] = _exact(upstream_ids)
+    if unknown_secret is not None:
+        extra = copy.deepcopy(remote)
+        extra["name"] = extra["load_assignment"]["cluster_name"] = "unknown_secret_service"
+        common = extra["transport_socket"]["typed_config"]["common_tls_context"]
+        [cert] = common["tls_certificate_sds_secret_configs"]
+        cert["name"] = unknown_secret
+        # Envoy waits this long for the secret before it finishes starting (default 15s).
+        cert["sds_config"]["initial_fetch_timeout"] = "1s"
+        cfg["static_resources"]["clusters"].append(extra)
     text: str = yaml.safe_dump(cfg, sort_keys=False)
     return text
 
@@ -187,6 +202,19 @@ class Envoy:
             if loop.time() > deadline:
                 raise AssertionError(f"{self.name}: listener {name} not up\n{self.log_tail()}")
             await asyncio.sleep(0.1)
+
+    async def wait_live(self) -> None:
+        """Until Envoy has finished starting (admin /ready says LIVE) and its listeners accept."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 60
+        while True:
+            self._check_alive()
+            with contextlib.suppress(OSError):  # urllib's HTTPError (503) is an OSError
+                if (await self.get("/ready")).strip() == b"LIVE":
+                    return
+            if loop.time() > deadline:
+                raise AssertionError(f"{self.name}: never LIVE\n{self.log_tail()}")
+            await asyncio.sleep(0.05)
 
     async def cert_serials(self) -> set[str]:
         """Serials (lower-case hex) of the certificates in Envoy's TLS contexts (admin /certs)."""

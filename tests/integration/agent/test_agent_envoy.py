@@ -35,6 +35,7 @@ from agent_fakes import (
     other_user_env,
     python_for_other_users,
     run_async,
+    wait_until,
     world_dir,
 )
 
@@ -82,7 +83,7 @@ class Mesh:
 
 
 @contextlib.asynccontextmanager
-async def mesh() -> AsyncIterator[Mesh]:
+async def mesh(*, unknown_secret: str | None = None) -> AsyncIterator[Mesh]:
     up = FakeUpstream(TD)
     up.add_entry(BACKEND, ["unix:uid:1000"])
     up.add_entry(FRONTEND, ["unix:uid:1001"])
@@ -105,6 +106,7 @@ async def mesh() -> AsyncIterator[Mesh]:
                 node_id="backend",
                 app_port=app_port,
                 accept_ids=[FRONTEND],
+                unknown_secret=unknown_secret,
             ),
             uid=1000,
         )
@@ -119,6 +121,7 @@ async def mesh() -> AsyncIterator[Mesh]:
                 node_id="frontend",
                 upstream_port=inbound,
                 upstream_ids=[BACKEND],
+                unknown_secret=unknown_secret,
             ),
             uid=1001,
         )
@@ -156,6 +159,38 @@ async def test_envoys_get_default_and_rootca_and_serve_mtls() -> None:
         await writer.drain()
         assert await asyncio.wait_for(reader.read(100), 30) == b""
         writer.close()
+
+
+@run_async
+async def test_bootstrap_naming_a_secret_the_agent_lacks_still_gets_default_and_rootca() -> None:
+    typo = "defualt"
+    async with mesh(unknown_secret=typo) as m:
+        root = _hex(m.up.ca.active.cert.serial_number)
+        for e in (m.server, m.client):
+            await e.wait_live()  # it waited for the missing secret its initial_fetch_timeout
+            assert await e.ca_serials() == {root}
+        assert await fresh_roundtrip(m.outbound_port, b"despite the typo") == b"despite the typo"
+        unknown = {"reason": "unknown"}
+
+        def counted() -> float:
+            value = m.agent.metrics.registry.get_sample_value(
+                "trustd_agent_sds_unknown_resources_total", unknown
+            )
+            return value or 0.0
+
+        await wait_until(lambda: counted() == 2, what="the unknown name counted per Envoy")
+        # Rotations still reach both Envoys...
+        await m.rotate_svids()
+        assert await fresh_roundtrip(m.outbound_port, b"after rotation") == b"after rotation"
+        for e in (m.server, m.client):
+            # ...and the stream asking for the missing secret stays open: answered without
+            # it, acknowledged, never failed, so Envoy does not reconnect.
+            assert await e.stat(f"sds.{typo}.control_plane.connected_state") == 1
+            assert await e.stat(f"sds.{typo}.update_rejected") == 0
+            assert await e.stat(f"sds.{typo}.update_success") == 0
+            assert await e.stat("sds.default.update_rejected") == 0
+            assert await e.stat("sds.ROOTCA.update_rejected") == 0
+        assert counted() == 2
 
 
 @run_async

@@ -12,8 +12,10 @@ import contextlib
 import datetime as dt
 import os
 from pathlib import Path
+from typing import Any
 
 import grpc
+import structlog.testing
 from agent_fakes import (
     FakeUpstream,
     TestCA,
@@ -36,6 +38,7 @@ from envoy.extensions.transport_sockets.tls.v3 import tls_spiffe_validator_confi
 from envoy.service.discovery.v3.discovery_pb2 import (
     DeltaDiscoveryRequest,
     DeltaDiscoveryResponse,
+    DiscoveryResponse,
 )
 
 from trustd.clock import FakeClock
@@ -97,33 +100,192 @@ async def test_brand_new_workload_is_signed_on_demand(tmp_path: Path) -> None:
         call.cancel()
 
 
+UNKNOWN_METRIC = "trustd_agent_sds_unknown_resources_total"
+
+
+async def _read(call: Any) -> DiscoveryResponse:
+    """The next response; a stream that ended (or went quiet) fails the test."""
+    msg = await asyncio.wait_for(call.read(), 30)
+    assert msg is not grpc.aio.EOF, "stream ended"
+    resp: DiscoveryResponse = msg
+    return resp
+
+
+def _not_served(logs: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+    return [e for e in logs if e["event"] == "sds resource not served" and e["name"] == name]
+
+
 @run_async
-async def test_unknown_name_is_not_found(tmp_path: Path) -> None:
-    up, _, sock = _setup(tmp_path)
-    async with running_agent(sock, up), agent_channel(sock) as ch:
+async def test_unknown_name_is_left_out_and_the_stream_stays_open(tmp_path: Path) -> None:
+    up, clock, sock = _setup(tmp_path)
+    with structlog.testing.capture_logs() as logs:
+        async with running_agent(sock, up) as agent, agent_channel(sock) as ch:
+            call = sds_call(ch)
+            await call.write(sds_request(["default", "defualt"]))
+            r1 = await _read(call)
+            assert set(secrets_of(r1)) == {"default"}
+            assert uri_of(leaf_of(secrets_of(r1)["default"])) == MY_ID
+            assert r1.nonce and r1.version_info
+            await call.write(
+                sds_request(["default", "defualt"], version=r1.version_info, nonce=r1.nonce)
+            )
+            # The client asks again with the name still in (another subscription joins):
+            # answered, and the name is not logged or counted again.
+            await call.write(sds_request(["defualt", "default", "ROOTCA"],
+                                         version=r1.version_info, nonce=r1.nonce))
+            r2 = await _read(call)
+            assert set(secrets_of(r2)) == {"default", "ROOTCA"}
+            await call.write(sds_request(["defualt", "default", "ROOTCA"],
+                                         version=r2.version_info, nonce=r2.nonce))
+            pushes = metric(agent.metrics, "trustd_agent_pushes_total", api="sds")
+            # A change the answer does not depend on sends nothing (no resend of r2)...
+            partner = TestCA(TrustDomain.parse("partner.example"), clock=clock,
+                             ttl=dt.timedelta(days=1))
+            up.set_federated(partner.bundle())
+            await wait_until(lambda: TrustDomain.parse("partner.example") in agent.cache.bundles,
+                             what="federated bundle synced")
+            # ...and rotation still reaches the stream: the very next message.
+            clock.advance(dt.timedelta(minutes=40))
+            await agent.cache.rotate_due()
+            r3 = await _read(call)
+            assert metric(agent.metrics, "trustd_agent_pushes_total", api="sds") == pushes + 1
+            assert set(secrets_of(r3)) == {"default", "ROOTCA"}
+            assert r3.version_info != r2.version_info and r3.nonce != r2.nonce
+            assert leaf_of(secrets_of(r3)["default"]).serial_number != leaf_of(
+                secrets_of(r1)["default"]
+            ).serial_number
+            assert metric(agent.metrics, UNKNOWN_METRIC, reason="unknown") == 1
+            assert metric(agent.metrics, UNKNOWN_METRIC, reason="not_entitled") == 0
+            assert metric(agent.metrics, "trustd_agent_sds_nacks_total") == 0
+            call.cancel()
+    [logged] = _not_served(logs, "defualt")
+    assert logged["log_level"] == "warning"
+    assert logged["reason"] == "unknown"
+    assert logged["uid"] == os.getuid()
+    assert all("PRIVATE KEY" not in repr(e) and "CERTIFICATE" not in repr(e) for e in logs)
+
+
+@run_async
+async def test_only_unknown_names_get_an_empty_answer_and_wait(tmp_path: Path) -> None:
+    up, clock, sock = _setup(tmp_path)
+    partner = TestCA(TrustDomain.parse("partner.example"), clock=clock, ttl=dt.timedelta(days=1))
+    async with running_agent(sock, up) as agent, agent_channel(sock) as ch:
         call = sds_call(ch)
-        await call.write(sds_request(["default", "secret-of-someone"]))
-        assert await read_error(call) == grpc.StatusCode.NOT_FOUND
+        await call.write(sds_request(["spiffe://partner.example"]))
+        r1 = await _read(call)
+        assert list(r1.resources) == [] and r1.nonce
+        await call.write(sds_request(["spiffe://partner.example"], version=r1.version_info,
+                                     nonce=r1.nonce))
+        # The trust domain is federated later: its bundle is sent on the same stream.
+        up.set_federated(partner.bundle())
+        r2 = await _read(call)
+        roots = secrets_of(r2)["spiffe://partner.example"].validation_context.trusted_ca
+        assert _pem_certs(roots.inline_bytes) == [partner.active.cert]
+        assert r2.version_info != r1.version_info
+        assert metric(agent.metrics, UNKNOWN_METRIC, reason="unknown") == 1
+        # FetchSecrets has nothing to wait with: only unknown names are NOT_FOUND.
+        code = None
+        try:
+            await sds_fetch(ch, ["defualt", "spiffe://unknown.example"])
+        except grpc.aio.AioRpcError as exc:
+            code = exc.code()
+        assert code == grpc.StatusCode.NOT_FOUND
+        call.cancel()
 
 
 @run_async
-async def test_unauthorized_name_is_permission_denied(tmp_path: Path) -> None:
+async def test_name_the_caller_becomes_entitled_to_is_sent_then(tmp_path: Path) -> None:
+    up, _, sock = _setup(tmp_path)
+    second = "spiffe://trustd.local/ns/demo/sa/second"
+    async with running_agent(sock, up) as agent, agent_channel(sock) as ch:
+        call = sds_call(ch)
+        await call.write(sds_request(["default", second]))
+        r1 = await _read(call)
+        assert set(secrets_of(r1)) == {"default"}
+        await call.write(sds_request(["default", second], version=r1.version_info,
+                                     nonce=r1.nonce))
+        up.add_entry(second, [ME])
+        r2 = await _read(call)
+        assert set(secrets_of(r2)) == {"default", second}
+        assert uri_of(leaf_of(secrets_of(r2)[second])) == second
+        assert uri_of(leaf_of(secrets_of(r2)["default"])) == MY_ID
+        assert metric(agent.metrics, UNKNOWN_METRIC, reason="not_entitled") == 1
+        call.cancel()
+
+
+@run_async
+async def test_not_entitled_name_beside_default_gets_default_only(tmp_path: Path) -> None:
+    up, clock, sock = _setup(tmp_path)
+    other = next(e for e in up.entries.values() if str(e.spiffe_id) == OTHER_ID)
+    with structlog.testing.capture_logs() as logs:
+        async with running_agent(sock, up) as agent, agent_channel(sock) as ch:
+            await wait_until(lambda: agent.cache.svid(other.id) is not None,
+                             what="other workload's svid held by the agent")
+            other_svid = agent.cache.svid(other.id)
+            assert other_svid is not None
+            call = sds_call(ch)
+            await call.write(sds_request([OTHER_ID, "default"]))
+            resp = await _read(call)
+            fetched = await sds_fetch(ch, ["default", OTHER_ID])
+            for r in (resp, fetched):
+                assert set(secrets_of(r)) == {"default"}
+                assert uri_of(leaf_of(secrets_of(r)["default"])) == MY_ID
+                raw = r.SerializeToString()
+                assert OTHER_ID.encode() not in raw
+                assert other_svid.key_pkcs8_pem not in raw
+                assert other_svid.key_pkcs8_der not in raw
+                other_leaf = other_svid.chain[0]
+                assert other_leaf.public_bytes(serialization.Encoding.PEM) not in raw
+                assert other_leaf.public_bytes(serialization.Encoding.DER) not in raw
+            assert metric(agent.metrics, UNKNOWN_METRIC, reason="not_entitled") == 2
+            assert metric(agent.metrics, UNKNOWN_METRIC, reason="unknown") == 0
+            await call.write(sds_request([OTHER_ID, "default"], version=resp.version_info,
+                                         nonce=resp.nonce))
+            clock.advance(dt.timedelta(minutes=40))
+            await agent.cache.rotate_due()
+            rotated = await _read(call)
+            assert set(secrets_of(rotated)) == {"default"}
+            assert uri_of(leaf_of(secrets_of(rotated)["default"])) == MY_ID
+            assert OTHER_ID.encode() not in rotated.SerializeToString()
+            assert metric(agent.metrics, UNKNOWN_METRIC, reason="not_entitled") == 2
+            call.cancel()
+    logged = _not_served(logs, OTHER_ID)
+    assert len(logged) == 2  # the stream once, the fetch once
+    assert {e["reason"] for e in logged} == {"not_entitled"}
+
+
+@run_async
+async def test_only_names_the_caller_may_not_have_are_permission_denied(tmp_path: Path) -> None:
     up, _, sock = _setup(tmp_path)
     async with running_agent(sock, up), agent_channel(sock) as ch:
-        for name in (OTHER_ID, "spiffe://trustd.local/ns/nobody/sa/none"):
+        for names in (
+            [OTHER_ID],
+            ["spiffe://trustd.local/ns/nobody/sa/none"],
+            [OTHER_ID, "spiffe://trustd.local/ns/nobody/sa/none"],
+        ):
             call = sds_call(ch)
-            await call.write(sds_request([name]))
+            await call.write(sds_request(names))
             # Same answer whether or not another workload holds the identity.
-            assert await read_error(call) == grpc.StatusCode.PERMISSION_DENIED
-            call = sds_call(ch)
-            await call.write(sds_request(["default", name]))
-            assert await read_error(call) == grpc.StatusCode.PERMISSION_DENIED
-        with_fetch = None
-        try:
-            await sds_fetch(ch, [OTHER_ID])
-        except grpc.aio.AioRpcError as exc:
-            with_fetch = exc.code()
-        assert with_fetch == grpc.StatusCode.PERMISSION_DENIED
+            assert await asyncio.wait_for(read_error(call), 30) == (
+                grpc.StatusCode.PERMISSION_DENIED
+            )
+            code = None
+            try:
+                await sds_fetch(ch, names)
+            except grpc.aio.AioRpcError as exc:
+                code = exc.code()
+            assert code == grpc.StatusCode.PERMISSION_DENIED
+
+
+@run_async
+async def test_malformed_name_beside_default_is_left_out(tmp_path: Path) -> None:
+    up, _, sock = _setup(tmp_path)
+    async with running_agent(sock, up) as agent, agent_channel(sock) as ch:
+        call = sds_call(ch)
+        await call.write(sds_request(["default", "spiffe://trustd.local/ns/../x"]))
+        assert set(secrets_of(await _read(call))) == {"default"}
+        assert metric(agent.metrics, UNKNOWN_METRIC, reason="malformed") == 1
+        call.cancel()
 
 
 @run_async
