@@ -37,7 +37,7 @@ import structlog
 from trustd.clock import Clock, SystemClock
 from trustd.dataplane.config import InboundConfig, OutboundConfig, ProxyConfig, split_host_port
 from trustd.dataplane.core import Core, HandshakeError, PythonCore, Stream
-from trustd.dataplane.errors import IdentityUnavailableError, PeerRejectedError
+from trustd.dataplane.errors import IdentityUnavailableError, PeerRejectedError, ProxyConfigError
 from trustd.dataplane.identity import Identity, IdentitySource
 from trustd.dataplane.metrics import ProxyMetrics
 from trustd.dataplane.policysource import PolicySource
@@ -181,23 +181,15 @@ class Proxy:
         self._unsubscribe.append(self._policy.subscribe(self._on_policy))
         self._on_policy(self._policy.current())
         for ib in self._inbound:
-            ib.server = await asyncio.start_server(
-                self._inbound_callback(ib),
-                ib.config.bind,
-                ib.config.port,
-                reuse_address=True,
-                backlog=1024,
+            ib.server = await _listen(
+                self._inbound_callback(ib), ib.config.bind, ib.config.port, f"inbound port {ib.config.port}"
             )
             ib.port = ib.server.sockets[0].getsockname()[1]
             log.info("inbound listening", port=ib.port, app=ib.config.app, proxy=self.proxy_id)
         for ob in self._outbound:
             host, port = split_host_port(ob.config.listen)
-            ob.server = await asyncio.start_server(
-                self._outbound_callback(ob),
-                host,
-                port,
-                reuse_address=True,
-                backlog=1024,
+            ob.server = await _listen(
+                self._outbound_callback(ob), host, port, f"outbound listen {ob.config.listen}"
             )
             sock = ob.server.sockets[0].getsockname()
             ob.address = (sock[0], sock[1])
@@ -698,6 +690,22 @@ class Proxy:
             )
         finally:
             active.dec()
+
+
+async def _listen(
+    callback: Callable[[asyncio.StreamReader, asyncio.StreamWriter], None],
+    host: str,
+    port: int,
+    what: str,
+) -> asyncio.Server:
+    """A listening server; a port taken or not allowed is one line (ProxyConfigError)."""
+    try:
+        return await asyncio.start_server(callback, host, port, reuse_address=True, backlog=1024)
+    except OSError as exc:
+        raise ProxyConfigError(
+            f"cannot listen on {what} ({host}:{port}): {exc.strerror or exc}; "
+            "is another process (an earlier proxy, Envoy) using it?"
+        ) from None
 
 
 def _peer(writer: asyncio.StreamWriter) -> str:

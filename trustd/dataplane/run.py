@@ -23,6 +23,7 @@ from trustd.dataplane.config import (
     SdsIdentityConfig,
     load_config,
 )
+from trustd.dataplane.errors import ProxyConfigError
 from trustd.dataplane.identity import FileIdentitySource, IdentitySource
 from trustd.dataplane.policysource import FilePolicySource, PolicySource, StaticPolicySource
 from trustd.dataplane.proxy import DenialEvent, Proxy, default_proxy_id
@@ -90,7 +91,13 @@ async def serve(
             health = HealthServer(
                 registries=[proxy.metrics.registry], readiness=lambda: (True, "serving")
             )
-            await health.start(config.metrics_address)
+            try:
+                await health.start(config.metrics_address)
+            except OSError as exc:
+                raise ProxyConfigError(
+                    f"cannot listen on metricsAddress {config.metrics_address}: "
+                    f"{exc.strerror or exc}"
+                ) from None
         if ready is not None:
             ready(proxy)
         await (stop or asyncio.Event()).wait()

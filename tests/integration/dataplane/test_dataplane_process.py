@@ -120,3 +120,31 @@ async def test_proxy_process_serves_reloads_policy_and_stops_cleanly(tmp_path: P
             proc.wait(10)
         log.close()
         await app.stop()
+
+
+@pytest.mark.parametrize("busy", ["inbound", "metrics"])
+def test_a_busy_port_is_one_line_and_exit_1(tmp_path: Path, busy: str) -> None:
+    ca = ThrowawayCA("trustd.local")
+    cert, key = ca.issue(SERVER).write(tmp_path / "id")
+    bundle = tmp_path / "id" / "bundle.pem"
+    bundle.write_bytes(ca.bundle_pem)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        used = taken.getsockname()[1]
+        port = used if busy == "inbound" else free_port()
+        metrics = used if busy == "metrics" else free_port()
+        config = tmp_path / "proxy.yaml"
+        config.write_text(
+            f"inbound:\n  - port: {port}\n    app: 127.0.0.1:9\n    bind: 127.0.0.1\n"
+            f"metricsAddress: 127.0.0.1:{metrics}\npolicy: {{kind: none}}\n"
+            f"identity: {{kind: files, certFile: {cert}, keyFile: {key}, bundleFile: {bundle}}}\n"
+        )
+        trustd = str(Path(sys.executable).parent / "trustd")
+        done = subprocess.run([trustd, "proxy", "--config", str(config)], capture_output=True,
+                              text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 1, done
+    assert "Traceback" not in done.stderr, done.stderr
+    last = done.stderr.splitlines()[-1]
+    what = f"inbound port {port}" if busy == "inbound" else f"metricsAddress 127.0.0.1:{metrics}"
+    assert last.startswith(f"trustd: cannot listen on {what}") and "in use" in last, last
