@@ -44,16 +44,38 @@ def parse(text: str) -> dt.timedelta:
         raise ValueError(f"duration {shown!r} is too long: {_BAD}") from None
 
 
+_MICROSECOND = dt.timedelta(microseconds=1)
+_SIZES = (("d", 86_400_000_000), ("h", 3_600_000_000), ("m", 60_000_000), ("s", 1_000_000))
+
+
 def format(delta: dt.timedelta) -> str:
-    """Format a duration the way parse reads it back ('1h30m', '45s')."""
-    secs = int(delta.total_seconds())
-    if secs == 0:
+    """Format a duration the way parse reads it back, exactly: '1d1h', '1h30m', '90s' -> '1m30s',
+    '1s500ms', '0.25ms'. Zero parts are left out; zero is '0s'."""
+    us = delta // _MICROSECOND
+    if us == 0:
         return "0s"
-    sign = "-" if secs < 0 else ""
-    secs = abs(secs)
+    sign = "-" if us < 0 else ""
+    us = abs(us)
     out = []
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
-        if secs >= size:
-            out.append(f"{secs // size}{unit}")
-            secs %= size
+    for unit, size in _SIZES:
+        count, us = divmod(us, size)
+        if count:
+            out.append(f"{count}{unit}")
+    if us:
+        ms, frac = divmod(us, 1000)
+        out.append(f"{ms}.{frac:03d}".rstrip("0") + "ms" if frac else f"{ms}ms")
     return sign + "".join(out)
+
+
+def approximate(delta: dt.timedelta) -> str:
+    """A duration rounded down for reading at a glance: the largest unit, and the next one
+    while the largest is below 10 ('45s', '5m30s', '23m', '2h5m', '13h', '3d4h', '40d').
+    Still in the form parse reads."""
+    secs = abs(delta) // dt.timedelta(seconds=1)
+    step = 1
+    for size, smaller in ((86_400, 3_600), (3_600, 60), (60, 1)):
+        if secs >= size:
+            step = size if secs >= 10 * size else smaller
+            break
+    text = format(dt.timedelta(seconds=secs - secs % step))
+    return "-" + text if delta < dt.timedelta(0) and text != "0s" else text

@@ -14,6 +14,8 @@ app = typer.Typer(
     invoke_without_command=True,
 )
 COLUMNS = ["id", "spiffe_id", "not_after", "last_seen", "evicted"]
+NARROW = ["id", "not_after", "last_seen", "evicted"]  # the SPIFFE ID ends with the id
+EXTRA = ["serial", "joined_at", "hostname"]
 
 
 @app.callback()
@@ -34,7 +36,14 @@ def agent(
 @app.command("list")
 def list_(ctx: typer.Context, output: OutputOpt = None) -> None:
     """List agents that joined."""
-    emit(call(ctx, "AgentList"), fmt(ctx, output), columns=COLUMNS, rows_key="agents")
+    emit(
+        call(ctx, "AgentList"),
+        fmt(ctx, output),
+        columns=COLUMNS,
+        rows_key="agents",
+        narrow=NARROW,
+        extra=EXTRA,
+    )
 
 
 @app.command("evict")

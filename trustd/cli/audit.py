@@ -49,7 +49,7 @@ def verify(
                 raise
             raise ServerError(f"{exc}; with the server stopped, use trustd audit verify --offline") from None
     f = fmt(ctx, output)
-    if f is not Format.table:
+    if not f.tabular:
         emit(report, f)
     elif report["ok"]:
         head = report.get("head_seq")
@@ -112,7 +112,7 @@ def export(
     if outcome is not None and outcome not in ("success", "failure"):
         raise UsageError(f"invalid --outcome {outcome!r}: use success or failure")
     if out is not None:
-        if str(out) in {f.value for f in Format} | {"wide"}:
+        if str(out) in {f.value for f in Format}:
             raise UsageError(
                 f"audit export -o is the file to write, and {str(out)!r} looks like an output "
                 "format: the export format is --format jsonl|csv|ocsf|cef (write to a file with "

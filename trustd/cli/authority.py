@@ -2,33 +2,39 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from trustd.cli.common import OutputOpt, call, fmt
-from trustd.cli.output import emit
+from trustd.cli.output import Format, emit
 
 app = typer.Typer(help="Rotate the CA by hand.", no_args_is_help=True)
 COLUMNS = ["id", "state", "tainted", "not_after", "key_backend", "upstream"]
+NARROW = ["id", "state", "tainted", "not_after"]
+EXTRA = ["revoked", "not_before", "key_algorithm", "subject"]
+
+
+def _emit(result: dict[str, Any], f: Format, rows_key: str | None = None) -> None:
+    emit(result, f, columns=COLUMNS, rows_key=rows_key, narrow=NARROW, extra=EXTRA)
 
 
 @app.command("list")
 def list_(ctx: typer.Context, output: OutputOpt = None) -> None:
     """List CA slots: prepared, active, old."""
-    emit(call(ctx, "AuthorityList"), fmt(ctx, output), columns=COLUMNS, rows_key="authorities")
+    _emit(call(ctx, "AuthorityList"), fmt(ctx, output), rows_key="authorities")
 
 
 @app.command("prepare")
 def prepare(ctx: typer.Context, output: OutputOpt = None) -> None:
     """Create the next CA; it joins the bundle now and signs nothing yet."""
-    emit(call(ctx, "AuthorityPrepare"), fmt(ctx, output), columns=COLUMNS)
+    _emit(call(ctx, "AuthorityPrepare"), fmt(ctx, output))
 
 
 @app.command("activate")
 def activate(ctx: typer.Context, output: OutputOpt = None) -> None:
     """Make the prepared CA sign; the active one becomes old and stays in the bundle."""
-    emit(call(ctx, "AuthorityActivate"), fmt(ctx, output), columns=COLUMNS)
+    _emit(call(ctx, "AuthorityActivate"), fmt(ctx, output))
 
 
 @app.command("taint")
@@ -38,7 +44,7 @@ def taint(
     output: OutputOpt = None,
 ) -> None:
     """Force every SVID signed by an old CA to be reissued."""
-    emit(call(ctx, "AuthorityTaint", {"id": authority_id}), fmt(ctx, output), columns=COLUMNS)
+    _emit(call(ctx, "AuthorityTaint", {"id": authority_id}), fmt(ctx, output))
 
 
 @app.command("revoke")
@@ -51,11 +57,7 @@ def revoke(
     output: OutputOpt = None,
 ) -> None:
     """Drop a tainted CA from the bundle once nothing valid depends on it."""
-    emit(
-        call(ctx, "AuthorityRevoke", {"id": authority_id, "force": force}),
-        fmt(ctx, output),
-        columns=COLUMNS,
-    )
+    _emit(call(ctx, "AuthorityRevoke", {"id": authority_id, "force": force}), fmt(ctx, output))
 
 
 @app.command("blockers")
@@ -71,4 +73,6 @@ def blockers(
         fmt(ctx, output),
         columns=["serial", "spiffe_id", "not_after", "holder", "reissued_by_agents"],
         rows_key="certificates",
+        narrow=["serial", "spiffe_id", "not_after"],
+        extra=["entry_id", "issued_at"],
     )

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from trustd.cli.common import OutputOpt, call, fmt
-from trustd.cli.output import Format, emit
+from trustd.cli.output import emit
 
 app = typer.Typer(help="The trust bundle.", no_args_is_help=True)
 
@@ -30,7 +30,7 @@ def show(
     """Print the trust bundle on stdout (-o json|yaml: both forms in one document)."""
     result = call(ctx, "BundleShow")
     f = fmt(ctx, output)
-    if f is not Format.table:
+    if not f.tabular:
         emit(result, f)
     elif format_ is BundleFormat.spiffe:
         typer.echo(json.dumps(result["spiffe"], indent=2))

@@ -15,7 +15,7 @@ from trustd.cli.output import Format
 @dataclass
 class State:
     admin_socket: Path  # where the server listens for admin calls
-    output: Format  # table, json or yaml
+    output: Format  # table, wide, json or yaml
     debug: bool  # show tracebacks
 
 
@@ -29,7 +29,9 @@ def call(ctx: typer.Context, method: str, doc: dict[str, Any] | None = None) -> 
     return client.call(state(ctx).admin_socket, method, doc)
 
 
-OutputOpt = Annotated[Format | None, typer.Option("--output", "-o", help="table, json or yaml")]
+OutputOpt = Annotated[
+    Format | None, typer.Option("--output", "-o", help="table, wide (every column), json or yaml")
+]
 
 
 def fmt(ctx: typer.Context, override: Format | None) -> Format:

@@ -16,6 +16,8 @@ app = typer.Typer(
     help="Register workloads: which selectors get which SPIFFE ID.", no_args_is_help=True
 )
 COLUMNS = ["id", "spiffe_id", "selectors", "ttl", "dns_names", "agent_id"]
+NARROW = ["id", "spiffe_id", "selectors", "ttl"]
+EXTRA = ["revision", "created_at"]
 
 
 @app.command("create")
@@ -59,7 +61,7 @@ def create(
         },
     )
     f = fmt(ctx, output)
-    if f.value == "table":
+    if f.tabular:
         typer.echo(entry["id"])
     else:
         emit(entry, f)
@@ -89,7 +91,14 @@ def _warn_overlaps(ctx: typer.Context, created: dict[str, Any]) -> None:
 @app.command("list")
 def list_(ctx: typer.Context, output: OutputOpt = None) -> None:
     """List registration entries."""
-    emit(call(ctx, "EntryList"), fmt(ctx, output), columns=COLUMNS, rows_key="entries")
+    emit(
+        call(ctx, "EntryList"),
+        fmt(ctx, output),
+        columns=COLUMNS,
+        rows_key="entries",
+        narrow=NARROW,
+        extra=EXTRA,
+    )
 
 
 @app.command("show")
@@ -110,7 +119,9 @@ def show(
     if caller is None:
         if entry_id is None:
             raise typer.BadParameter("give an entry ID, or --caller PID|uid:N")
-        emit(call(ctx, "EntryShow", {"id": entry_id}), f, columns=COLUMNS)
+        emit(
+            call(ctx, "EntryShow", {"id": entry_id}), f, columns=COLUMNS, narrow=NARROW, extra=EXTRA
+        )
         return
     if entry_id is not None:
         raise typer.BadParameter("give an entry ID or --caller, not both")
@@ -130,7 +141,7 @@ def show(
         "default": found[0].to_json() if found else None,
         "entries": [e.to_json() for e in found],
     }
-    if f.value != "table":
+    if not f.tabular:
         emit(result, f)
         return
     desc = f"pid {who.pid}" if who.pid else f"uid {who.uid}"
@@ -143,7 +154,14 @@ def show(
         return
     typer.echo(f"default SVID: {found[0].spiffe_id} (entry {found[0].id})")
     rows = [{**e.to_json(), "default": i == 0} for i, e in enumerate(found)]
-    emit({"entries": rows}, f, columns=["id", "spiffe_id", "selectors", "default"], rows_key="entries")
+    emit(
+        {"entries": rows},
+        f,
+        columns=["id", "spiffe_id", "selectors", "default"],
+        rows_key="entries",
+        narrow=["id", "spiffe_id", "default", "selectors"],
+        extra=[c for c in COLUMNS + EXTRA if c not in ("id", "spiffe_id", "selectors")],
+    )
 
 
 def _caller(text: str) -> Caller:
@@ -170,4 +188,10 @@ def delete(
     output: OutputOpt = None,
 ) -> None:
     """Delete an entry; agents stop serving its SVID."""
-    emit(call(ctx, "EntryDelete", {"id": entry_id}), fmt(ctx, output), columns=COLUMNS)
+    emit(
+        call(ctx, "EntryDelete", {"id": entry_id}),
+        fmt(ctx, output),
+        columns=COLUMNS,
+        narrow=NARROW,
+        extra=EXTRA,
+    )

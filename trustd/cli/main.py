@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import enum
 import sys
 from typing import Annotated
 
 import typer
+from typer._completion_classes import completion_init
 from typer.exceptions import TyperException
 
 from trustd import __version__, durations
@@ -15,8 +17,11 @@ from trustd.cli.common import CheckFailed, OutputOpt, State, fmt
 from trustd.cli.output import Format, emit
 from trustd.errors import TrustdError
 
+PROG = "trustd"
+COMPLETE_VAR = "_TRUSTD_COMPLETE"  # set by the completion scripts when the shell asks
+
 app = typer.Typer(
-    name="trustd",
+    name=PROG,
     help="trustd: SPIFFE CA, node agent, policy engine and mTLS sidecar.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -52,7 +57,7 @@ def root(
         ),
     ] = None,
     output: Annotated[
-        Format, typer.Option("--output", "-o", help="table, json or yaml")
+        Format, typer.Option("--output", "-o", help="table, wide (every column), json or yaml")
     ] = Format.table,
     debug: Annotated[bool, typer.Option("--debug", help="show tracebacks")] = False,
 ) -> None:
@@ -69,10 +74,31 @@ def root(
 def version(ctx: typer.Context, output: OutputOpt = None) -> None:
     """Print the version."""
     f = fmt(ctx, output)
-    if f is Format.table:
+    if f.tabular:
         typer.echo(__version__)
     else:
         emit({"version": __version__}, f)
+
+
+class Shell(enum.StrEnum):
+    bash = "bash"
+    zsh = "zsh"
+    fish = "fish"
+
+
+@app.command("completion")
+def completion(
+    shell: Annotated[Shell, typer.Argument(metavar="SHELL", help="bash, zsh or fish")],
+) -> None:
+    """Print the completion script for a shell.
+
+    bash: `source <(trustd completion bash)` in ~/.bashrc; zsh: `source <(trustd completion zsh)`
+    in ~/.zshrc, after compinit; fish: `trustd completion fish >
+    ~/.config/fish/completions/trustd.fish`.
+    """
+    from typer._completion_shared import get_completion_script
+
+    typer.echo(get_completion_script(prog_name=PROG, complete_var=COMPLETE_VAR, shell=shell.value))
 
 
 @app.command("up")
@@ -165,7 +191,11 @@ def proxy(config: Annotated[str, typer.Option("--config", help="proxy config fil
 
 
 def _fail(message: str, code: int) -> int:
-    one_line = "; ".join(part.strip() for part in message.splitlines() if part.strip())
+    one_line = ""
+    for part in (p.strip() for p in message.splitlines()):
+        if part:
+            # a list ("Choose from:", "bash,", "zsh") continues its line
+            one_line += ("" if not one_line else " " if one_line[-1] in ":," else "; ") + part
     sys.stderr.write(f"trustd: {one_line}\n")
     return code
 
@@ -205,9 +235,10 @@ def hoist_global_options(args: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     args = hoist_global_options(list(argv if argv is not None else sys.argv[1:]))
     debug = "--debug" in args
+    completion_init()  # what the completion scripts ask (COMPLETE_VAR) is answered in their format
     try:
         # Without standalone mode, a command's `raise typer.Exit(n)` comes back as n.
-        rc = app(args=args, prog_name="trustd", standalone_mode=False)
+        rc = app(args=args, prog_name=PROG, complete_var=COMPLETE_VAR, standalone_mode=False)
     except typer.Exit as exc:
         return int(exc.exit_code or 0)
     except typer.Abort:

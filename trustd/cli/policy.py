@@ -11,7 +11,10 @@ import typer
 from trustd.cli.common import CheckFailed, OutputOpt, call, fmt
 from trustd.cli.output import Format, emit
 
-app = typer.Typer(help="mTLS and authorization policy (SPEC §8).", no_args_is_help=True)
+app = typer.Typer(
+    help="mTLS and authorization policy: PeerAuthentication, ClientTLSPolicy and AuthorizationPolicy objects.",
+    no_args_is_help=True,
+)
 
 
 def _files(paths: list[Path]) -> list[dict[str, str]]:
@@ -28,7 +31,7 @@ def _files(paths: list[Path]) -> list[dict[str, str]]:
 
 
 def _print_apply(result: dict[str, Any], f: Format, *, dry_run: bool) -> None:
-    if f is not Format.table:
+    if not f.tabular:
         emit(result, f)
         return
     verb = "would publish" if dry_run else ("published" if result["published"] else "unchanged:")
@@ -71,7 +74,7 @@ def show(
     SpiffeId.parse(spiffe_id)
     f = fmt(ctx, output)
     result = call(ctx, "PolicyShow", {"spiffe_id": spiffe_id, "port": port})
-    emit(result, f if f is not Format.table else Format.yaml)
+    emit(result, Format.yaml if f.tabular else f)
 
 
 @app.command("diff")
@@ -84,7 +87,7 @@ def diff(
     """What applying the files would change; exit 3 when something would."""
     result = call(ctx, "PolicyDiff", {"files": _files(file), "prune": prune})
     f = fmt(ctx, output)
-    if f is Format.table:
+    if f.tabular:
         for line in result["lines"]:
             typer.echo(line)
     else:
@@ -98,7 +101,7 @@ def status(ctx: typer.Context, output: OutputOpt = None) -> None:
     """Policy version, and which proxies run it."""
     result = call(ctx, "PolicyStatus")
     f = fmt(ctx, output)
-    if f is not Format.table:
+    if not f.tabular:
         emit(result, f)
         return
     typer.echo(

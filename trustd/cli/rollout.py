@@ -12,6 +12,8 @@ from trustd.cli.output import Format, emit
 
 app = typer.Typer(help="Lossless mTLS rollouts: servers first, clients follow.", no_args_is_help=True)
 COLUMNS = ["id", "state", "step", "phase", "target", "selector", "policyVersion", "waitingFor"]
+NARROW = ["id", "state", "step", "phase", "target", "selector"]
+EXTRA = ["canary", "canaryInstances", "startedAt", "updatedAt"]
 
 
 class Target(enum.StrEnum):
@@ -20,8 +22,8 @@ class Target(enum.StrEnum):
 
 
 def _show(result: dict[str, Any], f: Format) -> None:
-    emit(result, f, columns=COLUMNS)
-    if f is not Format.table:
+    emit(result, f, columns=COLUMNS, narrow=NARROW, extra=EXTRA)
+    if not f.tabular:
         return
     rows = [
         {

@@ -87,4 +87,10 @@ def mint(
     _write(out_dir / "bundle.pem", result["bundle_pem"].encode(), 0o644)
     shown = {k: result[k] for k in ("spiffe_id", "serial", "not_after", "authority_id")}
     shown["out_dir"] = str(out_dir)
-    emit(shown, fmt(ctx, output), columns=["spiffe_id", "serial", "not_after", "out_dir"])
+    emit(
+        shown,
+        fmt(ctx, output),
+        columns=["spiffe_id", "serial", "not_after", "out_dir"],
+        narrow=["spiffe_id", "not_after", "out_dir"],
+        extra=["authority_id"],
+    )

@@ -23,7 +23,7 @@ def create(
 
     result = call(ctx, "TokenCreate", {"ttl": parse_ttl(ttl)})
     f = fmt(ctx, output)
-    if f.value == "table":
+    if f.tabular:
         typer.echo(result["token"])
     else:
         emit(result, f)

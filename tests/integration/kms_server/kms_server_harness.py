@@ -681,7 +681,7 @@ def run_up_lifecycle(
         proc.wait_banner()
         run.keys_at_start = keys_view()
         run.authorities_at_start = cli_json(admin, "authority", "list")["authorities"]
-        [run.ca_spki_at_start] = _bundle_spkis(cli(admin, "bundle", "show").stdout.encode())
+        [run.ca_spki_at_start] = _bundle_spkis(cli_json(admin, "bundle", "show")["pem"].encode())
 
         run.mint_verify = _mint(admin, tmp / "mint1")
         run.minted_key_der = serialization.load_pem_private_key(
@@ -709,7 +709,7 @@ def run_up_lifecycle(
         prepared = cli_json(admin, "authority", "prepare")
         run.keys_after_prepare = keys_view()
         run.authorities_after_prepare = cli_json(admin, "authority", "list")["authorities"]
-        bundle_pem = cli(admin, "bundle", "show").stdout.encode()
+        bundle_pem = cli_json(admin, "bundle", "show")["pem"].encode()
         [run.prepared_ca_spki] = _bundle_spkis(bundle_pem) - {run.ca_spki_at_start}
         assert prepared["state"] == "prepared"
 

@@ -6,6 +6,7 @@ import asyncio
 import datetime as dt
 import io
 import json
+import re
 import socket
 import stat
 import subprocess
@@ -553,3 +554,190 @@ def test_version_and_bundle_show_take_the_output_format(
     assert code == 0
     doc = json.loads(out)
     assert doc["pem"].startswith("-----BEGIN CERTIFICATE-----") and "keys" in doc["spiffe"]
+
+
+# -- expected comforts: completion, tables that fit, one duration form, help -------------
+
+
+@pytest.mark.parametrize(
+    ("shell", "words"),
+    [
+        ("bash", ["_TRUSTD_COMPLETE=complete_bash", "complete -o default -F", " trustd"]),
+        ("zsh", ["#compdef trustd", "compdef _trustd_completion trustd", "_TRUSTD_COMPLETE"]),
+        ("fish", ["complete --command trustd", "_TRUSTD_COMPLETE=complete_fish"]),
+    ],
+)
+def test_completion_prints_the_script_for_the_shell(
+    capsys: pytest.CaptureFixture[str], shell: str, words: list[str]
+) -> None:
+    code, out, err = run_cli(capsys, "completion", shell)
+    assert (code, err) == (0, "")
+    for w in words:
+        assert w in out, out
+
+
+def test_completion_for_an_unknown_shell_exits_1_with_one_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, out, err = run_cli(capsys, "completion", "tcsh")
+    assert (code, out) == (1, "")
+    assert_one_line_error(err, "'tcsh' is not one of 'bash', 'zsh', 'fish'")
+    code, out, err = run_cli(capsys, "completion")
+    assert (code, out) == (1, "")
+    assert_one_line_error(err, "Missing argument 'SHELL'", "bash, zsh, fish")
+
+
+@pytest.mark.parametrize(
+    ("shell", "env", "expected"),
+    [
+        ("bash", {"COMP_WORDS": "trustd en", "COMP_CWORD": "1"}, ["entry"]),
+        ("bash", {"COMP_WORDS": "trustd entry list -o ", "COMP_CWORD": "4"},
+         ["table", "wide", "json", "yaml"]),
+        ("zsh", {"_TYPER_COMPLETE_ARGS": "trustd compl"}, ["completion"]),
+        ("fish", {"_TYPER_COMPLETE_ARGS": "trustd authority ta",
+                  "_TYPER_COMPLETE_FISH_ACTION": "get-args"}, ["taint"]),
+    ],
+)  # fmt: skip
+def test_the_completion_scripts_get_answers_in_their_format(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    shell: str,
+    env: dict[str, str],
+    expected: list[str],
+) -> None:
+    """What the scripts run (``_TRUSTD_COMPLETE=complete_SHELL trustd``) answers them."""
+    monkeypatch.setenv("_TRUSTD_COMPLETE", f"complete_{shell}")
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(SystemExit) as exc:
+        main([])
+    out, _ = capsys.readouterr()
+    assert exc.value.code == 0
+    for word in expected:
+        assert re.search(rf"(^|[\s\"']){word}($|[\s\"':])", out, re.M), out
+
+
+def _command_paths() -> list[list[str]]:
+    paths: list[list[str]] = []
+
+    def walk(command: object, path: list[str]) -> None:
+        paths.append(path)
+        for name, sub in sorted(getattr(command, "commands", {}).items()):
+            walk(sub, [*path, name])
+
+    walk(typer.main.get_command(cli_main.app), [])
+    return paths
+
+
+@pytest.mark.parametrize("path", _command_paths(), ids=lambda p: " ".join(p) or "trustd")
+def test_help_cites_no_spec_section(capsys: pytest.CaptureFixture[str], path: list[str]) -> None:
+    code, out, err = run_cli(capsys, *path, "--help")
+    assert (code, err) == (0, "")
+    assert "Usage" in out
+    assert "SPEC" not in out and "§" not in out
+
+
+def test_help_names_the_output_formats(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_cli(capsys, "entry", "list", "--help")
+    assert code == 0 and "wide" in out
+
+
+@pytest.fixture
+def terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """stdout is an 80-column terminal."""
+    monkeypatch.setenv("TTY_COMPATIBLE", "1")
+    monkeypatch.setenv("COLUMNS", "80")
+    monkeypatch.delenv("FORCE_COLOR", raising=False)
+
+
+def _screen(out: str) -> list[str]:
+    return [line.rstrip() for line in re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out).splitlines()]
+
+
+def test_entry_list_on_an_80_column_terminal_shows_whole_ids(
+    capsys: pytest.CaptureFixture[str], admin: Path, terminal: None
+) -> None:
+    sid = f"spiffe://trustd.local/ns/cli/sa/{uuid.uuid4().hex[:10]}"  # 42 characters
+    very_long = f"spiffe://trustd.local/ns/cli/{'sa/' * 12}{uuid.uuid4().hex[:8]}"
+    ids = {}
+    for s in (sid, very_long):
+        code, out, _ = run_cli(capsys, "entry", "create", "--spiffe-id", s,
+                               "--selector", f"unix:uid:{len(ids) + 4000}", "--ttl", "1h")  # fmt: skip
+        assert code == 0
+        ids[s] = out.strip()
+    code, out, _ = run_cli(capsys, "entry", "list")
+    assert code == 0
+    lines = _screen(out)
+    assert all(len(line) <= 80 for line in lines), lines
+    assert lines[0].split() == ["ID", "SPIFFE_ID"]
+    assert [ids[sid], sid] in [line.split() for line in lines]
+    # wider than the terminal: folded over lines, never cut
+    [at] = [i for i, line in enumerate(lines) if line.startswith(ids[very_long])]
+    folded = "".join(lines[at][len(ids[very_long]) :].split())
+    for line in lines[at + 1 :]:
+        if not line.startswith(" "):
+            break
+        folded += line.strip()
+    assert folded == very_long
+
+    code, out, _ = run_cli(capsys, "entry", "show", ids[sid], "-o", "wide")
+    assert code == 0
+    lines = _screen(out)
+    assert lines[0].split() == ["ID", "SPIFFE_ID", "SELECTORS", "TTL", "DNS_NAMES", "AGENT_ID",
+                                "REVISION", "CREATED_AT"]  # fmt: skip
+    row = " ".join(lines[1:]).split()
+    assert row[:5] == [ids[sid], sid, "unix:uid:4000", "1h", "-"]
+    assert row[-1] in ("now", "ago")  # created just now
+
+
+def test_wide_is_accepted_wherever_table_is(
+    capsys: pytest.CaptureFixture[str], admin: Path
+) -> None:
+    from trustd import __version__
+
+    assert run_cli(capsys, "version", "-o", "wide") == (0, __version__ + "\n", "")
+    assert run_cli(capsys, "-o", "wide", "version") == (0, __version__ + "\n", "")
+    code, out, _ = run_cli(capsys, "token", "create", "-o", "wide")
+    assert code == 0 and "\t" not in out.strip() and len(out.strip()) >= 40
+    code, out, _ = run_cli(capsys, "bundle", "show", "-o", "wide")
+    assert code == 0 and x509.load_pem_x509_certificates(out.encode())
+    sid = _sid()
+    code, out, _ = run_cli(capsys, "entry", "create", "--spiffe-id", sid, "--selector",
+                           "unix:uid:4100", "--ttl", "90m", "-o", "wide")  # fmt: skip
+    assert code == 0
+    entry_id = out.strip()
+    uuid.UUID(entry_id)
+    code, out, _ = run_cli(capsys, "entry", "list", "-o", "wide")  # piped: exact values
+    lines = out.splitlines()
+    assert lines[0].split("\t") == ["ID", "SPIFFE_ID", "SELECTORS", "TTL", "DNS_NAMES",
+                                    "AGENT_ID", "REVISION", "CREATED_AT"]  # fmt: skip
+    [row] = [line.split("\t") for line in lines[1:] if line.startswith(entry_id)]
+    assert row[:6] == [entry_id, sid, "unix:uid:4100", "5400", "", "-"]
+    dt.datetime.fromisoformat(row[7])
+    assert run_cli(capsys, "policy", "status", "-o", "wide")[0] == 0
+
+
+def test_times_are_relative_on_a_terminal_and_exact_when_piped(
+    capsys: pytest.CaptureFixture[str], admin: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    code, out, _ = run_cli(capsys, "authority", "list")
+    assert code == 0
+    header, *rows = (line.split("\t") for line in out.splitlines())
+    at = header.index("NOT_AFTER")
+    for row in rows:
+        assert dt.datetime.fromisoformat(row[at]).tzinfo is not None
+    code, out, _ = run_cli(capsys, "authority", "list", "-o", "json")
+    exact = {a["id"]: a["not_after"] for a in json.loads(out)["authorities"]}
+    assert all(dt.datetime.fromisoformat(v) for v in exact.values())
+
+    monkeypatch.setenv("TTY_COMPATIBLE", "1")
+    monkeypatch.setenv("COLUMNS", "80")
+    code, out, _ = run_cli(capsys, "authority", "list")
+    assert code == 0
+    lines = _screen(out)
+    assert lines[0].split() == ["ID", "STATE", "TAINTED", "NOT_AFTER"]
+    for line in lines[1:]:
+        authority_id, *_, relative = re.split(r"\s{2,}", line)
+        assert re.fullmatch(r"in [0-9dhms]+|[0-9dhms]+ ago", relative), line
+        left = dt.datetime.fromisoformat(exact[authority_id]) - dt.datetime.now(dt.UTC)
+        assert relative.endswith("ago") == (left < dt.timedelta(0))
