@@ -211,14 +211,14 @@ async def _main(tmp: Path) -> None:
         started = cli(env, "rollout", "start", "--selector", "spiffe://trustd.local/ns/shop/**",
                       "--to", "STRICT", "--canary", "1")  # fmt: skip
         assert started["state"] == "running" and started["phase"] == "canary", started
-        assert started["canaryInstances"] == ["server-1"], started
+        assert started["canary_instances"] == ["server-1"], started
         # While the rollout runs, the mode objects are its own: a change is refused, naming it.
         (tmp / "shop.yaml").write_text(SHOP_PERMISSIVE)
         during = cli_fails(env, "policy", "apply", "-f", str(tmp / "shop.yaml"))
         assert during.returncode == 2 and started["id"] in during.stderr, during.stderr
         status = await _until_complete(env, traffic)
         assert status["target"] == "STRICT" and status["step"] == "servers-strict"
-        assert status["notEnforced"] == [] and status["waitingFor"] == []
+        assert status["not_enforced"] == [] and status["waiting_for"] == []
         servers = [e for e in status["enforcement"] if e["side"] == "server"]
         assert sorted(e["port"] for e in servers) == sorted(inbound)
         assert all(e["enforced"] == "STRICT" and e["ok"] for e in servers), servers
@@ -243,7 +243,7 @@ async def _main(tmp: Path) -> None:
         # ... and what the CLI says is the same.
         for port in inbound:
             show = cli(env, "policy", "show", "--spiffe-id", SERVER_ID, "--port", str(port))
-            peer = show["peerAuthentication"]
+            peer = show["peer_authentication"]
             assert peer["mode"] == "STRICT", show
             assert peer["overrides"] == "PeerAuthentication/trustd-system/default", show
         await _agrees(env, {p: "STRICT" for p in inbound}, "mtls")
@@ -251,15 +251,15 @@ async def _main(tmp: Path) -> None:
         # The canary went first in both server steps (one client: its step has no canary).
         audit = [json.loads(line) for f in sorted((data / "audit").glob("audit-*.jsonl"))
                  for line in f.read_text().splitlines()]  # fmt: skip
-        canaries = [(e["details"]["step"], e["details"]["canaryInstances"]) for e in audit
-                    if e["type"] == "rollout.step" and e["details"].get("canaryInstances")]  # fmt: skip
+        canaries = [(e["details"]["step"], e["details"]["canary_instances"]) for e in audit
+                    if e["type"] == "rollout.step" and e["details"].get("canary_instances")]  # fmt: skip
         assert canaries == [("servers-permissive", ["server-1"]), ("servers-strict", ["server-1"])]
 
         # A later apply that says otherwise wins (no rollout is active now), and the wire follows.
         cli(env, "policy", "apply", "-f", str(tmp / "shop.yaml"))
         show = cli(env, "policy", "show", "--spiffe-id", SERVER_ID, "--port", str(inbound[0]))
-        assert show["peerAuthentication"]["mode"] == "PERMISSIVE", show
-        assert show["peerAuthentication"]["source"] == "PeerAuthentication/shop/shop", show
+        assert show["peer_authentication"]["mode"] == "PERMISSIVE", show
+        assert show["peer_authentication"]["source"] == "PeerAuthentication/shop/shop", show
         deadline = time.monotonic() + 30
         while not (await http_get(inbound[0])).startswith(b"HTTP/1.0 200"):
             assert time.monotonic() < deadline, "the later PERMISSIVE object never took effect"

@@ -557,7 +557,7 @@ class RolloutEngine:
         self._emit(
             "step",
             version=published.version,
-            details={"canaryInstances": canary} if canary else {},
+            details={"canary_instances": canary} if canary else {},
         )
         log.info(
             "rollout step published",

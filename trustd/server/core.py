@@ -32,6 +32,7 @@ from trustd.ca.issuer import (
 )
 from trustd.ca.kms.base import KeyManager
 from trustd.clock import Clock
+from trustd import durations
 from trustd.dnsnames import check_dns_name
 from trustd.entries import RegistrationEntry
 from trustd.errors import (
@@ -176,7 +177,8 @@ class ServerCore:
                     raise InvalidTtlError("ttl must be positive, e.g. 1h or 10m")
                 if ttl > self.issuer.max_ttl:
                     raise InvalidTtlError(
-                        f"ttl {ttl} is above the server maximum {self.issuer.max_ttl}"
+                        f"ttl {durations.format(ttl)} is above the server maximum "
+                        f"{durations.format(self.issuer.max_ttl)}"
                     )
             dns = tuple(check_dns_name(d) for d in dns_names)
             entry = RegistrationEntry(
@@ -456,7 +458,9 @@ class ServerCore:
     # -- join tokens and agents ------------------------------------------------
     def create_token(self, actor: Actor, ttl: dt.timedelta) -> tuple[str, dt.datetime]:
         if ttl <= dt.timedelta(0) or ttl > MAX_TOKEN_TTL:
-            exc = InvalidTtlError(f"token ttl must be between 1s and {MAX_TOKEN_TTL}")
+            exc = InvalidTtlError(
+                f"token ttl must be between 1s and {durations.format(MAX_TOKEN_TTL)}"
+            )
             self._audit_failure("admin.token.create", actor, "create", "token", exc)
             raise exc
         token = secrets.token_urlsafe(32)
