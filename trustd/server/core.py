@@ -19,6 +19,7 @@ from typing import Any
 
 import structlog
 
+from trustd import durations
 from trustd.bundle import Bundle
 from trustd.ca.authority import AuthorityManager
 from trustd.ca.errors import InvalidCsrError, InvalidTtlError, ReservedIdError
@@ -32,7 +33,6 @@ from trustd.ca.issuer import (
 )
 from trustd.ca.kms.base import KeyManager
 from trustd.clock import Clock
-from trustd import durations
 from trustd.dnsnames import check_dns_name
 from trustd.entries import RegistrationEntry
 from trustd.errors import (
