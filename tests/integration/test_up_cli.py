@@ -672,3 +672,42 @@ def test_the_readmes_audit_examples_find_refused_admin_actions(up: Up, tmp_path:
         ran = subprocess.run([TRUSTD, *shlex.split(example)[1:]], capture_output=True, text=True,
                              cwd=tmp_path, env=up.env(), timeout=60)  # fmt: skip
         assert ran.returncode == 0, (example, ran.stderr)
+
+
+def test_a_copied_audit_log_verifies_offline_with_the_exported_public_keys(
+    up: Up, tmp_path: Path
+) -> None:
+    keys = tmp_path / "audit-keys.json"
+    keys.write_text(ok(up, "audit", "keys", "-o", "json"))
+    doc = json.loads(keys.read_text())
+    assert doc["audit_keys"] and "PRIVATE" not in keys.read_text()
+    assert doc["audit_keys"][0]["public_key_pem"].startswith("-----BEGIN PUBLIC KEY-----")
+    copy = tmp_path / "copy"
+    shutil.copytree(up.data_dir / "audit", copy, ignore=shutil.ignore_patterns("audit.lock"))
+    report = json.loads(ok(up, "audit", "verify", "--offline", str(copy), "--keys", str(keys), "-o", "json"))
+    assert report["ok"] is True and report["checkpoints_checked"] >= 1, report
+    # one event edited in the copy: exit 3 naming its seq
+    segment = sorted(copy.glob("audit-*.jsonl"))[0]
+    lines = segment.read_text().splitlines(keepends=True)
+    lines[1] = lines[1].replace('"outcome":"success"', '"outcome":"failure"', 1)
+    segment.write_text("".join(lines))
+    seq = json.loads(lines[1])["seq"]
+    damaged = cli(up, "audit", "verify", "--offline", str(copy), "--keys", str(keys))
+    assert damaged.returncode == 3 and f"seq {seq}" in damaged.stderr, damaged
+    # keys that are not the log's: the checkpoints do not verify
+    other = {"audit_keys": [{**doc["audit_keys"][0], "public_key_pem": _other_public_pem()}]}
+    keys.write_text(json.dumps(other))
+    shutil.rmtree(copy)
+    shutil.copytree(up.data_dir / "audit", copy, ignore=shutil.ignore_patterns("audit.lock"))
+    forged = cli(up, "audit", "verify", "--offline", str(copy), "--keys", str(keys))
+    assert forged.returncode == 3 and "invalid signature" in forged.stderr, forged
+    assert_error(cli(up, "audit", "verify", "--offline", str(copy)), 1, "--keys")
+    assert_error(cli(up, "audit", "verify", str(copy)), 1, "--offline")
+
+
+def _other_public_pem() -> str:
+    from cryptography.hazmat.primitives import serialization
+
+    return ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    ).decode()

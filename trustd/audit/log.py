@@ -79,7 +79,7 @@ from trustd.audit.segments import (
     torn_path,
 )
 from trustd.audit.verify import VerifyReport, load_key_refs, verify
-from trustd.ca.kms.base import KeyAlgorithm, KeyManager, KeyRef
+from trustd.ca.kms.base import KeyAlgorithm, KeyManager, KeyRef, PublicKey
 from trustd.clock import Clock
 
 log = structlog.get_logger(__name__)
@@ -1043,6 +1043,12 @@ class AuditLog:
             return verify(
                 self._dir, key_manager=self._km, trusted_keys=keys, min_seq=min_seq, head=head
             )
+
+    def public_keys(self) -> list[tuple[KeyRef, PublicKey]]:
+        """The audit keys whose checkpoints this log's key manager can check, with their
+        public keys: what ``trustd audit keys`` hands out for verifying a copy offline."""
+        refs = [r for r in (self._key_ref, *self._previous_keys) if r.backend == self._km.kind]
+        return [(r, self._km.public_key(r)) for r in dict.fromkeys(refs)]
 
     # ------------------------------------------------------------------ closing
 

@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import enum
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -35,10 +36,23 @@ def verify(
     offline: Annotated[bool, typer.Option("--offline", help="read the files with the server stopped: no head to compare with, so whole events cut after the newest checkpoint (a crash skips the one signed at shutdown) go unseen")] = False,
     config: Annotated[str | None, typer.Option("--config", help="with --offline: the server's config file (YAML)")] = None,
     data_dir: Annotated[str | None, typer.Option("--data-dir", envvar="TRUSTD_DATA_DIR", help="with --offline: the server's data directory")] = None,
+    directory: Annotated[Path | None, typer.Argument(metavar="[DIR]", help="with --offline: a copied audit directory, checked with --keys")] = None,
+    keys: Annotated[Path | None, typer.Option("--keys", help="with --offline DIR: the audit public keys from `trustd audit keys`")] = None,
 ) -> None:
     """Check the hash chain, the signed checkpoints and the running server's head; exit 3 naming the first damaged seq."""
-    if offline:
-        report = _verify_offline(config, data_dir)
+    if (directory is not None or keys is not None) and not offline:
+        raise typer.BadParameter("DIR and --keys are for --offline", param_hint="--offline")
+    if offline and directory is not None:
+        if keys is None:
+            raise typer.BadParameter(
+                "a copied log is checked against audit public keys kept apart from it: "
+                "pass --keys FILE (saved from `trustd audit keys -o json`)",
+                param_hint="--keys",
+            )
+        report = _verify_copy(directory, keys)
+    elif offline:
+        with _progress("verifying"):
+            report = _verify_offline(config, data_dir)
     else:
         if config is not None:
             raise typer.BadParameter("--config is for --offline", param_hint="--config")
@@ -61,6 +75,40 @@ def verify(
     if not report["ok"]:
         seq = report.get("first_bad_seq")
         raise CheckFailed(f"audit log damaged at seq {seq}: {report['problem']}" if seq is not None else f"audit log damaged: {report['problem']}")
+
+
+def _verify_copy(directory: Path, keys_file: Path) -> dict[str, Any]:
+    """A copied audit directory, checked with exported public keys: no server, no KMS."""
+    from trustd.audit.keyring import PublicKeyring
+    from trustd.audit.verify import verify as verify_files
+    from trustd.cli.main import UsageError
+
+    if not directory.is_dir():
+        raise UsageError(f"{directory}: not a directory (give the copied D/audit directory)")
+    ring = PublicKeyring.load(keys_file)
+    with _progress("verifying"):
+        report = verify_files(directory, key_manager=ring, trusted_keys=ring.refs)  # type: ignore[arg-type]
+    return dataclasses.asdict(report)
+
+
+@contextlib.contextmanager
+def _progress(what: str) -> Iterator[None]:
+    """A spinner on a terminal (stderr) while a long check runs; nothing when piped."""
+    if not sys.stderr.isatty():
+        yield
+        return
+    from rich.console import Console
+
+    with Console(stderr=True).status(f"{what}..."):
+        yield
+
+
+@app.command("keys")
+def keys_(ctx: typer.Context, output: OutputOpt = None) -> None:
+    """The audit keys' public keys (JSON): keep them off the host to verify a copied log
+    with `trustd audit verify --offline DIR --keys FILE`."""
+    f = fmt(ctx, output)
+    emit(call(ctx, "AuditKeys"), f if not f.tabular else Format.json)
 
 
 def _verify_offline(config: str | None, data_dir: str | None) -> dict[str, Any]:

@@ -77,6 +77,11 @@ def register(admin: AdminService, auditor: AuditLogAuditor | DeferredAuditor) ->
             "head_seq": report.head_seq,
         }
 
+    async def keys(s: Any, d: dict[str, Any]) -> Any:
+        from trustd.audit.keyring import export_keys
+
+        return export_keys(await admin._run(log.public_keys))
+
     def _filters(d: dict[str, Any]) -> dict[str, Any]:
         types = d.get("types") or []
         outcome = d.get("outcome")
@@ -146,6 +151,7 @@ def register(admin: AdminService, auditor: AuditLogAuditor | DeferredAuditor) ->
                 await asyncio.wait_for(task, 5)
 
     admin.unary("AuditVerify", verify)
+    admin.unary("AuditKeys", keys)
     admin.server_stream("AuditExport", export)
     admin.server_stream("AuditTail", tail)
 
