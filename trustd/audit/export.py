@@ -451,13 +451,16 @@ class _Ocsf(_Timed):
             and t[26] == "Z"
             and ((ms := t[20:23]) in _MILLIS)
         ):
-            when = self._seconds + ms
+            seconds = self._seconds  # the time in ms is seconds + ms
         else:
-            when = self._ms(t)
+            seconds, ms = self._ms(t), ""
         # JSON escapes nothing in printable ASCII without " and \: the usual event. Its
         # prev_hash is the hash of the event before, checked then, more often than not.
+        # For ASCII text, repr escapes \ and what is not printable (and ' when " is there
+        # too): without ", repr adding nothing but its quotes means what isprintable and
+        # no \ would, and is faster to find.
         own = i + resource + digest if prev == self._clean else i + resource + prev + digest
-        if own.isascii() and own.isprintable() and '"' not in own and "\\" not in own:
+        if own.isascii() and '"' not in own and len(repr(own)) == len(own) + 2:
             self._clean = digest
         else:
             i, resource, prev, digest = (
@@ -467,12 +470,12 @@ class _Ocsf(_Timed):
         if twice:
             head, meta, before, between, after = pieces
             return (
-                f'{head}{when}{meta}{i}","sequence":{seq}{before}{resource}{between}{resource}'
-                f'{after}{details},"prev_hash":"{prev}","hash":"{digest}"}}}}'
+                f'{head}{seconds}{ms}{meta}{i}","sequence":{seq}{before}{resource}{between}'
+                f'{resource}{after}{details},"prev_hash":"{prev}","hash":"{digest}"}}}}'
             )
         head, meta, before, after = pieces
         return (
-            f'{head}{when}{meta}{i}","sequence":{seq}{before}{resource}{after}{details}'
+            f'{head}{seconds}{ms}{meta}{i}","sequence":{seq}{before}{resource}{after}{details}'
             f',"prev_hash":"{prev}","hash":"{digest}"}}}}'
         )
 

@@ -12,6 +12,7 @@ import random
 import re
 import socket
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -36,6 +37,7 @@ from trustd.audit import (
     write_ocsf,
 )
 from trustd.audit import events as audit_events
+from trustd.audit import reader as audit_reader
 from trustd.audit.export import ExportFormat, ocsf_class, renderer, write_rendered
 from trustd.audit.record import (
     GENESIS_HASH,
@@ -649,7 +651,7 @@ NASTY = [
     "", "plain", "|", "=", "\\", "\n", "\r", "\r\n", '"', ",", "'", "%", "%s", "%(x)s", "{}", "}",
     "\t", "\x00", "\x01", "\x1f", "\x7f", "\x80", "é", "€", "😀", "\u2028", "\ufffd", "=1+1",
     "+1", "-1", "@SUM(A1)", "\tx", "\rx", " x", "a b", ":", "null", '"}', ',"hash":"', TRICKY,
-    '=HYPERLINK("http://evil")', "x=y\\z|w",
+    '=HYPERLINK("http://evil")', "x=y\\z|w", "it's", "'\"", "\\'", "'\x01'", "'\x7f", "'é",
 ]  # fmt: skip
 EVENT_TYPES = [
     *sorted(v for k, v in vars(audit_events).items() if isinstance(v, str) and k.isupper()),
@@ -997,3 +999,21 @@ def test_log_export_reports_progress(open_log: OpenLog, clock: FakeClock) -> Non
         assert log.export(out, format=fmt, progress=seen.append, progress_every=300) == 700
         assert seen == [300, 600, 700]
         assert len(out.getvalue().splitlines()) == 700 + (fmt == "csv")
+
+
+@pytest.mark.parametrize("block", [1, 5, 64, 64 * 1024])
+def test_rows_are_read_from_the_files_as_a_text_file_reads_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, block: int
+) -> None:
+    # the lines a text file opened with errors="replace" gives, whatever the block size:
+    # multi-byte characters and invalid UTF-8 across blocks, long lines, a torn end
+    monkeypatch.setattr(audit_reader, "_BLOCK", block)
+    rnd = random.Random(block)
+    path = tmp_path / "segment"
+    pieces = [b"\n", b"ab", b"x" * 300, "é€😀".encode(), "😀".encode()[:2], b"\xff", b"\r", b"\x00"]
+    for _ in range(60):
+        path.write_bytes(b"".join(rnd.choice(pieces) for _ in range(rnd.randrange(50))))
+        with path.open(encoding="utf-8", errors="replace", newline="\n") as fh:
+            expected = [line[:-1] for line in fh if line.endswith("\n")]
+        with path.open("rb") as fh:
+            assert [line for lines in audit_reader._line_blocks(fh) for line in lines] == expected
