@@ -153,6 +153,32 @@ class SvidConfig(_Model):
         return self
 
 
+class JwtConfig(_Model):
+    ttl: dt.timedelta = dt.timedelta(minutes=5)  # lifetime of a JWT-SVID the agents fetch
+    max_ttl: dt.timedelta = dt.timedelta(hours=1)  # the most `svid mint --jwt --ttl` may ask
+    key_ttl: dt.timedelta = dt.timedelta(hours=24)  # lifetime of each JWT signing key
+    key_type: Literal["ec-p256", "ec-p384", "rsa-2048", "rsa-4096"] = "ec-p256"  # ES256
+
+    _v = field_validator("ttl", "max_ttl", "key_ttl", mode="before")(
+        classmethod(lambda cls, v: _positive_duration(v))
+    )
+
+    @model_validator(mode="after")
+    def _ttls_fit(self) -> JwtConfig:
+        if self.ttl > self.max_ttl:
+            raise ValueError(
+                f"ttl {durations.format(self.ttl)} is above maxTtl "
+                f"{durations.format(self.max_ttl)}: lower ttl or raise maxTtl"
+            )
+        if self.max_ttl > self.key_ttl / 6:
+            raise ValueError(
+                f"maxTtl {durations.format(self.max_ttl)} is above a sixth of keyTtl "
+                f"{durations.format(self.key_ttl)} (how long a key signs after the next is "
+                "ready): lower maxTtl or raise keyTtl"
+            )
+        return self
+
+
 class SyslogConfig(_Model):
     address: str  # host:port
     tls: bool = False
@@ -187,6 +213,7 @@ class ServerConfig(_Model):
     upstream_authority: VaultPkiConfig | None = None
     ca: CaConfig = CaConfig()
     svid: SvidConfig = SvidConfig()
+    jwt: JwtConfig = JwtConfig()
     audit: AuditConfig = AuditConfig()
     rollout: RolloutConfig = RolloutConfig()
     admin_socket: str | None = None  # default D/admin.sock

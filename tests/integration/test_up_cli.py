@@ -338,8 +338,9 @@ def test_bundle_show_spiffe_is_a_valid_spiffe_bundle(up: Up) -> None:
     assert isinstance(doc["spiffe_refresh_hint"], int) and doc["spiffe_refresh_hint"] > 0
     assert doc["keys"]
     pem_certs = x509.load_pem_x509_certificates(ok(up, "bundle", "show").encode())
-    for key in doc["keys"]:
-        assert key["use"] == "x509-svid"
+    assert {k["use"] for k in doc["keys"]} == {"x509-svid", "jwt-svid"}
+    x509_keys = [k for k in doc["keys"] if k["use"] == "x509-svid"]
+    for key in x509_keys:
         assert len(key["x5c"]) == 1
         cert = x509.load_der_x509_certificate(base64.b64decode(key["x5c"][0], validate=True))
         assert cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
@@ -349,7 +350,7 @@ def test_bundle_show_spiffe_is_a_valid_spiffe_bundle(up: Up) -> None:
         nums = pub.public_numbers()
         assert (_b64u_int(key["x"]), _b64u_int(key["y"])) == (nums.x, nums.y)
         assert cert in pem_certs
-    assert len(doc["keys"]) == len(pem_certs)
+    assert len(x509_keys) == len(pem_certs)
 
     from spiffe import TrustDomain as SpiffeTrustDomain
     from spiffe.bundle.x509_bundle.x509_bundle import X509Bundle
@@ -367,7 +368,8 @@ def test_authority_rotation_by_hand(up: Up, tmp_path: Path) -> None:
     assert prepared["state"] == "prepared"
     spiffe = json.loads(ok(up, "bundle", "show", "--format", "spiffe"))
     assert spiffe["spiffe_sequence"] > seq
-    assert len(spiffe["keys"]) == len(before) + 1  # in the bundle before it signs anything
+    x509_keys = [k for k in spiffe["keys"] if k["use"] == "x509-svid"]
+    assert len(x509_keys) == len(before) + 1  # in the bundle before it signs anything
     assert_error(cli(up, "authority", "prepare"), 2, "a prepared CA exists already")
 
     activated = json.loads(ok(up, "authority", "activate", "-o", "json"))

@@ -6,6 +6,8 @@
   server signs), ahead of time for every entry the agent may serve, and again
   before half their life (``rotate_due``). Keys are generated here and never
   leave memory.
+- JWT-SVIDs are signed by the server when a workload asks, and held per
+  (SPIFFE ID, audience set) until half their life (``trustd.agent.jwt_cache``).
 - Every change is fanned out to the open streams that can see it, through
   ``subscribe``. Streams never poll.
 - When the server is down, what is held keeps being served; signing is retried
@@ -36,18 +38,21 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from trustd.agent.errors import (
     BadSvidError,
     NoIdentityError,
+    NotEntitledError,
     NotReadyError,
     SigningFailedError,
 )
+from trustd.agent.jwt_cache import CachedJwtSvid, JwtSvidCache
 from trustd.agent.keys import Svid, build_svid, make_csr, new_key
 from trustd.agent.metrics import AgentMetrics
 from trustd.agent.upstream import BundleUpdate, EntryUpdate, SvidRequest, Upstream
 from trustd.bundle import Bundle
+from trustd.ca.jwt import check_audience
 from trustd.clock import Clock
 from trustd.entries import RegistrationEntry, default_order
 from trustd.errors import TrustdError, UnavailableError
 from trustd.selectors import Caller, Selector
-from trustd.spiffeid import TrustDomain
+from trustd.spiffeid import SpiffeId, TrustDomain
 
 log = structlog.get_logger(__name__)
 
@@ -117,6 +122,8 @@ class AgentCache:
         self._entries_synced = False
         self._bundles: dict[TrustDomain, Bundle] = {}
         self._bundle_versions: dict[TrustDomain, str] = {}
+        self._jwt_bundle_versions: dict[TrustDomain, str] = {}
+        self._jwt = JwtSvidCache(upstream=upstream, clock=clock, bundles=lambda: self._bundles)
         self._tainted: frozenset[bytes] = frozenset()  # key ids of CAs the server tainted
         self._svids: dict[str, Svid] = {}
         self._forced: set[str] = set()  # entry ids to renew now (tainted CA, bundle dropped CA)
@@ -152,6 +159,10 @@ class AgentCache:
 
     def mark_synced(self) -> None:
         self.last_sync = self._clock.now()
+
+    def now(self) -> dt.datetime:
+        """The agent's clock: what expiry is judged against."""
+        return self._clock.now()
 
     def apply_entries(self, update: EntryUpdate) -> None:
         old = self._entries
@@ -202,12 +213,20 @@ class AgentCache:
     def apply_bundles(self, update: BundleUpdate) -> None:
         new = {b.trust_domain: b for b in update.bundles}
         versions = {td: _bundle_version(b) for td, b in new.items()}
+        jwt_versions = {td: _jwt_bundle_version(b) for td, b in new.items()}
         changed = {
             td for td in new.keys() | self._bundles.keys()
             if versions.get(td) != self._bundle_versions.get(td)
         }
+        jwt_changed = {
+            td for td in new.keys() | self._bundles.keys()
+            if jwt_versions.get(td) != self._jwt_bundle_versions.get(td)
+        }
         self._bundles = new
         self._bundle_versions = versions
+        self._jwt_bundle_versions = jwt_versions
+        if jwt_changed:
+            self._jwt.drop_keys_not_in(new)
         self.mark_synced()
         own = new.get(self.trust_domain)
         recheck = bool(changed) or update.tainted_key_ids != self._tainted
@@ -221,8 +240,12 @@ class AgentCache:
                 self._forced.add(eid)
                 log.warning("svid no longer chains to the trust bundle", entry_id=eid,
                             spiffe_id=str(svid.spiffe_id), serial=f"{svid.serial:x}")
-        if changed:
-            log.info("bundles changed", trust_domains=sorted(str(td) for td in changed))
+        if changed or jwt_changed:
+            log.info(
+                "bundles changed",
+                trust_domains=sorted(str(td) for td in changed),
+                jwt_trust_domains=sorted(str(td) for td in jwt_changed),
+            )
             self._notify_all()
         if self._forced:
             self._wake_rotation.set()
@@ -261,6 +284,10 @@ class AgentCache:
     def bundle_version(self, td: TrustDomain) -> str:
         return self._bundle_versions.get(td, "")
 
+    def jwt_bundle_version(self, td: TrustDomain) -> str:
+        """Changes when the JWT keys of ``td``'s bundle do (and only then)."""
+        return self._jwt_bundle_versions.get(td, "")
+
     @property
     def own_bundle(self) -> Bundle | None:
         return self._bundles.get(self.trust_domain)
@@ -287,6 +314,31 @@ class AgentCache:
         if len(out) != len(wanted):
             raise NoIdentityError("the workload's registration entry was removed while signing")
         return out
+
+    async def jwt_svids(
+        self,
+        key: WorkloadKey,
+        audience: Sequence[str],
+        *,
+        spiffe_id: SpiffeId | None = None,
+    ) -> list[CachedJwtSvid]:
+        """JWT-SVIDs for ``audience``: one per SPIFFE ID of the caller (``default`` first),
+        or only ``spiffe_id``'s. Held ones are served until half their life."""
+        self.require_ready()
+        aud = check_audience(audience)
+        entries = self.matching_entries(key)
+        if not entries:
+            raise NoIdentityError(
+                "no registration entry matches this process; create one with "
+                "'trustd entry create --selector unix:uid:N ...'"
+            )
+        chosen: dict[SpiffeId, RegistrationEntry] = {}
+        for e in entries:
+            if (spiffe_id is None or e.spiffe_id == spiffe_id) and e.spiffe_id not in chosen:
+                chosen[e.spiffe_id] = e
+        if not chosen:
+            raise NotEntitledError(f"this process is not entitled to {spiffe_id}")
+        return list(await asyncio.gather(*(self._jwt.get(e, aud) for e in chosen.values())))
 
     # ------------------------------------------------------------------ fan-out
 
@@ -592,6 +644,7 @@ class AgentCache:
         return (earliest - self._clock.now()).total_seconds()
 
     async def close(self) -> None:
+        await self._jwt.close()
         for t in list(self._background):
             t.cancel()
         for t in list(self._background):
@@ -609,6 +662,10 @@ def _bundle_version(bundle: Bundle) -> str:
         h.update(len(der).to_bytes(4, "big"))
         h.update(der)
     return h.hexdigest()[:16]
+
+
+def _jwt_bundle_version(bundle: Bundle) -> str:
+    return hashlib.sha256(bundle.to_jwks()).hexdigest()[:16]
 
 
 def _key_id(cert: x509.Certificate, cls: type[x509.ExtensionType]) -> bytes | None:

@@ -31,7 +31,14 @@ from grpclib.const import Status
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 
 from trustd import tlsutil
-from trustd.agent.upstream import BundleUpdate, EntryUpdate, SignedSvid, SvidRequest
+from trustd.agent.upstream import (
+    BundleUpdate,
+    EntryUpdate,
+    JwtSvidRequest,
+    SignedJwtSvid,
+    SignedSvid,
+    SvidRequest,
+)
 from trustd.bundle import Bundle
 from trustd.entries import RegistrationEntry
 from trustd.errors import (
@@ -281,16 +288,10 @@ class ServerLink:
                 tainted_key_ids=frozenset(bytes.fromhex(k) for k in d.get("tainted_key_ids", [])),
             )
 
-    async def sign_x509_svids(self, requests: Sequence[SvidRequest]) -> list[SignedSvid]:
-        assert self._ctx is not None, "start() first"
-        doc = {
-            "requests": [
-                {"entry_id": r.entry_id, "csr_der": base64.b64encode(r.csr_der).decode()}
-                for r in requests
-            ]
-        }
-        assert self._channel is not None
-        stub = UnaryUnaryMethod(self._channel, f"/{SERVICE}/SignSvids", BytesValue, BytesValue)
+    async def _call(self, method: str, doc: dict[str, Any]) -> dict[str, Any]:
+        """One unary call on the agent's mTLS channel."""
+        assert self._channel is not None, "start() first"
+        stub = UnaryUnaryMethod(self._channel, f"/{SERVICE}/{method}", BytesValue, BytesValue)
         try:
             reply = await stub(BytesValue(value=json.dumps(doc).encode()), timeout=CALL_TIMEOUT)
         except GRPCError as exc:
@@ -299,7 +300,17 @@ class ServerLink:
             raise UnavailableError(
                 f"cannot reach the server at {self.host}:{self.port}: {exc}"
             ) from None
-        result = json.loads(reply.value)
+        result: dict[str, Any] = json.loads(reply.value or b"{}")
+        return result
+
+    async def sign_x509_svids(self, requests: Sequence[SvidRequest]) -> list[SignedSvid]:
+        doc = {
+            "requests": [
+                {"entry_id": r.entry_id, "csr_der": base64.b64encode(r.csr_der).decode()}
+                for r in requests
+            ]
+        }
+        result = await self._call("SignSvids", doc)
         return [
             SignedSvid(
                 entry_id=s["entry_id"],
@@ -308,6 +319,17 @@ class ServerLink:
             )
             for s in result["svids"]
         ]
+
+    async def sign_jwt_svid(self, request: JwtSvidRequest) -> SignedJwtSvid:
+        result = await self._call(
+            "SignJwtSvid", {"entry_id": request.entry_id, "audience": list(request.audience)}
+        )
+        return SignedJwtSvid(
+            entry_id=result["entry_id"],
+            token=result["token"],
+            issued_at=dt.datetime.fromisoformat(result["issued_at"]),
+            expires_at=dt.datetime.fromisoformat(result["expires_at"]),
+        )
 
     async def watch_policy(self) -> AsyncIterator[dict[str, Any]]:
         async for d in self._stream("WatchPolicy", {}):

@@ -13,6 +13,8 @@ server``). The agent treats both the same way:
   agent) and returns the signed chains in the same order. It raises
   ``UnavailableError`` when the server or its KMS is down; the agent keeps
   serving what it holds and retries with backoff.
+- ``sign_jwt_svid`` asks the server for a JWT-SVID of one entry for an
+  audience; the server signs it with its JWT key (in its key manager).
 
 The server decides the identity from the registration entry, never from the
 CSR: the agent still checks that what comes back carries the entry's SPIFFE ID
@@ -23,7 +25,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from trustd.bundle import Bundle
@@ -67,6 +69,24 @@ class SignedSvid:
     not_after: dt.datetime  # the leaf's NotAfter, timezone-aware UTC
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JwtSvidRequest:
+    """A JWT-SVID for one registration entry and audience."""
+
+    entry_id: str  # which entry; the server takes the SPIFFE ID from it
+    audience: tuple[str, ...]  # the ``aud`` claim, at least one value
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SignedJwtSvid:
+    """The server's answer to a ``JwtSvidRequest``. ``token`` is a bearer secret."""
+
+    entry_id: str  # the entry it was signed for
+    token: str = field(repr=False)  # JWS compact serialization
+    issued_at: dt.datetime  # ``iat``, timezone-aware UTC
+    expires_at: dt.datetime  # ``exp``, timezone-aware UTC
+
+
 class Upstream(Protocol):
     """What the agent needs from its server. All methods are safe to call concurrently."""
 
@@ -83,4 +103,9 @@ class Upstream(Protocol):
         """Sign the CSRs; one answer per request, in order. Raises ``UnavailableError``
         when the server cannot sign now and ``PermissionDeniedError`` for an entry this
         agent may not serve."""
+        ...
+
+    async def sign_jwt_svid(self, request: JwtSvidRequest) -> SignedJwtSvid:
+        """A JWT-SVID for the entry's SPIFFE ID. Raises ``UnavailableError`` when the server
+        cannot sign now and ``PermissionDeniedError`` for an entry this agent may not serve."""
         ...

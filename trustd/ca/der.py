@@ -4,14 +4,17 @@
 CA key lives behind the ``KeyManager`` seam (a file, OpenBao transit, an HSM),
 so the issuer encodes the TBSCertificate itself, hashes it, asks the key
 manager for a signature, and assembles the certificate. The encoder writes the
-fixed shapes RFC 5280 needs for SVIDs and CA certificates, nothing general.
-Every certificate built here is parsed back and verified by the caller.
+fixed shapes RFC 5280 needs for SVIDs and CA certificates, nothing general;
+an SVID's TBSCertificate comes from a per-CA template (``SvidTbsTemplate``).
+Every certificate built here is parsed back by the caller, and its signature
+verified unless the key manager made it in process (``signs_in_process``).
 """
 
 from __future__ import annotations
 
 import base64
 import datetime as dt
+import functools
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -133,7 +136,9 @@ def signature_algorithm(algorithm: KeyAlgorithm) -> bytes:
 
 
 def digest(algorithm: KeyAlgorithm, data: bytes) -> bytes:
-    return hashlib.new(algorithm.hash_name, data).digest()
+    if algorithm is KeyAlgorithm.EC_P384:
+        return hashlib.sha384(data).digest()
+    return hashlib.sha256(data).digest()
 
 
 def extension(ext_oid: bytes, value: bytes, *, critical: bool = False) -> bytes:
@@ -160,19 +165,50 @@ def spki(public_key: PublicKey) -> bytes:
 
 
 def spki_and_key_identifier(public_key: PublicKey) -> tuple[bytes, bytes]:
-    """The DER SubjectPublicKeyInfo and its RFC 5280 method-1 key identifier, in one encoding.
-
-    The identifier is the SHA-1 of the subjectPublicKey BIT STRING's value, which
-    is what ``key_identifier`` hashes (the X9.62 point, or the PKCS#1 RSA key).
-    """
+    """The DER SubjectPublicKeyInfo and its RFC 5280 method-1 key identifier, in one encoding."""
     info = spki(public_key)
+    return info, spki_key_identifier(info)
+
+
+def spki_key_identifier(info: bytes) -> bytes:
+    """The RFC 5280 method-1 key identifier of a DER SubjectPublicKeyInfo.
+
+    It is the SHA-1 of the subjectPublicKey BIT STRING's value, which is what
+    ``key_identifier`` hashes (the X9.62 point, or the PKCS#1 RSA key).
+    """
     _, start, _ = read_tlv(info, 0)  # SubjectPublicKeyInfo
     _, _, alg_end = read_tlv(info, start)  # AlgorithmIdentifier
     tag, bits_start, bits_end = read_tlv(info, alg_end)  # subjectPublicKey
     if tag != 0x03 or info[bits_start] != 0:
         raise ValueError("unexpected SubjectPublicKeyInfo encoding")
-    key_id = hashlib.sha1(info[bits_start + 1 : bits_end], usedforsecurity=False).digest()
-    return info, key_id
+    return hashlib.sha1(info[bits_start + 1 : bits_end], usedforsecurity=False).digest()
+
+
+# SubjectPublicKeyInfo of a P-256 and a P-384 key up to the point's coordinates (named
+# curve, uncompressed point), and the coordinates' length: what ``spki`` writes for such keys.
+_EC_SPKI_SHAPES = (
+    (bytes.fromhex("3059301306072a8648ce3d020106082a8648ce3d03010703420004"), 64),
+    (bytes.fromhex("3076301006072a8648ce3d020106052b8104002203620004"), 96),
+)
+
+
+def request_spki(request_info: bytes) -> bytes | None:
+    """The SubjectPublicKeyInfo of a DER CertificationRequestInfo, when ``spki`` would write it.
+
+    That is an EC P-256 or P-384 key on its named curve with an uncompressed
+    point; for any other key (RSA, a compressed point) None, and the caller
+    encodes the key with ``spki``. The request must already have been parsed
+    strictly (as ``cryptography`` does) and its key checked.
+    """
+    _, pos, _ = read_tlv(request_info, 0)  # CertificationRequestInfo
+    _, _, pos = read_tlv(request_info, pos)  # version
+    _, _, pos = read_tlv(request_info, pos)  # subject
+    _, _, end = read_tlv(request_info, pos)  # subjectPKInfo
+    info = request_info[pos:end]
+    for prefix, coordinates in _EC_SPKI_SHAPES:
+        if len(info) == len(prefix) + coordinates and info.startswith(prefix):
+            return info
+    return None
 
 
 def san(uris: Iterable[str] = (), dns_names: Iterable[str] = ()) -> bytes:
@@ -241,6 +277,88 @@ _LEAF_KEY_USAGE_RSA = extension(
     _EXT_KEY_USAGE, KU_DIGITAL_SIGNATURE_KEY_ENCIPHERMENT, critical=True
 )
 _LEAF_EXT_KEY_USAGE = extension(_EXT_EXT_KEY_USAGE, _EKU_SERVER_CLIENT)
+_VERSION_V3 = b"\xa0\x03\x02\x01\x02"  # [0] EXPLICIT version v3
+_KEY_ID_LEN = 20  # SHA-1, as key_identifier and spki_and_key_identifier make it
+# The SKI extension up to its 20 key-identifier octets.
+_LEAF_SKI_PREFIX = extension(_EXT_SKI, octet_string(bytes(_KEY_ID_LEN)))[:-_KEY_ID_LEN]
+
+
+@functools.lru_cache(maxsize=256)
+def validity(not_before: dt.datetime, not_after: dt.datetime) -> bytes:
+    """The Validity SEQUENCE of a certificate (SVIDs issued in the same second share it)."""
+    return seq(_time(not_before), _time(not_after))
+
+
+@functools.lru_cache(maxsize=4096)
+def _svid_san(spiffe_id: str, dns_names: tuple[str, ...]) -> bytes:
+    return extension(_EXT_SAN, san((spiffe_id,), dns_names), critical=True)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SvidTbsTemplate:
+    """The TBSCertificate of every X.509-SVID one CA signs, with the per-leaf fields left open.
+
+    What is the same in each SVID of a CA (version, signature algorithm, issuer,
+    empty subject, basic constraints, key usage, EKU, AKI) is encoded once;
+    ``encode`` fills in the serial, validity, public key, SKI and SAN. Its
+    output is byte for byte what ``TbsCertificate`` with ``leaf_extensions``
+    writes for the same fields.
+    """
+
+    head: bytes  # signature AlgorithmIdentifier and issuer Name, after the serial
+    ec_extensions: bytes  # basic constraints, key usage (EC), EKU
+    rsa_extensions: bytes  # the same with the RSA key usage
+    aki: bytes  # the AuthorityKeyIdentifier extension
+
+    @classmethod
+    def build(
+        cls, *, signature_algorithm: bytes, issuer: bytes, authority_key_id: bytes
+    ) -> SvidTbsTemplate:
+        return cls(
+            head=signature_algorithm + issuer,
+            ec_extensions=_LEAF_BASIC_CONSTRAINTS + _LEAF_KEY_USAGE_EC + _LEAF_EXT_KEY_USAGE,
+            rsa_extensions=_LEAF_BASIC_CONSTRAINTS + _LEAF_KEY_USAGE_RSA + _LEAF_EXT_KEY_USAGE,
+            aki=extension(_EXT_AKI, seq(tlv(0x80, authority_key_id))),
+        )
+
+    def encode(
+        self,
+        *,
+        serial: int,
+        validity: bytes,
+        spki: bytes,
+        subject_key_id: bytes,
+        spiffe_id: str,
+        dns_names: tuple[str, ...],
+        rsa_key: bool,
+    ) -> bytes:
+        """The DER TBSCertificate; ``validity`` as ``validity()`` encodes it."""
+        if len(subject_key_id) == _KEY_ID_LEN:
+            ski = _LEAF_SKI_PREFIX + subject_key_id
+        else:
+            ski = extension(_EXT_SKI, octet_string(subject_key_id))
+        extensions = b"".join(
+            (
+                self.rsa_extensions if rsa_key else self.ec_extensions,
+                ski,
+                self.aki,
+                _svid_san(spiffe_id, dns_names),
+            )
+        )
+        return tlv(
+            0x30,
+            b"".join(
+                (
+                    _VERSION_V3,
+                    integer(serial),
+                    self.head,
+                    validity,
+                    EMPTY_NAME,
+                    spki,
+                    tlv(0xA3, tlv(0x30, extensions)),
+                )
+            ),
+        )
 
 
 def ca_extensions(

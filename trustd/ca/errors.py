@@ -31,3 +31,7 @@ class AuthorityStateError(FailedPreconditionError):
 
 class ConcurrentRotationError(AuthorityStateError):
     """Another server changed the CA slots between this one's read and write."""
+
+
+class InvalidJwtSvidError(InvalidArgumentError):
+    """A JWT-SVID that does not validate: malformed, badly signed, expired or not for us."""

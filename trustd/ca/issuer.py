@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 from trustd import durations
 from trustd.ca import der
 from trustd.ca.errors import InvalidCsrError, InvalidTtlError, ReservedIdError, SigningError
-from trustd.ca.kms.base import KeyAlgorithm, KeyManager, KeyRef, PublicKey
+from trustd.ca.kms.base import KeyAlgorithm, KeyManager, KeyRef, PublicKey, signs_in_process
 from trustd.spiffeid import SpiffeId
 
 MAX_CSR_BYTES = 64 * 1024
@@ -32,6 +32,7 @@ ALLOWED_CURVES = ("secp256r1", "secp384r1")
 MIN_RSA_BITS = 2048
 MAX_RSA_BITS = 8192
 BACKDATE = dt.timedelta(seconds=10)
+_NO_TIME = dt.timedelta(0)
 # Hashes a CSR may be signed with. SHA-1 and MD5 are refused; Go's x509 (SPIRE) has no SHA-224.
 CSR_SIGNATURE_HASHES = ("sha256", "sha384", "sha512")
 RESERVED_PATH_PREFIX = "/trustd/"
@@ -64,6 +65,8 @@ class SigningAuthority:
     key_id: bytes  # subject key identifier of the CA
     sig_alg: bytes  # DER AlgorithmIdentifier for its signatures
     chain_der: tuple[bytes, ...]  # DER of ``chain``
+    chain_pem: bytes  # PEM of ``chain``
+    tbs_template: der.SvidTbsTemplate  # what every SVID's TBSCertificate shares
     not_before: dt.datetime  # of the CA certificate; no SVID starts before it
     not_after: dt.datetime  # earliest expiry along the chain (upstream included): no SVID outlives it
 
@@ -87,16 +90,23 @@ class SigningAuthority:
             ).value.digest
         except x509.ExtensionNotFound:
             key_id = der.key_identifier(pub)
+        issuer_der = certificate.subject.public_bytes()
+        sig_alg = der.signature_algorithm(key_ref.algorithm)
+        chain_der = tuple(c.public_bytes(serialization.Encoding.DER) for c in chain)
         return cls(
             id=authority_id,
             key_ref=key_ref,
             certificate=certificate,
             chain=chain,
             public_key=pub,
-            issuer_der=certificate.subject.public_bytes(),
+            issuer_der=issuer_der,
             key_id=key_id,
-            sig_alg=der.signature_algorithm(key_ref.algorithm),
-            chain_der=tuple(c.public_bytes(serialization.Encoding.DER) for c in chain),
+            sig_alg=sig_alg,
+            chain_der=chain_der,
+            chain_pem=b"".join(der.certificate_pem(d) for d in chain_der),
+            tbs_template=der.SvidTbsTemplate.build(
+                signature_algorithm=sig_alg, issuer=issuer_der, authority_key_id=key_id
+            ),
             not_before=certificate.not_valid_before_utc,
             not_after=min(c.not_valid_after_utc for c in chain),
         )
@@ -110,8 +120,11 @@ class IssuedSvid:
     serial: str  # hex
     not_after: dt.datetime
     authority_id: str  # the CA that signed it
+    issuer_chain_pem: bytes | None = None  # PEM of ``chain_der[1:]`` when the issuer has it
 
     def chain_pem(self) -> bytes:
+        if self.issuer_chain_pem is not None:
+            return der.certificate_pem(self.chain_der[0]) + self.issuer_chain_pem
         return b"".join(der.certificate_pem(d) for d in self.chain_der)
 
 
@@ -153,12 +166,38 @@ def load_csr(data: bytes) -> tuple[x509.CertificateSigningRequest, PublicKey]:
     return csr, pub
 
 
+def csr_spki(csr: x509.CertificateSigningRequest) -> bytes | None:
+    """The checked CSR's SubjectPublicKeyInfo, when it is what the issuer would encode itself.
+
+    For an EC P-256 or P-384 key with an uncompressed point (what agents send)
+    the certificate can take the CSR's own bytes; for other keys None.
+    """
+    return der.request_spki(csr.tbs_certrequest_bytes)
+
+
+_CSR_SIGNATURE_INVALID = "csr signature does not verify: the request was altered or corrupted"
+# What an EC key's CSR may be signed with: the ECDSA forms of CSR_SIGNATURE_HASHES, built once.
+_CSR_ECDSA = {
+    x509.SignatureAlgorithmOID.ECDSA_WITH_SHA256: ec.ECDSA(hashes.SHA256()),
+    x509.SignatureAlgorithmOID.ECDSA_WITH_SHA384: ec.ECDSA(hashes.SHA384()),
+    x509.SignatureAlgorithmOID.ECDSA_WITH_SHA512: ec.ECDSA(hashes.SHA512()),
+}
+
+
 def _check_csr_signature(csr: x509.CertificateSigningRequest, pub: PublicKey) -> None:
     """The CSR's self-signature, under its own key, with the algorithm it names.
 
     Done here rather than with ``is_signature_valid``, which costs a third more
     for the same check; the algorithm must fit the key type and use a strong hash.
     """
+    if isinstance(pub, ec.EllipticCurvePublicKey):
+        ecdsa = _CSR_ECDSA.get(csr.signature_algorithm_oid)
+        if ecdsa is not None:  # the usual case: what the generic checks below would accept
+            try:
+                pub.verify(csr.signature, csr.tbs_certrequest_bytes, ecdsa)
+            except (InvalidSignature, ValueError, TypeError, UnsupportedAlgorithm):
+                raise InvalidCsrError(_CSR_SIGNATURE_INVALID) from None
+            return
     try:
         hash_alg = csr.signature_hash_algorithm
     except UnsupportedAlgorithm:
@@ -177,9 +216,7 @@ def _check_csr_signature(csr: x509.CertificateSigningRequest, pub: PublicKey) ->
                 raise TypeError("signature algorithm does not fit the key")
             pub.verify(csr.signature, csr.tbs_certrequest_bytes, params, hash_alg)
     except (InvalidSignature, ValueError, TypeError, UnsupportedAlgorithm):
-        raise InvalidCsrError(
-            "csr signature does not verify: the request was altered or corrupted"
-        ) from None
+        raise InvalidCsrError(_CSR_SIGNATURE_INVALID) from None
 
 
 # Built once: constructing these costs more than a hash of a certificate.
@@ -213,6 +250,12 @@ def new_serial() -> int:
     return int.from_bytes(os.urandom(16), "big") >> 1 or 1
 
 
+def new_serials(n: int) -> list[int]:
+    """``n`` serials as ``new_serial`` makes them, from one read of the random source."""
+    rand = os.urandom(16 * n)
+    return [int.from_bytes(rand[i : i + 16], "big") >> 1 or 1 for i in range(0, 16 * n, 16)]
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SvidTemplate:
     """One leaf to sign: the checked public key and what the entry says."""
@@ -222,6 +265,7 @@ class SvidTemplate:
     not_before: dt.datetime
     not_after: dt.datetime
     dns_names: tuple[str, ...] = ()  # from the registration entry
+    spki: bytes | None = None  # public_key's DER, from the same CSR (csr_spki); None: encoded here
 
 
 class X509Issuer:
@@ -237,6 +281,8 @@ class X509Issuer:
         self._km = key_manager
         self.default_ttl = default_ttl
         self.max_ttl = max_ttl
+        # The last authority whose signatures from an in-process key manager were verified.
+        self._key_checked: SigningAuthority | None = None
 
     def validity(
         self, authority: SigningAuthority, now: dt.datetime, ttl: dt.timedelta | None
@@ -244,39 +290,21 @@ class X509Issuer:
         """NotBefore backdated a little; NotAfter capped by the max TTL and the CA's own expiry."""
         if ttl is None:
             ttl = self.default_ttl
-        if ttl <= dt.timedelta(0):
+        if ttl <= _NO_TIME:
             raise InvalidTtlError("ttl must be positive, e.g. 1h or 10m")
         if ttl > self.max_ttl:
             raise InvalidTtlError(
                 f"ttl {durations.format(ttl)} is above the server maximum "
                 f"{durations.format(self.max_ttl)}; ask for less"
             )
-        not_before = max(now - BACKDATE, authority.not_before)
-        not_after = min(now + ttl, authority.not_after)
-        if not_after <= now:
+        if authority.not_after <= now:
             raise SigningError(
                 "the active CA has expired; rotate it with 'trustd authority prepare'"
             )
-        return not_before.replace(microsecond=0), not_after.replace(microsecond=0)
-
-    def _tbs(self, authority: SigningAuthority, t: SvidTemplate, serial: int) -> bytes:
-        spki, subject_key_id = der.spki_and_key_identifier(t.public_key)
-        return der.TbsCertificate(
-            serial=serial,
-            signature_algorithm=authority.sig_alg,
-            issuer=authority.issuer_der,
-            not_before=t.not_before,
-            not_after=t.not_after,
-            subject=der.EMPTY_NAME,
-            spki=spki,
-            extensions=der.leaf_extensions(
-                spiffe_id=str(t.spiffe_id),
-                dns_names=t.dns_names,
-                subject_key_id=subject_key_id,
-                authority_key_id=authority.key_id,
-                rsa_key=der.is_rsa(t.public_key),
-            ),
-        ).encode()
+        # In whole seconds, as certificates hold them (the CA's own times already are).
+        second = now.replace(microsecond=0)
+        end = second + ttl if not ttl.microseconds else (now + ttl).replace(microsecond=0)
+        return max(second - BACKDATE, authority.not_before), min(end, authority.not_after)
 
     def sign(
         self,
@@ -285,17 +313,38 @@ class X509Issuer:
         *,
         allow_reserved: bool = False,
     ) -> list[IssuedSvid]:
-        """Sign many leaves in one key-manager call; every signature is verified before use.
+        """Sign many leaves in one key-manager call; one bad signature fails them all.
 
-        A reserved ID (see ``is_reserved``) fails the whole call with ReservedIdError
-        unless ``allow_reserved``, which only the server's own issuance passes.
+        Every signature is verified under the CA key before use, unless the key
+        manager signs in process (``kms.base.signs_in_process``): then only the
+        first batch signed for each authority is, which shows that the key
+        manager's key is the one in the CA certificate. A reserved ID (see
+        ``is_reserved``) fails the whole call with ReservedIdError unless
+        ``allow_reserved``, which only the server's own issuance passes.
         """
         if not allow_reserved:
             for t in templates:
                 check_not_reserved(t.spiffe_id)
         alg = authority.key_ref.algorithm
-        serials = [new_serial() for _ in templates]
-        tbss = [self._tbs(authority, t, s) for t, s in zip(templates, serials, strict=True)]
+        template = authority.tbs_template
+        serials = new_serials(len(templates))
+        tbss = []
+        for t, serial in zip(templates, serials, strict=True):
+            if t.spki is None:
+                spki, subject_key_id = der.spki_and_key_identifier(t.public_key)
+            else:
+                spki, subject_key_id = t.spki, der.spki_key_identifier(t.spki)
+            tbss.append(
+                template.encode(
+                    serial=serial,
+                    validity=der.validity(t.not_before, t.not_after),
+                    spki=spki,
+                    subject_key_id=subject_key_id,
+                    spiffe_id=str(t.spiffe_id),
+                    dns_names=tuple(t.dns_names),
+                    rsa_key=der.is_rsa(t.public_key),
+                )
+            )
         digests = [der.digest(alg, tbs) for tbs in tbss]
         if len(digests) == 1:
             sigs = [self._km.sign(authority.key_ref, digests[0])]
@@ -303,11 +352,14 @@ class X509Issuer:
             sigs = self._km.sign_many(authority.key_ref, digests)
         if len(sigs) != len(digests):
             raise SigningError("the key manager returned the wrong number of signatures")
+        in_process = signs_in_process(self._km)
+        if not in_process or self._key_checked is not authority:
+            for digest, sig in zip(digests, sigs, strict=True):
+                verify_signature(authority.public_key, alg, digest, sig)
+            if in_process:
+                self._key_checked = authority
         out = []
-        for t, serial, tbs, digest, sig in zip(
-            templates, serials, tbss, digests, sigs, strict=True
-        ):
-            verify_signature(authority.public_key, alg, digest, sig)
+        for t, serial, tbs, sig in zip(templates, serials, tbss, sigs, strict=True):
             cert_der = der.assemble_certificate(tbs, authority.sig_alg, sig)
             cert = x509.load_der_x509_certificate(cert_der)
             out.append(
@@ -318,6 +370,7 @@ class X509Issuer:
                     serial=format(serial, "x"),
                     not_after=t.not_after,
                     authority_id=authority.id,
+                    issuer_chain_pem=authority.chain_pem,
                 )
             )
         return out

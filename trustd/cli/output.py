@@ -58,6 +58,11 @@ def snake_keys(data: Any) -> Any:
     return data
 
 
+def clock() -> dt.datetime:
+    """What relative times are relative to (a seam for tests)."""
+    return dt.datetime.now(dt.UTC)
+
+
 _GAP = 2  # between two columns: each side's padding of one
 
 
@@ -99,7 +104,7 @@ def emit(
         for row in rows:
             sys.stdout.write("\t".join(_cell(row.get(c)) for c in shown) + "\n")
         return
-    now = dt.datetime.now(dt.UTC)
+    now = clock()
     cells = {c: [_human(c, row.get(c), now) for row in rows] for c in shown}
     widths, console.width = _fit(shown, cells, console.width, drop=fmt is Format.table)
     table = Table(box=None, pad_edge=False)

@@ -12,9 +12,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from trustd.cli.common import OutputOpt, call, fmt
-from trustd.cli.output import emit
+from trustd.cli.output import Format, emit
 
-app = typer.Typer(help="Mint X.509-SVIDs by hand.", no_args_is_help=True)
+app = typer.Typer(help="Mint X.509-SVIDs and JWT-SVIDs by hand.", no_args_is_help=True)
 
 
 def _write(path: Path, data: bytes, mode: int) -> None:
@@ -30,20 +30,43 @@ def mint(
     ctx: typer.Context,
     spiffe_id: Annotated[str, typer.Option("--spiffe-id", help="spiffe://TD/path")],
     out_dir: Annotated[
-        Path, typer.Option("--out-dir", help="writes svid.pem, svid.key, bundle.pem")
-    ],
+        Path | None,
+        typer.Option("--out-dir", help="writes svid.pem, svid.key, bundle.pem (X.509)"),
+    ] = None,
     ttl: Annotated[str | None, typer.Option(help="e.g. 10m; default: the server's")] = None,
     dns: Annotated[
         list[str] | None, typer.Option("--dns", help="extra DNS SAN; repeatable")
     ] = None,
+    jwt: Annotated[
+        bool, typer.Option("--jwt", help="a JWT-SVID instead: prints the token")
+    ] = False,
+    audience: Annotated[
+        list[str] | None,
+        typer.Option("--audience", help="with --jwt: the aud claim; repeatable, required"),
+    ] = None,
     output: OutputOpt = None,
 ) -> None:
-    """Mint an SVID. The private key is made here and never leaves this machine."""
+    """Mint an SVID. The private key is made here and never leaves this machine.
+
+    With --jwt, a JWT-SVID signed by the server's JWT key for each --audience; the
+    token is printed once, and is a bearer secret: anyone holding it is the identity.
+    """
     from trustd.cli.main import UsageError, parse_ttl
     from trustd.spiffeid import SpiffeId
 
     SpiffeId.parse(spiffe_id)
     ttl_seconds = parse_ttl(ttl)
+    if jwt:
+        if out_dir is not None or dns:
+            raise UsageError("--out-dir and --dns are for X.509-SVIDs: leave them out with --jwt")
+        if not audience:
+            raise UsageError("--jwt needs --audience: the service the token is for")
+        _mint_jwt(ctx, spiffe_id, audience, ttl_seconds, output)
+        return
+    if audience:
+        raise UsageError("--audience is for JWT-SVIDs: add --jwt")
+    if out_dir is None:
+        raise UsageError("--out-dir is required: where svid.pem, svid.key and bundle.pem go")
     from trustd.dnsnames import check_dns_name
 
     for name in dns or []:
@@ -94,3 +117,22 @@ def mint(
         narrow=["spiffe_id", "not_after", "out_dir"],
         extra=["authority_id"],
     )
+
+
+def _mint_jwt(
+    ctx: typer.Context,
+    spiffe_id: str,
+    audience: list[str],
+    ttl_seconds: int | None,
+    output: Format | None,
+) -> None:
+    result = call(
+        ctx,
+        "JwtSvidMint",
+        {"spiffe_id": spiffe_id, "audience": audience, "ttl": ttl_seconds},
+    )
+    f = fmt(ctx, output)
+    if f.tabular:
+        typer.echo(result["token"])
+    else:
+        emit(result, f)

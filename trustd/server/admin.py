@@ -157,6 +157,25 @@ class AdminService(JsonService):
             out["bundle_pem"] = c.bundle().to_pem().decode()
             return out
 
+        async def jwt_svid_mint(s: Any, d: dict[str, Any]) -> Any:
+            svid = await run(
+                lambda: c.mint_jwt(
+                    self.actor(s),
+                    spiffe_id=_str(d, "spiffe_id"),
+                    audience=_list(d, "audience"),
+                    ttl=_ttl(d),
+                )
+            )
+            return {
+                "spiffe_id": str(svid.spiffe_id),
+                "audience": list(svid.audience),
+                "token": svid.token,
+                "kid": svid.key_id,
+                "jti": svid.jti,
+                "issued_at": _iso(svid.issued_at),
+                "expires_at": _iso(svid.expires_at),
+            }
+
         async def bundle_show(s: Any, d: dict[str, Any]) -> Any:
             b = await run(c.bundle)
             return {
@@ -220,6 +239,7 @@ class AdminService(JsonService):
             "EntryShow": entry_show,
             "EntryDelete": entry_delete,
             "SvidMint": svid_mint,
+            "JwtSvidMint": jwt_svid_mint,
             "BundleShow": bundle_show,
             "AuthorityList": authority_list,
             "AuthorityPrepare": authority("prepare"),

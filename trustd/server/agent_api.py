@@ -8,6 +8,8 @@
   TLS layer's check, each call re-verifies it against the *current* bundle and
   the agent's record: an evicted agent is cut off, streams included.
 - Entries go out as a snapshot then deltas; bundles on every change.
+- ``SignJwtSvid``: a JWT-SVID for one of the agent's entries and an audience,
+  signed with the server's JWT key.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from grpclib.exceptions import GRPCError
 from grpclib.health.service import Health
 
 from trustd import tlsutil
+from trustd.agent.upstream import JwtSvidRequest
 from trustd.agent.upstream import SvidRequest as AgentSvidRequest
 from trustd.ca.errors import InvalidCsrError
 from trustd.ca.issuer import load_csr
@@ -101,6 +104,7 @@ class AgentApi(JsonService):
         self.unary("Join", self._join)
         self.unary("RenewAgent", self._renew)
         self.unary("SignSvids", self._sign)
+        self.unary("SignJwtSvid", self._sign_jwt)
         self.unary("Report", self._report)
         self.server_stream("WatchEntries", self._watch_entries)
         self.server_stream("WatchBundles", self._watch_bundles)
@@ -297,6 +301,25 @@ class AgentApi(JsonService):
                 }
                 for s in signed
             ]
+        }
+
+    async def _sign_jwt(self, stream: Any, d: dict[str, Any]) -> Any:
+        rec = await self._run(self._agent_of, stream)
+        entry_id = d.get("entry_id")
+        audience = d.get("audience")
+        if not isinstance(entry_id, str) or not entry_id:
+            raise InvalidArgumentError("entry_id is required")
+        if not isinstance(audience, list) or not all(isinstance(a, str) for a in audience):
+            raise InvalidArgumentError("audience must be a list of strings")
+        upstream = ServerUpstream(self.core, self.hub, self.executor, self._actor(rec, stream))
+        signed = await upstream.sign_jwt_svid(
+            JwtSvidRequest(entry_id=entry_id, audience=tuple(audience))
+        )
+        return {
+            "entry_id": signed.entry_id,
+            "token": signed.token,
+            "issued_at": signed.issued_at.isoformat(),
+            "expires_at": signed.expires_at.isoformat(),
         }
 
     async def _report(self, stream: Any, d: dict[str, Any]) -> Any:

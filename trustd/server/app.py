@@ -18,6 +18,7 @@ from grpclib.health.service import Health
 
 from trustd.ca.authority import AuthorityManager, RotationSchedule
 from trustd.ca.issuer import X509Issuer
+from trustd.ca.jwt import JwtKeyring, JwtSchedule
 from trustd.ca.kms.base import KeyAlgorithm
 from trustd.clock import Clock, SystemClock
 from trustd.config import ServerConfig
@@ -124,6 +125,17 @@ class TrustdServer:
             clock=self.clock,
             metrics=self.metrics,
             hub=self.hub,
+            jwt_keys=JwtKeyring(
+                store=self.store,
+                key_manager=self.key_manager,
+                trust_domain=self.trust_domain,
+                clock=self.clock,
+                schedule=JwtSchedule(
+                    key_ttl=cfg.jwt.key_ttl, key_algorithm=KeyAlgorithm(cfg.jwt.key_type)
+                ),
+            ),
+            jwt_ttl=cfg.jwt.ttl,
+            jwt_max_ttl=cfg.jwt.max_ttl,
         )
         self.policy = PolicyPlane(
             store=self.store,

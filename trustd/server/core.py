@@ -14,7 +14,7 @@ import secrets
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import structlog
@@ -28,9 +28,11 @@ from trustd.ca.issuer import (
     SvidTemplate,
     X509Issuer,
     check_not_reserved,
+    csr_spki,
     is_reserved,
     load_csr,
 )
+from trustd.ca.jwt import JwtKeyRecord, JwtKeyring, JwtSvid, check_audience
 from trustd.ca.kms.base import KeyManager
 from trustd.clock import Clock
 from trustd.dnsnames import check_dns_name
@@ -52,6 +54,8 @@ from trustd.telemetry.metrics import ServerMetrics
 log = structlog.get_logger(__name__)
 
 MAX_TOKEN_TTL = dt.timedelta(days=1)
+DEFAULT_JWT_TTL = dt.timedelta(minutes=5)
+MAX_JWT_TTL = dt.timedelta(hours=1)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -73,6 +77,9 @@ class ServerCore:
         clock: Clock,
         metrics: ServerMetrics,
         hub: ChangeHub | None = None,
+        jwt_keys: JwtKeyring | None = None,
+        jwt_ttl: dt.timedelta = DEFAULT_JWT_TTL,
+        jwt_max_ttl: dt.timedelta = MAX_JWT_TTL,
     ) -> None:
         self.hub = hub or ChangeHub()
         self.trust_domain = trust_domain
@@ -83,6 +90,11 @@ class ServerCore:
         self.auditor = auditor
         self.clock = clock
         self.metrics = metrics
+        self.jwt_keys = jwt_keys or JwtKeyring(
+            store=store, key_manager=key_manager, trust_domain=trust_domain, clock=clock
+        )
+        self.jwt_ttl = jwt_ttl  # of the JWT-SVIDs agents ask for
+        self.jwt_max_ttl = jwt_max_ttl  # the most an admin mint may ask for
         self._token_key = self._load_token_key()
 
     # -- helpers -------------------------------------------------------------
@@ -270,7 +282,7 @@ class ServerCore:
             try:
                 if not internal:
                     check_not_reserved(req.entry.spiffe_id)
-                _, pub = load_csr(req.csr)
+                csr, pub = load_csr(req.csr)
                 nb, na = self.issuer.validity(signer, now, req.entry.ttl)
                 templates.append(
                     SvidTemplate(
@@ -279,6 +291,7 @@ class ServerCore:
                         not_before=nb,
                         not_after=na,
                         dns_names=req.entry.dns_names,
+                        spki=csr_spki(csr),
                     )
                 )
                 slots.append(None)
@@ -389,9 +402,110 @@ class ServerCore:
             raise result
         return result
 
+    def issue_jwt_svid(
+        self,
+        actor: Actor,
+        *,
+        entry: RegistrationEntry,
+        audience: Sequence[str],
+        ttl: dt.timedelta | None = None,
+        source: str = "agent",
+    ) -> JwtSvid:
+        """Sign a JWT-SVID for ``entry``'s SPIFFE ID (the identity comes from the entry only).
+
+        Audited before it is handed out (``svid.issue`` or ``admin.svid.mint``, with
+        ``jwt: true``): the event names the token by its ``jti``, ``kid`` and ``exp``,
+        never holds the token itself.
+        """
+        mint = source == "mint"
+        event_type = "admin.svid.mint" if mint else "svid.issue"
+        action = "mint" if mint else "issue"
+        sid = entry.spiffe_id
+        try:
+            check_not_reserved(sid)
+            aud = check_audience(audience)
+            if ttl is not None and ttl <= dt.timedelta(0):
+                raise InvalidTtlError("ttl must be positive, e.g. 5m")
+            if ttl is not None and ttl > self.jwt_max_ttl:
+                raise InvalidTtlError(
+                    f"ttl {ttl} is above the server maximum for jwt-svids {self.jwt_max_ttl}"
+                )
+            self.auditor.check()
+            svid = self.jwt_keys.sign(
+                spiffe_id=sid, audience=aud, ttl=ttl or self.jwt_ttl, now=self.clock.now()
+            )
+        except TrustdError as exc:
+            self.metrics.svids_denied.labels(reason=_jwt_deny_reason(exc)).inc()
+            denied = event_type if mint else "svid.deny"
+            try:
+                self._audit(
+                    denied,
+                    actor,
+                    action,
+                    str(sid),
+                    "failure",
+                    str(exc),
+                    {"jwt": True} if mint else {"jwt": True, "entry_id": entry.id},
+                )
+            except TrustdError:
+                log.error("audit event could not be written", type=denied, action=action)
+            raise
+        details: dict[str, Any] = {
+            "jwt": True,
+            "jti": svid.jti,
+            "kid": svid.key_id,
+            "exp": svid.expires_at.isoformat().replace("+00:00", "Z"),
+        }
+        if not mint:
+            details["entry_id"] = entry.id
+        self._audit(event_type, actor, action, str(sid), details=details)
+        log.info(
+            "jwt-svid issued",
+            spiffe_id=str(sid),
+            jti=svid.jti,
+            kid=svid.key_id,
+            exp=svid.expires_at.isoformat(),
+            source=source,
+        )
+        return svid
+
+    def mint_jwt(
+        self,
+        actor: Actor,
+        *,
+        spiffe_id: str,
+        audience: Sequence[str],
+        ttl: dt.timedelta | None,
+    ) -> JwtSvid:
+        """An admin asks for a JWT-SVID directly (SPIRE's ``jwt mint``)."""
+        try:
+            sid = SpiffeId.parse(spiffe_id)
+            if not sid.is_member_of(self.trust_domain):
+                raise InvalidArgumentError(
+                    f"spiffe id {spiffe_id} is not in this server's trust domain {self.trust_domain}"
+                )
+        except TrustdError as exc:
+            self.metrics.svids_denied.labels(reason="invalid_request").inc()
+            try:
+                self._audit(
+                    "admin.svid.mint",
+                    actor,
+                    "mint",
+                    spiffe_id[:200],
+                    "failure",
+                    str(exc),
+                    {"jwt": True},
+                )
+            except TrustdError:
+                log.error("audit event could not be written", type="admin.svid.mint", action="mint")
+            raise
+        entry = RegistrationEntry(id="", spiffe_id=sid, selectors=(), created_at=self.clock.now())
+        return self.issue_jwt_svid(actor, entry=entry, audience=audience, ttl=ttl, source="mint")
+
     # -- bundle and authorities ------------------------------------------------
     def bundle(self) -> Bundle:
-        return self.authorities.bundle()
+        """The trust bundle: the CA certificates and the JWT signing keys."""
+        return replace(self.authorities.bundle(), jwt_authorities=self.jwt_keys.authorities())
 
     def authority_op(
         self, actor: Actor, op: str, authority_id: str = "", *, force: bool = False
@@ -437,13 +551,35 @@ class ServerCore:
             details={"automatic": True, "not_after": rec.not_after.isoformat()},
         )
 
+    def _record_jwt_key(self, event: str, rec: JwtKeyRecord) -> None:
+        self._audit(
+            f"authority.{event}",
+            SYSTEM,
+            event,
+            f"jwt-authority/{rec.key_id}",
+            details={
+                "automatic": True,
+                "jwt": True,
+                "kid": rec.key_id,
+                "not_after": rec.not_after.isoformat(),
+            },
+        )
+
     def ensure_ca(self) -> AuthorityRecord:
-        """At start-up: an active CA, creating the first one (audited) if there is none."""
+        """At start-up: an active CA and JWT key, creating the first ones (audited) if none."""
         with self.authorities.audited(self._record_automatic):
-            return self.authorities.ensure_active()
+            record = self.authorities.ensure_active()
+        if self.jwt_keys.ensure_active(self._record_jwt_key):
+            self.hub.notify("bundle")
+        return record
 
     def rotate_tick(self) -> str | None:
         """Automatic rotation, run periodically by the server; audited like a manual one."""
+        try:
+            if self.jwt_keys.rotate(self._record_jwt_key):
+                self.hub.notify("bundle")
+        except TrustdError as exc:
+            log.warning("automatic jwt key rotation failed; will retry", error=str(exc))
         try:
             with self.authorities.audited(self._record_automatic):
                 did = self.authorities.rotate()
@@ -509,6 +645,16 @@ class ServerCore:
         except TrustdError as exc:
             return False, str(exc)
         return True, "ok"
+
+
+def _jwt_deny_reason(exc: TrustdError) -> str:
+    if isinstance(exc, ReservedIdError):
+        return "reserved_id"
+    if isinstance(exc, InvalidTtlError):
+        return "invalid_ttl"
+    if isinstance(exc, UnavailableError):
+        return "unavailable"
+    return "invalid_request"
 
 
 def _label_values(gauge: Any) -> set[str]:

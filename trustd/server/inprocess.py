@@ -1,8 +1,8 @@
 """The agent's upstream when server and agent share a process (``trustd up``).
 
 Same contract as the remote agent API: entries as a snapshot then deltas,
-bundles on every change, CSRs signed by the server's issuer. Blocking work
-(store, key manager) runs in the server's thread pool.
+bundles on every change, CSRs signed by the server's issuer, JWT-SVIDs by its
+JWT key. Blocking work (store, key manager) runs in the server's thread pool.
 """
 
 from __future__ import annotations
@@ -12,8 +12,16 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import Executor
 from typing import Any, TypeVar
 
-from trustd.agent.upstream import BundleUpdate, EntryUpdate, SignedSvid, SvidRequest
+from trustd.agent.upstream import (
+    BundleUpdate,
+    EntryUpdate,
+    JwtSvidRequest,
+    SignedJwtSvid,
+    SignedSvid,
+    SvidRequest,
+)
 from trustd.bundle import Bundle
+from trustd.entries import RegistrationEntry
 from trustd.errors import NotFoundError, PermissionDeniedError, TrustdError, UnavailableError
 from trustd.server import core as core_mod
 from trustd.server.audit_hook import Actor
@@ -96,19 +104,23 @@ class ServerUpstream:
                 yield bundle_update(bundle)
             seen = await self.hub.wait("bundle", seen, FALLBACK_RECHECK)
 
+    def _served_entry(self, entry_id: str) -> RegistrationEntry:
+        try:
+            entry = self.core.store.get_entry(entry_id)
+        except NotFoundError:
+            raise PermissionDeniedError(
+                f"entry {entry_id} does not exist (deleted?); this agent may not serve it"
+            ) from None
+        if not entry.served_by(self.agent_id):
+            raise PermissionDeniedError(
+                f"entry {entry_id} is pinned to another agent; this agent may not serve it"
+            )
+        return entry
+
     def _sign_blocking(self, requests: Sequence[SvidRequest]) -> list[SignedSvid]:
         reqs = []
         for r in requests:
-            try:
-                entry = self.core.store.get_entry(r.entry_id)
-            except NotFoundError:
-                raise PermissionDeniedError(
-                    f"entry {r.entry_id} does not exist (deleted?); this agent may not serve it"
-                ) from None
-            if not entry.served_by(self.agent_id):
-                raise PermissionDeniedError(
-                    f"entry {r.entry_id} is pinned to another agent; this agent may not serve it"
-                )
+            entry = self._served_entry(r.entry_id)
             reqs.append(core_mod.SvidRequest(entry=entry, csr=r.csr_der))
         results = self.core.issue_svids(self.actor, reqs, source="agent")
         out = []
@@ -126,6 +138,21 @@ class ServerUpstream:
 
     async def sign_x509_svids(self, requests: Sequence[SvidRequest]) -> list[SignedSvid]:
         return await self._run(self._sign_blocking, requests)
+
+    def _sign_jwt_blocking(self, request: JwtSvidRequest) -> SignedJwtSvid:
+        entry = self._served_entry(request.entry_id)
+        svid = self.core.issue_jwt_svid(
+            self.actor, entry=entry, audience=request.audience, source="agent"
+        )
+        return SignedJwtSvid(
+            entry_id=request.entry_id,
+            token=svid.token,
+            issued_at=svid.issued_at,
+            expires_at=svid.expires_at,
+        )
+
+    async def sign_jwt_svid(self, request: JwtSvidRequest) -> SignedJwtSvid:
+        return await self._run(self._sign_jwt_blocking, request)
 
 
 def _without_root(chain: tuple[bytes, ...]) -> tuple[bytes, ...]:

@@ -6,7 +6,12 @@
   registration entry matches the caller.
 - ``FetchX509SVID`` streams the caller's complete set of SVIDs, again each time
   one of them or a bundle changes; ``FetchX509Bundles`` streams the bundles.
-- The JWT calls are answered ``UNIMPLEMENTED``.
+- ``FetchJWTSVID`` gives a JWT-SVID per SPIFFE ID of the caller (or for the one
+  it names) for the audience it names, which is required (``INVALID_ARGUMENT``
+  without). ``FetchJWTBundles`` streams ``{trust domain ID: JWK set}`` of the
+  JWT signing keys, again each time they change (rotation). ``ValidateJWTSVID``
+  checks a token against those keys and answers its SPIFFE ID and claims, or
+  ``INVALID_ARGUMENT`` saying why it is not valid.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import hashlib
 from typing import Any
 
 import structlog
+from google.protobuf import struct_pb2
 from grpclib.const import Cardinality, Handler, Status
 from grpclib.exceptions import GRPCError
 from grpclib.server import Stream
@@ -25,7 +31,9 @@ from trustd.agent.endpoints import CallerOf, grpc_errors
 from trustd.agent.keys import Svid
 from trustd.agent.metrics import AgentMetrics
 from trustd.agent.notify import Notifier
+from trustd.ca.jwt import validate_jwt_svid
 from trustd.entries import RegistrationEntry
+from trustd.spiffeid import SpiffeId
 
 log = structlog.get_logger(__name__)
 
@@ -64,28 +72,24 @@ class WorkloadApiService:
                 workload_pb2.X509BundlesResponse,
             ),
             p + "FetchJWTSVID": Handler(
-                self.unimplemented,
+                self.fetch_jwt_svid,
                 Cardinality.UNARY_UNARY,
                 workload_pb2.JWTSVIDRequest,
                 workload_pb2.JWTSVIDResponse,
             ),
             p + "FetchJWTBundles": Handler(
-                self.unimplemented,
+                self.fetch_jwt_bundles,
                 Cardinality.UNARY_STREAM,
                 workload_pb2.JWTBundlesRequest,
                 workload_pb2.JWTBundlesResponse,
             ),
             p + "ValidateJWTSVID": Handler(
-                self.unimplemented,
+                self.validate_jwt_svid,
                 Cardinality.UNARY_UNARY,
                 workload_pb2.ValidateJWTSVIDRequest,
                 workload_pb2.ValidateJWTSVIDResponse,
             ),
         }
-
-    async def unimplemented(self, stream: Stream[Any, Any]) -> None:
-        _check_header(stream)
-        raise GRPCError(Status.UNIMPLEMENTED, "jwt-svids are not served by this agent yet")
 
     def _bundle_der(self, td: Any) -> bytes:
         b = self._cache.bundles.get(td)
@@ -115,12 +119,24 @@ class WorkloadApiService:
         return ",".join(f"{td}={cache.bundle_version(td)}" for td in sorted(cache.bundles))
 
     async def _open(self, stream: Stream[Any, Any]) -> WorkloadKey:
+        key, _ = await self._open_with_request(stream)
+        return key
+
+    async def _open_with_request(self, stream: Stream[Any, Any]) -> tuple[WorkloadKey, Any]:
         _check_header(stream)
-        await stream.recv_message()
+        request = await stream.recv_message()
         with grpc_errors():
             caller = self._caller_of(stream)
             self._cache.require_ready()
-        return workload_key(caller)
+        return workload_key(caller), request
+
+    def _require_identity(self, key: WorkloadKey) -> None:
+        if not self._cache.matching_entries(key):
+            raise GRPCError(
+                Status.PERMISSION_DENIED,
+                "no registration entry matches this process; create one with "
+                "'trustd entry create'",
+            )
 
     async def fetch_x509_svid(
         self, stream: Stream[workload_pb2.X509SVIDRequest, workload_pb2.X509SVIDResponse]
@@ -160,12 +176,7 @@ class WorkloadApiService:
         try:
             last = ""
             while True:
-                if not self._cache.matching_entries(key):
-                    raise GRPCError(
-                        Status.PERMISSION_DENIED,
-                        "no registration entry matches this process; create one with "
-                        "'trustd entry create'",
-                    )
+                self._require_identity(key)
                 version = self._bundles_version()
                 if version != last:
                     await stream.send_message(
@@ -179,3 +190,79 @@ class WorkloadApiService:
         finally:
             self._metrics.workloadapi_streams.dec()
             self._cache.unsubscribe(key, notifier)
+
+    # ------------------------------------------------------------------ JWT-SVID profile
+
+    async def fetch_jwt_svid(
+        self, stream: Stream[workload_pb2.JWTSVIDRequest, workload_pb2.JWTSVIDResponse]
+    ) -> None:
+        key, request = await self._open_with_request(stream)
+        audience = list(request.audience) if request is not None else []
+        if not audience:
+            raise GRPCError(
+                Status.INVALID_ARGUMENT,
+                "audience is required: name the service the jwt-svid is for",
+            )
+        with grpc_errors():
+            wanted = SpiffeId.parse(request.spiffe_id) if request.spiffe_id else None
+            svids = await self._cache.jwt_svids(key, audience, spiffe_id=wanted)
+        await stream.send_message(
+            workload_pb2.JWTSVIDResponse(
+                svids=[
+                    workload_pb2.JWTSVID(spiffe_id=str(s.spiffe_id), svid=s.token) for s in svids
+                ]
+            )
+        )
+
+    def _jwt_bundles_version(self) -> str:
+        cache = self._cache
+        return ",".join(f"{td}={cache.jwt_bundle_version(td)}" for td in sorted(cache.bundles))
+
+    async def fetch_jwt_bundles(
+        self, stream: Stream[workload_pb2.JWTBundlesRequest, workload_pb2.JWTBundlesResponse]
+    ) -> None:
+        key = await self._open(stream)
+        notifier = Notifier()
+        self._cache.subscribe(key, notifier)
+        self._metrics.workloadapi_streams.inc()
+        try:
+            last = ""
+            while True:
+                self._require_identity(key)
+                version = self._jwt_bundles_version()
+                if version != last:
+                    await stream.send_message(
+                        workload_pb2.JWTBundlesResponse(
+                            bundles={str(td.id): b.to_jwks() for td, b in self._cache.bundles.items()}
+                        )
+                    )
+                    self._metrics.pushes.labels(api="workloadapi").inc()
+                    last = version
+                await notifier.wait()
+        finally:
+            self._metrics.workloadapi_streams.dec()
+            self._cache.unsubscribe(key, notifier)
+
+    async def validate_jwt_svid(
+        self,
+        stream: Stream[workload_pb2.ValidateJWTSVIDRequest, workload_pb2.ValidateJWTSVIDResponse],
+    ) -> None:
+        key, request = await self._open_with_request(stream)
+        if request is None or not request.audience:
+            raise GRPCError(Status.INVALID_ARGUMENT, "audience is required")
+        if not request.svid:
+            raise GRPCError(Status.INVALID_ARGUMENT, "svid is required: the jwt-svid to validate")
+        self._require_identity(key)
+        with grpc_errors():
+            found = validate_jwt_svid(
+                request.svid,
+                request.audience,
+                bundles=self._cache.bundles,
+                now=self._cache.now(),
+            )
+        claims = struct_pb2.Struct()
+        claims.update(found.claims)
+        log.debug("jwt-svid validated", spiffe_id=str(found.spiffe_id), kid=found.key_id)
+        await stream.send_message(
+            workload_pb2.ValidateJWTSVIDResponse(spiffe_id=str(found.spiffe_id), claims=claims)
+        )

@@ -400,7 +400,10 @@ def test_bundle_show_pem_and_spiffe(capsys: pytest.CaptureFixture[str], admin: P
     assert code == 0
     doc = json.loads(out)
     assert set(doc) == {"keys", "spiffe_sequence", "spiffe_refresh_hint"}
-    assert len(doc["keys"]) == len(certs)
+    assert [k for k in doc["keys"] if k["use"] == "x509-svid"] and len(
+        [k for k in doc["keys"] if k["use"] == "x509-svid"]
+    ) == len(certs)
+    assert [k["kid"] for k in doc["keys"] if k["use"] == "jwt-svid"]  # the JWT signing key
 
 
 def test_authority_commands(capsys: pytest.CaptureFixture[str], admin: Path) -> None:

@@ -102,6 +102,7 @@ def test_durations_approximate_rounds_down_to_two_units(delta: dt.timedelta, tex
 @pytest.fixture
 def terminal(monkeypatch: pytest.MonkeyPatch) -> None:
     """stdout is an 80-column terminal."""
+    monkeypatch.setattr("trustd.cli.output.clock", lambda: NOW)  # the rows are relative to NOW
     monkeypatch.setenv("TTY_COMPATIBLE", "1")
     monkeypatch.setenv("COLUMNS", "80")
     monkeypatch.delenv("FORCE_COLOR", raising=False)
@@ -227,7 +228,7 @@ def test_json_and_yaml_keep_exact_times_and_ttl_seconds(
 def test_times_on_a_terminal_are_relative(
     capsys: pytest.CaptureFixture[str], terminal: None, offset: dt.timedelta, shown: str
 ) -> None:
-    emit({"not_after": _iso(dt.datetime.now(dt.UTC) + offset)}, Format.table)
+    emit({"not_after": _iso(NOW + offset)}, Format.table)
     assert _screen(capsys) == ["NOT_AFTER", shown]
 
 

@@ -250,7 +250,8 @@ async def test_bundle_show_gives_pem_and_spiffe(server: TrustdServer, sock: Path
     certs = x509.load_pem_x509_certificates(out["pem"].encode())
     spiffe = out["spiffe"]
     assert spiffe["spiffe_sequence"] == out["sequence"] >= 1
-    assert [k["use"] for k in spiffe["keys"]] == ["x509-svid"] * len(certs)
+    uses = [k["use"] for k in spiffe["keys"]]
+    assert uses == ["x509-svid"] * len(certs) + ["jwt-svid"]  # the CAs, then the JWT key
 
 
 @with_server

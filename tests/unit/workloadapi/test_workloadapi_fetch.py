@@ -163,23 +163,6 @@ async def test_federated_bundles_ride_along_with_svids(tmp_path: Path) -> None:
 
 
 @run_async
-async def test_jwt_calls_are_unimplemented(tmp_path: Path) -> None:
-    up, _, sock = _setup(tmp_path)
-    async with running_agent(sock, up), agent_channel(sock) as ch:
-        fetch_jwt = ch.unary_unary(
-            "/SpiffeWorkloadAPI/FetchJWTSVID",
-            request_serializer=workload_pb2.JWTSVIDRequest.SerializeToString,
-            response_deserializer=workload_pb2.JWTSVIDResponse.FromString,
-        )
-        code = None
-        try:
-            await fetch_jwt(workload_pb2.JWTSVIDRequest(audience=["x"]), metadata=HEADER)
-        except grpc.aio.AioRpcError as exc:
-            code = exc.code()
-        assert code == grpc.StatusCode.UNIMPLEMENTED
-
-
-@run_async
 async def test_removed_entry_ends_the_svid_stream(tmp_path: Path) -> None:
     up, _, sock = _setup(tmp_path)
     mine = next(e for e in up.entries.values() if str(e.spiffe_id) == MY_ID)

@@ -93,3 +93,18 @@ class KeyManager(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def signs_in_process(key_manager: object) -> bool:
+    """Whether the key manager's signatures are made in this process, with a key it holds.
+
+    A class says so with ``signs_in_process = True`` (``memory``, ``local``): it
+    signs with ``cryptography`` in this process, so the issuer need not verify
+    each signature it returns. Remote and HSM backends (``vault-transit``,
+    ``pkcs11``) do not, and every signature they return is verified under the
+    CA key. Only the key manager's own class is asked: not the instance, so a
+    wrapper that forwards attributes to a local key manager does not inherit
+    the claim, and not a base class, so neither does a subclass that signs
+    another way without saying so itself.
+    """
+    return vars(type(key_manager)).get("signs_in_process", False) is True

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from trustd.ca.kms.base import KeyAlgorithm, KeyRef, PublicKey
-from trustd.ca.kms.memory import PrivateKey, generate_private_key, sign_digest
+from trustd.ca.kms.memory import PrivateKey, generate_private_key, sign_digest, sign_digests
 from trustd.errors import AlreadyExistsError, ConfigError, NotFoundError, PermissionDeniedError
 
 log = structlog.get_logger(__name__)
@@ -69,6 +69,7 @@ def load_kek(*, kek_file: Path | None, create: bool) -> bytes:
 
 class LocalKeyManager:
     kind = "local"
+    signs_in_process = True  # see kms.base.signs_in_process
 
     def __init__(self, directory: Path, kek: bytes) -> None:
         self._dir = directory
@@ -156,8 +157,7 @@ class LocalKeyManager:
         return sign_digest(self._load(ref), ref.algorithm, digest)
 
     def sign_many(self, ref: KeyRef, digests: Sequence[bytes]) -> list[bytes]:
-        key = self._load(ref)
-        return [sign_digest(key, ref.algorithm, d) for d in digests]
+        return sign_digests(self._load(ref), ref.algorithm, digests)
 
     def retire(self, ref: KeyRef) -> None:
         with self._lock:

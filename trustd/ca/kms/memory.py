@@ -24,20 +24,37 @@ def generate_private_key(algorithm: KeyAlgorithm) -> PrivateKey:
     return rsa.generate_private_key(public_exponent=65537, key_size=4096)
 
 
+# Built once: constructing these costs about as much as hashing a certificate.
+_PREHASHED_SHA256 = utils.Prehashed(hashes.SHA256())
+_PREHASHED_SHA384 = utils.Prehashed(hashes.SHA384())
+_ECDSA_SHA256 = ec.ECDSA(_PREHASHED_SHA256)
+_ECDSA_SHA384 = ec.ECDSA(_PREHASHED_SHA384)
+_PKCS1V15 = padding.PKCS1v15()
+
+
 def sign_digest(key: PrivateKey, algorithm: KeyAlgorithm, digest: bytes) -> bytes:
     """Sign a precomputed digest with a cryptography key (shared by memory and local)."""
-    hash_alg: hashes.HashAlgorithm = (
-        hashes.SHA384() if algorithm is KeyAlgorithm.EC_P384 else hashes.SHA256()
-    )
+    p384 = algorithm is KeyAlgorithm.EC_P384
     if isinstance(key, ec.EllipticCurvePrivateKey):
-        return key.sign(digest, ec.ECDSA(utils.Prehashed(hash_alg)))
-    return key.sign(digest, padding.PKCS1v15(), utils.Prehashed(hash_alg))
+        return key.sign(digest, _ECDSA_SHA384 if p384 else _ECDSA_SHA256)
+    return key.sign(digest, _PKCS1V15, _PREHASHED_SHA384 if p384 else _PREHASHED_SHA256)
+
+
+def sign_digests(key: PrivateKey, algorithm: KeyAlgorithm, digests: Sequence[bytes]) -> list[bytes]:
+    """``sign_digest`` of each digest, in order."""
+    p384 = algorithm is KeyAlgorithm.EC_P384
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        ecdsa = _ECDSA_SHA384 if p384 else _ECDSA_SHA256
+        return [key.sign(d, ecdsa) for d in digests]
+    prehashed = _PREHASHED_SHA384 if p384 else _PREHASHED_SHA256
+    return [key.sign(d, _PKCS1V15, prehashed) for d in digests]
 
 
 class MemoryKeyManager:
     """Keys live in a dict; ``retire`` forgets them. For unit tests and benchmarks."""
 
     kind = "memory"
+    signs_in_process = True  # see kms.base.signs_in_process
 
     def __init__(self) -> None:
         self._keys: dict[str, PrivateKey] = {}
@@ -65,8 +82,7 @@ class MemoryKeyManager:
         return sign_digest(self._get(ref), ref.algorithm, digest)
 
     def sign_many(self, ref: KeyRef, digests: Sequence[bytes]) -> list[bytes]:
-        key = self._get(ref)
-        return [sign_digest(key, ref.algorithm, d) for d in digests]
+        return sign_digests(self._get(ref), ref.algorithm, digests)
 
     def retire(self, ref: KeyRef) -> None:
         with self._lock:

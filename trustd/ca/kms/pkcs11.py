@@ -157,6 +157,7 @@ class Pkcs11KeyManager:
     """CA keys on a PKCS#11 token; see the module docstring."""
 
     kind = "pkcs11"
+    signs_in_process = False  # every signature is verified under the CA key
 
     def __init__(
         self,

@@ -557,6 +557,7 @@ class VaultTransitKeyManager:
     """CA keys in a transit engine; see the module docstring for the policy it needs."""
 
     kind = "vault-transit"
+    signs_in_process = False  # every signature is verified under the CA key
 
     def __init__(
         self,
