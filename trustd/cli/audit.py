@@ -57,7 +57,8 @@ def verify(
         if config is not None:
             raise typer.BadParameter("--config is for --offline", param_hint="--config")
         try:
-            report = call(ctx, "AuditVerify")
+            with _progress("verifying"):
+                report = call(ctx, "AuditVerify")
         except ServerError as exc:
             if exc.status is not None:
                 raise
