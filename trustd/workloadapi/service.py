@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -169,6 +170,18 @@ class WorkloadApiService:
     async def fetch_x509_bundles(
         self, stream: Stream[workload_pb2.X509BundlesRequest, workload_pb2.X509BundlesResponse]
     ) -> None:
+        await self._push_bundles(
+            stream,
+            self._bundles_version,
+            lambda: workload_pb2.X509BundlesResponse(
+                bundles={str(td.id): self._bundle_der(td) for td in self._cache.bundles}
+            ),
+        )
+
+    async def _push_bundles(
+        self, stream: Stream[Any, Any], version_of: Callable[[], str], response: Callable[[], Any]
+    ) -> None:
+        """A bundles stream (X.509 or JWT): the first answer, then one per version change."""
         key = await self._open(stream)
         notifier = Notifier()
         self._cache.subscribe(key, notifier)
@@ -177,13 +190,9 @@ class WorkloadApiService:
             last = ""
             while True:
                 self._require_identity(key)
-                version = self._bundles_version()
+                version = version_of()
                 if version != last:
-                    await stream.send_message(
-                        workload_pb2.X509BundlesResponse(
-                            bundles={str(td.id): self._bundle_der(td) for td in self._cache.bundles}
-                        )
-                    )
+                    await stream.send_message(response())
                     self._metrics.pushes.labels(api="workloadapi").inc()
                     last = version
                 await notifier.wait()
@@ -221,27 +230,13 @@ class WorkloadApiService:
     async def fetch_jwt_bundles(
         self, stream: Stream[workload_pb2.JWTBundlesRequest, workload_pb2.JWTBundlesResponse]
     ) -> None:
-        key = await self._open(stream)
-        notifier = Notifier()
-        self._cache.subscribe(key, notifier)
-        self._metrics.workloadapi_streams.inc()
-        try:
-            last = ""
-            while True:
-                self._require_identity(key)
-                version = self._jwt_bundles_version()
-                if version != last:
-                    await stream.send_message(
-                        workload_pb2.JWTBundlesResponse(
-                            bundles={str(td.id): b.to_jwks() for td, b in self._cache.bundles.items()}
-                        )
-                    )
-                    self._metrics.pushes.labels(api="workloadapi").inc()
-                    last = version
-                await notifier.wait()
-        finally:
-            self._metrics.workloadapi_streams.dec()
-            self._cache.unsubscribe(key, notifier)
+        await self._push_bundles(
+            stream,
+            self._jwt_bundles_version,
+            lambda: workload_pb2.JWTBundlesResponse(
+                bundles={str(td.id): b.to_jwks() for td, b in self._cache.bundles.items()}
+            ),
+        )
 
     async def validate_jwt_svid(
         self,
