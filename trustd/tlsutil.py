@@ -18,6 +18,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from trustd import urisan
 from trustd.spiffeid import SpiffeId
 
 
@@ -45,19 +46,7 @@ def load_identity(
         ctx.load_cert_chain(cert_path, key_path)
 
 
-def spiffe_id_of(cert: x509.Certificate) -> SpiffeId | None:
-    """The SPIFFE ID of an X.509-SVID: exactly one URI SAN, or None."""
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return None
-    uris = san.get_values_for_type(x509.UniformResourceIdentifier)
-    if len(uris) != 1:
-        return None
-    try:
-        return SpiffeId.parse(uris[0])
-    except ValueError:
-        return None
+spiffe_id_of = urisan.spiffe_id_or_none  # the SPIFFE ID of an X.509-SVID, or None
 
 
 def peer_spiffe_id_checker(expected: Callable[[SpiffeId], bool]) -> type[ssl.SSLObject]:

@@ -46,6 +46,7 @@ from trustd.agent.jwt_cache import CachedJwtSvid, JwtSvidCache
 from trustd.agent.keys import Svid, build_svid, make_csr, new_key
 from trustd.agent.metrics import AgentMetrics
 from trustd.agent.upstream import BundleUpdate, EntryUpdate, SvidRequest, Upstream
+from trustd.backoff import Backoff
 from trustd.bundle import Bundle
 from trustd.ca.jwt import check_audience
 from trustd.clock import Clock
@@ -116,6 +117,10 @@ class AgentCache:
         self._settings = settings or AgentSettings()
         # Jitter only spreads load; it needs no cryptographic randomness.
         self._rng = rng or random.Random()  # noqa: S311
+        self._backoff = Backoff(
+            initial=self._settings.retry_initial_seconds,
+            maximum=self._settings.retry_max_seconds,
+        )
 
         self._entries: dict[str, RegistrationEntry] = {}
         self._entry_revision: int | None = None
@@ -531,11 +536,7 @@ class AgentCache:
     def _back_off(self, entry_id: str) -> None:
         r = self._retry.get(entry_id)
         attempts = 1 if r is None else r.attempts + 1
-        base = min(
-            self._settings.retry_max_seconds,
-            self._settings.retry_initial_seconds * (2 ** (attempts - 1)),
-        )
-        delay = base * self._rng.uniform(0.5, 1.0)  # "equal jitter"
+        delay = self._backoff.delay(attempts, self._rng)
         self._retry[entry_id] = _Retry(attempts, self._clock.now() + dt.timedelta(seconds=delay))
 
     def _signing_failed(self, entries: Sequence[RegistrationEntry], exc: BaseException) -> None:

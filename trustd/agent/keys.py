@@ -16,6 +16,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from trustd.agent.errors import BadSvidError
 from trustd.spiffeid import SpiffeId
+from trustd.urisan import uri_sans
 
 
 def new_key() -> ec.EllipticCurvePrivateKey:
@@ -76,14 +77,6 @@ class Svid:
         return frozenset(out)
 
 
-def _uri_sans(cert: x509.Certificate) -> list[str]:
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
-    except x509.ExtensionNotFound:
-        return []
-    return san.value.get_values_for_type(x509.UniformResourceIdentifier)
-
-
 def build_svid(
     *,
     entry_id: str,
@@ -109,7 +102,7 @@ def build_svid(
         raise BadSvidError(
             f"server returned a certificate for another key for entry {entry_id}; check the server"
         )
-    uris = _uri_sans(leaf)
+    uris = uri_sans(leaf)
     if uris != [str(spiffe_id)]:
         raise BadSvidError(
             f"server returned a certificate for {uris!r} instead of {spiffe_id} "

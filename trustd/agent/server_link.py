@@ -388,7 +388,7 @@ async def run_remote_agent(cfg: Any, until: Any) -> None:
             return False, "starting"
         return (True, "ok") if ready else (False, "waiting for the first sync with the server")
 
-    health = HealthServer(registries=[agent.metrics.registry], readiness=readiness)
+    health = HealthServer(registry=agent.metrics.registry, readiness=readiness)
     await health.start(cfg.metrics_address)
     log.info("agent running", agent_id=link.agent_id, socket=str(cfg.agent_socket_path))
     try:

@@ -36,6 +36,7 @@ from trustd.agent.endpoints import (
 from trustd.agent.metrics import AgentMetrics
 from trustd.agent.policy_relay import PolicyRelay, PolicyUpstream
 from trustd.agent.upstream import BundleUpdate, EntryUpdate, Upstream
+from trustd.backoff import Backoff, Retry
 from trustd.clock import Clock, SystemClock
 from trustd.sds.service import SecretDiscoveryService
 from trustd.spiffeid import TrustDomain
@@ -43,8 +44,7 @@ from trustd.workloadapi.service import WorkloadApiService
 
 log = structlog.get_logger(__name__)
 
-WATCH_RETRY_INITIAL_SECONDS = 0.5
-WATCH_RETRY_MAX_SECONDS = 30.0
+WATCH_BACKOFF = Backoff(initial=0.5, maximum=30.0)  # a lost server watch
 
 
 class AgentService:
@@ -173,7 +173,7 @@ class AgentService:
     ) -> None:
         """Follow one server watch forever; reconnect with backoff and jitter when it breaks."""
         cache = self.cache
-        attempt = 0
+        retry = Retry(WATCH_BACKOFF, clock=self._clock, rng=self._rng)
         while True:
             live = False
             try:
@@ -181,9 +181,11 @@ class AgentService:
                     if not live:
                         live = True
                         cache.watches_live += 1
-                        if attempt:
-                            log.info("server watch restored", watch=what, after_attempts=attempt)
-                        attempt = 0
+                        if retry.attempt:
+                            log.info(
+                                "server watch restored", watch=what, after_attempts=retry.attempt
+                            )
+                        retry.reset()
                     apply(update)
                 log.warning("server watch ended", watch=what)
             except asyncio.CancelledError:
@@ -198,9 +200,7 @@ class AgentService:
             finally:
                 if live:
                     cache.watches_live -= 1
-            attempt += 1
-            base = min(WATCH_RETRY_MAX_SECONDS, WATCH_RETRY_INITIAL_SECONDS * 2 ** (attempt - 1))
-            await asyncio.sleep(base * self._rng.uniform(0.5, 1.0))
+            await retry.sleep()
 
 
 def _rounded(value: float) -> float | None:

@@ -35,7 +35,6 @@ from typing import Any, Protocol, TextIO
 
 import structlog
 
-from trustd.audit import metrics
 from trustd.audit.checkpoint import Checkpoint, sign_checkpoint
 from trustd.audit.errors import AuditCorruptError, AuditEventError, AuditWriteError
 from trustd.audit.events import (
@@ -81,6 +80,7 @@ from trustd.audit.segments import (
 from trustd.audit.verify import VerifyReport, load_key_refs, verify
 from trustd.ca.kms.base import KeyAlgorithm, KeyManager, KeyRef, PublicKey
 from trustd.clock import Clock
+from trustd.telemetry.metrics import AuditMetrics
 
 log = structlog.get_logger(__name__)
 
@@ -145,8 +145,6 @@ class _Ids:
         return f"{x[:8]}-{x[8:12]}-4{x[13:16]}-{'89ab'[int(x[16], 16) & 3]}{x[17:20]}-{x[20:]}"
 
 
-_EVENTS_OK = metrics.EVENTS.labels("success")
-_EVENTS_FAILED = metrics.EVENTS.labels("failure")
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -213,6 +211,7 @@ class AuditLog:
         checkpoint_interval: dt.timedelta = dt.timedelta(minutes=5),
         key_name: str | None = None,
         inline_maintenance: bool = True,
+        metrics: AuditMetrics | None = None,
     ) -> None:
         if segment_max_bytes < 4096:
             raise AuditEventError("audit segment_max_bytes must be at least 4096")
@@ -221,6 +220,9 @@ class AuditLog:
         if retention is not None and retention <= dt.timedelta(0):
             raise AuditEventError("audit retention must be positive, or None to keep everything")
         self._dir = Path(directory)
+        self.metrics = metrics if metrics is not None else AuditMetrics()
+        self._events_ok = self.metrics.events.labels("success")
+        self._events_failed = self.metrics.events.labels("failure")
         self._km = key_manager
         self._clock = clock
         self._max_bytes = segment_max_bytes
@@ -259,7 +261,7 @@ class AuditLog:
         except BaseException:
             self._release_lock_file()
             raise
-        metrics.LAST_SEQ.set_function(lambda: self._seq)  # read at scrape time, not per append
+        self.metrics.last_seq.set_function(lambda: self._seq)  # read at scrape time, not per append
         log.info(
             "audit log opened",
             directory=str(self._dir),
@@ -560,7 +562,7 @@ class AuditLog:
             self._seq, self._hash = first + len(events) - 1, prev
             self._segments[-1].last_time = ts
             for event in events:
-                (_EVENTS_OK if event.outcome == "success" else _EVENTS_FAILED).inc()
+                (self._events_ok if event.outcome == "success" else self._events_failed).inc()
             if self._inline:
                 if rotated and self._retention is not None:
                     self._retention_quietly(now)
@@ -660,7 +662,7 @@ class AuditLog:
             try:
                 self._fd = os.open(cur.path, _OPEN_FLAGS, 0o600)
             except OSError as exc:
-                metrics.WRITE_FAILURES.labels(_errno_name(exc)).inc()
+                self.metrics.write_failures.labels(_errno_name(exc)).inc()
                 raise _write_error("open the audit segment", cur.path, exc) from exc
         assert self._fd is not None
         path = self._segments[-1].path
@@ -670,7 +672,7 @@ class AuditLog:
                 self._needs_repair = False
             _write_all(self._fd, data)
         except OSError as exc:
-            metrics.WRITE_FAILURES.labels(_errno_name(exc)).inc()
+            self.metrics.write_failures.labels(_errno_name(exc)).inc()
             try:  # take back a partly written line so the next append starts clean
                 os.ftruncate(self._fd, self._seg_size)
             except OSError:
@@ -691,7 +693,7 @@ class AuditLog:
                     "run trustd audit verify"
                 )
         except OSError as exc:
-            metrics.WRITE_FAILURES.labels(_errno_name(exc)).inc()
+            self.metrics.write_failures.labels(_errno_name(exc)).inc()
             log.error("audit segment not created", segment=path.name, errno=_errno_name(exc))
             raise _write_error("start a new audit segment", path, exc) from exc
         old_fd = self._fd
@@ -743,7 +745,7 @@ class AuditLog:
                 _fsync_dir(self._dir)
                 self._dir_dirty = False
         except OSError as exc:
-            metrics.CHECKPOINT_FAILURES.inc()
+            self.metrics.checkpoint_failures.inc()
             raise _write_error("sync the audit log to disk", self._dir, exc) from exc
         cp = sign_checkpoint(
             self._km,
@@ -759,7 +761,7 @@ class AuditLog:
         try:
             fd = os.open(path, _OPEN_FLAGS, 0o600)
         except OSError as exc:
-            metrics.CHECKPOINT_FAILURES.inc()
+            self.metrics.checkpoint_failures.inc()
             raise _write_error("write an audit checkpoint", path, exc) from exc
         try:
             size = os.fstat(fd).st_size
@@ -767,7 +769,7 @@ class AuditLog:
                 _write_all(fd, data)
                 os.fsync(fd)
             except OSError as exc:
-                metrics.CHECKPOINT_FAILURES.inc()
+                self.metrics.checkpoint_failures.inc()
                 try:
                     os.ftruncate(fd, size)
                 except OSError:
@@ -782,8 +784,8 @@ class AuditLog:
                 raise _write_error("sync the audit directory", self._dir, exc) from exc
         self._last_cp = cp
         self._next_cp_at = now + self._interval
-        metrics.CHECKPOINTS.inc()
-        metrics.LAST_CHECKPOINT.set(now.timestamp())
+        self.metrics.checkpoints.inc()
+        self.metrics.last_checkpoint.set(now.timestamp())
         log.info("audit checkpoint signed", seq=cp.seq, key_id=cp.key.key_id)
         return cp
 
@@ -793,7 +795,7 @@ class AuditLog:
         try:
             self._checkpoint_locked(now)
         except Exception as exc:
-            metrics.CHECKPOINT_FAILURES.inc()
+            self.metrics.checkpoint_failures.inc()
             self._next_cp_at = now + min(self._interval, dt.timedelta(minutes=1))
             log.error("audit checkpoint failed", error=str(exc), error_type=type(exc).__name__)
 
@@ -840,7 +842,7 @@ class AuditLog:
             with contextlib.suppress(FileNotFoundError):
                 info.path.unlink()
             removed.append(info.path)
-            metrics.SEGMENTS_DELETED.inc()
+            self.metrics.segments_deleted.inc()
         self._segments = self._segments[len(doomed) :]
         try:
             _fsync_dir(self._dir)

@@ -48,11 +48,11 @@ from pathlib import Path
 import structlog
 
 from trustd import __version__
-from trustd.audit import metrics
 from trustd.audit.errors import AuditEventError
 from trustd.audit.log import AuditLog
 from trustd.audit.reader import Follower, Position
 from trustd.audit.record import AuditRecord
+from trustd.backoff import Backoff, Retry
 
 log = structlog.get_logger(__name__)
 
@@ -172,7 +172,7 @@ class SyslogForwarder:
         self._sent_seq = self._confirmed_seq
         self._bytes_sent = 0  # on the current connection
         self._last_persist = 0.0
-        metrics.SYSLOG_CONFIRMED_SEQ.set(self._confirmed_seq)
+        self._log.metrics.syslog_confirmed_seq.set(self._confirmed_seq)
 
     # ------------------------------------------------------------------ cursor
 
@@ -286,28 +286,28 @@ class SyslogForwarder:
 
     def _run(self) -> None:
         follower = Follower(self._log.directory, from_seq=self._confirmed_seq + 1)
-        delay = self._cfg.retry_initial
+        # A thread: it waits on the stop event (so stop() interrupts it), not on a clock.
+        retry = Retry(Backoff(initial=self._cfg.retry_initial, maximum=self._cfg.retry_max))
         try:
             while not self._stop.is_set():
                 if self._sock is None:
                     if not self._connect():
-                        self._stop.wait(delay)
-                        delay = min(delay * 2, self._cfg.retry_max)
+                        self._stop.wait(retry.next_delay())
                         continue
-                    delay = self._cfg.retry_initial
+                    retry.reset()
                     self._rewind(follower)
                 try:
                     self._pump(follower)
                 except (OSError, ConnectionError) as exc:
                     log.warning("syslog connection lost", error=str(exc) or type(exc).__name__)
-                    metrics.SYSLOG_RECONNECTS.inc()
+                    self._log.metrics.syslog_reconnects.inc()
                     self._disconnect()
                 except Exception as exc:  # a bug must not end forwarding for good
                     log.error(
                         "syslog forwarding error", error=str(exc), error_type=type(exc).__name__
                     )
                     self._disconnect()
-                    self._stop.wait(delay)
+                    self._stop.wait(retry.next_delay())
         finally:
             follower.close()
 
@@ -351,7 +351,7 @@ class SyslogForwarder:
                         )
                     )
                 self._sent_seq = batch[-1][0].seq
-            metrics.SYSLOG_FORWARDED.inc(len(batch))
+            self._log.metrics.syslog_forwarded.inc(len(batch))
             return
         # Nothing new: sleep until an append, or until pending events can be confirmed.
         self._persist_cursor()
@@ -398,7 +398,7 @@ class SyslogForwarder:
             if moved:
                 self._cond.notify_all()
         if moved:
-            metrics.SYSLOG_CONFIRMED_SEQ.set(self._confirmed_seq)
+            self._log.metrics.syslog_confirmed_seq.set(self._confirmed_seq)
             self._persist_cursor()
 
     def _connect(self) -> bool:
@@ -407,7 +407,7 @@ class SyslogForwarder:
             raw = socket.create_connection((cfg.host, cfg.port), timeout=cfg.connect_timeout)
         except OSError as exc:
             log.warning("syslog receiver unreachable", host=cfg.host, port=cfg.port, error=str(exc))
-            metrics.SYSLOG_RECONNECTS.inc()
+            self._log.metrics.syslog_reconnects.inc()
             return False
         try:
             raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -419,11 +419,11 @@ class SyslogForwarder:
         except (OSError, ssl.SSLError) as exc:
             raw.close()
             log.warning("syslog TLS handshake failed", host=cfg.host, port=cfg.port, error=str(exc))
-            metrics.SYSLOG_RECONNECTS.inc()
+            self._log.metrics.syslog_reconnects.inc()
             return False
         self._sock = sock
         self._bytes_sent = 0
-        metrics.SYSLOG_CONNECTED.set(1)
+        self._log.metrics.syslog_connected.set(1)
         log.info("syslog receiver connected", host=cfg.host, port=cfg.port, tls=cfg.tls is not None)
         return True
 
@@ -432,4 +432,4 @@ class SyslogForwarder:
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.close()
-            metrics.SYSLOG_CONNECTED.set(0)
+            self._log.metrics.syslog_connected.set(0)

@@ -89,7 +89,7 @@ async def serve(
             from trustd.telemetry.http import HealthServer  # the lead's /metrics server
 
             health = HealthServer(
-                registries=[proxy.metrics.registry], readiness=lambda: (True, "serving")
+                registry=proxy.metrics.registry, readiness=lambda: (True, "serving")
             )
             try:
                 await health.start(config.metrics_address)

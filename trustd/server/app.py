@@ -95,8 +95,8 @@ class TrustdServer:
         self.executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="trustd-blocking")
         factory.prepare_data_dir(cfg.data_path)
         self.store = factory.make_store(cfg)
-        self.key_manager = factory.make_key_manager(cfg)
-        self.upstream = factory.make_upstream(cfg)
+        self.key_manager = factory.make_key_manager(cfg, self.metrics)
+        self.upstream = factory.make_upstream(cfg, self.metrics)
         self.auditor = auditor or self._make_auditor()
         self.authorities = AuthorityManager(
             store=self.store,
@@ -148,7 +148,7 @@ class TrustdServer:
         self.agent_api_port: int | None = None
         self._admin_server: grpclib.server.Server | None = None
         self._admin_bound = False
-        self._health = HealthServer(registries=[self.metrics.registry], readiness=self.readiness)
+        self._health = HealthServer(registry=self.metrics.registry, readiness=self.readiness)
         self._tasks: list[asyncio.Task[Any]] = []
         self._not_ready_reason = "starting"
         self.metrics_address: tuple[str, int] | None = None
@@ -163,7 +163,9 @@ class TrustdServer:
         deferred = getattr(self, "_deferred_audit", None)
         if deferred is None or deferred.target is not None:
             return
-        deferred.target = open_audit_log(self.cfg, self.key_manager, self.clock)
+        deferred.target = open_audit_log(
+            self.cfg, self.key_manager, self.clock, metrics=self.metrics.audit
+        )
 
     def readiness(self) -> tuple[bool, str]:
         if self._not_ready_reason:

@@ -12,6 +12,7 @@ from trustd.clock import Clock
 from trustd.config import ServerConfig
 from trustd.errors import ConfigError, UnavailableError
 from trustd.server.audit_hook import Actor
+from trustd.telemetry.metrics import AuditMetrics
 
 
 class AuditLogAuditor:
@@ -135,7 +136,13 @@ def audit_directory(cfg: ServerConfig) -> Path:
     return Path(cfg.audit.directory) if cfg.audit.directory else cfg.data_path / "audit"
 
 
-def open_audit_log(cfg: ServerConfig, key_manager: KeyManager, clock: Clock) -> AuditLogAuditor:
+def open_audit_log(
+    cfg: ServerConfig,
+    key_manager: KeyManager,
+    clock: Clock,
+    *,
+    metrics: AuditMetrics | None = None,
+) -> AuditLogAuditor:
     log = AuditLog(
         audit_directory(cfg),
         key_manager=key_manager,
@@ -145,6 +152,7 @@ def open_audit_log(cfg: ServerConfig, key_manager: KeyManager, clock: Clock) -> 
         retention=cfg.audit.retention,
         checkpoint_interval=cfg.audit.checkpoint_interval,
         inline_maintenance=False,  # the server's timer checkpoints off the event loop
+        metrics=metrics,
     )
     forwarder = None
     sink = cfg.audit.syslog

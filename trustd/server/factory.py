@@ -16,6 +16,7 @@ from trustd.config import (
 )
 from trustd.errors import ConfigError
 from trustd.store.base import Store
+from trustd.telemetry.metrics import ServerMetrics
 
 
 def make_store(cfg: ServerConfig) -> Store:
@@ -40,7 +41,8 @@ def _secret_file(path: str | None) -> str | None:
         raise ConfigError(f"cannot read secret file {path}: {exc.strerror}") from None
 
 
-def make_key_manager(cfg: ServerConfig) -> KeyManager:
+def make_key_manager(cfg: ServerConfig, metrics: ServerMetrics | None = None) -> KeyManager:
+    """The key manager; its Vault or PKCS#11 metrics count on the server's registry."""
     km = cfg.key_manager
     if isinstance(km, LocalKeyManagerConfig):
         from trustd.ca.kms.local import LocalKeyManager, load_kek
@@ -55,20 +57,22 @@ def make_key_manager(cfg: ServerConfig) -> KeyManager:
     if isinstance(km, VaultTransitConfig):
         from trustd.ca.kms import vault_transit
 
-        return vault_transit.from_config(km)
+        return vault_transit.from_config(km, metrics.vault if metrics else None)
     if isinstance(km, Pkcs11Config):
         from trustd.ca.kms import pkcs11
 
-        return pkcs11.from_config(km)
+        return pkcs11.from_config(km, metrics.pkcs11 if metrics else None)
     raise ConfigError(f"unknown key manager kind {km.kind!r}")
 
 
-def make_upstream(cfg: ServerConfig) -> UpstreamAuthority | None:
+def make_upstream(
+    cfg: ServerConfig, metrics: ServerMetrics | None = None
+) -> UpstreamAuthority | None:
     if cfg.upstream_authority is None:
         return None
     from trustd.ca.upstream import vault_pki
 
-    return vault_pki.from_config(cfg.upstream_authority)
+    return vault_pki.from_config(cfg.upstream_authority, metrics.vault if metrics else None)
 
 
 def prepare_data_dir(path: Path) -> None:

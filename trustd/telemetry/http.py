@@ -1,76 +1,103 @@
-"""The HTTP side of operations: /metrics (Prometheus), /healthz and /readyz.
+"""The HTTP side of operations: ``/metrics`` (Prometheus), ``/healthz`` and ``/readyz``.
 
-A deliberately small HTTP/1.1 responder on asyncio: three GET routes, one
-response per connection, bounded request size and time.
+``/metrics`` is prometheus_client's own WSGI exposition (content negotiation,
+OpenMetrics, gzip, ``name[]`` filters) over the process's one registry
+(:mod:`trustd.telemetry.metrics`). The two health routes sit beside it in the
+same WSGI app. It is served by prometheus_client's threading WSGI server on a
+daemon thread, so a slow scrape never holds up the event loop, and the
+readiness check (which may ask the store and the key manager) runs there too.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import socket
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import structlog
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer
 
 log = structlog.get_logger(__name__)
 
 Readiness = Callable[[], tuple[bool, str]]
+StartResponse = Callable[..., Any]
+Environ = dict[str, Any]
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """No access log on stderr: scrapes every few seconds would drown the real log."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def health_app(registry: CollectorRegistry, readiness: Readiness) -> Callable[..., Iterable[bytes]]:
+    """The WSGI app: prometheus_client's exposition at /metrics, and the two health routes."""
+    metrics = make_wsgi_app(registry)
+
+    def plain(start: StartResponse, status: str, text: str, method: str) -> list[bytes]:
+        body = (text + "\n").encode()
+        start(
+            status,
+            [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))],
+        )
+        return [body] if method != "HEAD" else [b""]
+
+    def app(environ: Environ, start: StartResponse) -> Iterable[bytes]:
+        method = environ.get("REQUEST_METHOD", "")
+        path = environ.get("PATH_INFO", "")
+        if method not in ("GET", "HEAD"):
+            return plain(start, "405 Method Not Allowed", "method not allowed", method)
+        if path == "/metrics":
+            return metrics(environ, start)  # type: ignore[no-any-return]
+        if path == "/healthz":
+            return plain(start, "200 OK", "ok", method)
+        if path == "/readyz":
+            try:
+                ready, reason = readiness()
+            except Exception as exc:  # a failing check is "not ready", never a 500 with a trace
+                ready, reason = False, f"readiness check failed: {type(exc).__name__}"
+            return plain(start, "200 OK" if ready else "503 Service Unavailable", reason, method)
+        return plain(start, "404 Not Found", "not found", method)
+
+    return app
 
 
 class HealthServer:
-    def __init__(self, *, registries: list[CollectorRegistry], readiness: Readiness) -> None:
-        self._registries = registries
-        self._readiness = readiness
-        self._server: asyncio.Server | None = None
+    """Serves :func:`health_app` on ``host:port`` (port 0: any free port)."""
+
+    def __init__(self, *, registry: CollectorRegistry, readiness: Readiness) -> None:
+        self._app = health_app(registry, readiness)
+        self._server: ThreadingWSGIServer | None = None
+        self._thread: threading.Thread | None = None
 
     async def start(self, address: str) -> tuple[str, int]:
         host, _, port = address.rpartition(":")
-        self._server = await asyncio.start_server(self._handle, host or "127.0.0.1", int(port))
-        sock = self._server.sockets[0].getsockname()
-        log.info("metrics and health listening", address=f"{sock[0]}:{sock[1]}")
-        return sock[0], sock[1]
+        host = host.strip("[]") or "127.0.0.1"
+        server_class = _Ipv6Server if ":" in host else ThreadingWSGIServer
+        server = make_server(host, int(port), self._app, server_class, handler_class=_QuietHandler)
+        self._server = server
+        self._thread = threading.Thread(
+            target=server.serve_forever, name="trustd-metrics", daemon=True
+        )
+        self._thread.start()
+        bound_host, bound_port = server.socket.getsockname()[:2]
+        log.info("metrics and health listening", address=f"{bound_host}:{bound_port}")
+        return str(bound_host), int(bound_port)
 
     async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
+        server, self._server = self._server, None
+        if server is None:
+            return
+        await asyncio.get_running_loop().run_in_executor(None, server.shutdown)
+        server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=5)
-            line = head.split(b"\r\n", 1)[0].decode("latin-1")
-            parts = line.split()
-            method, path = (parts[0], parts[1]) if len(parts) >= 2 else ("", "")
-            path = path.split("?", 1)[0]
-            if method not in ("GET", "HEAD"):
-                status, ctype, body = (
-                    "405 Method Not Allowed",
-                    "text/plain",
-                    b"method not allowed\n",
-                )
-            elif path == "/metrics":
-                body = b"".join(generate_latest(r) for r in self._registries)
-                status, ctype = "200 OK", CONTENT_TYPE_LATEST
-            elif path == "/healthz":
-                status, ctype, body = "200 OK", "text/plain", b"ok\n"
-            elif path == "/readyz":
-                ready, reason = self._readiness()
-                status = "200 OK" if ready else "503 Service Unavailable"
-                ctype, body = "text/plain", (reason + "\n").encode()
-            else:
-                status, ctype, body = "404 Not Found", "text/plain", b"not found\n"
-            writer.write(
-                f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
-                "Connection: close\r\n\r\n".encode()
-                + (body if method != "HEAD" else b"")
-            )
-            await writer.drain()
-        except (
-            TimeoutError,
-            asyncio.IncompleteReadError,
-            asyncio.LimitOverrunError,
-            ConnectionError,
-        ):
-            pass
-        finally:
-            writer.close()
+
+class _Ipv6Server(ThreadingWSGIServer):
+    address_family = socket.AF_INET6

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 from kms_peers import BaoDevServer, SilentServer
 
 from trustd.ca.kms.base import KeyAlgorithm, KeyManager, KeyRef, PublicKey
-from trustd.ca.kms.vault_transit import VAULT_REQUESTS, AppRole, VaultTransitKeyManager
+from trustd.ca.kms.vault_transit import AppRole, VaultTransitKeyManager
 from trustd.errors import (
     AlreadyExistsError,
     ConfigError,
@@ -24,6 +24,7 @@ from trustd.errors import (
     PermissionDeniedError,
     UnavailableError,
 )
+from trustd.telemetry.metrics import VaultMetrics
 
 pytestmark = pytest.mark.integration
 
@@ -123,14 +124,16 @@ def test_creating_an_existing_key_name_is_refused(manager: VaultTransitKeyManage
     "algorithm", [KeyAlgorithm.EC_P256, KeyAlgorithm.RSA_2048], ids=lambda a: a.value
 )
 def test_sign_many_signs_every_digest_in_chunks(bao: BaoDevServer, algorithm: KeyAlgorithm) -> None:
-    m = VaultTransitKeyManager(address=bao.address, token=bao.root_token, batch_size=64)
+    metrics = VaultMetrics()
+    m = VaultTransitKeyManager(
+        address=bao.address, token=bao.root_token, batch_size=64, metrics=metrics
+    )
     try:
         ref = m.create_key(unique(), algorithm)
         digests = [digest_for(algorithm, i.to_bytes(4, "big")) for i in range(150)]
-        batches = VAULT_REQUESTS.labels("transit", "sign_batch", "ok")
-        before = batches._value.get()
+        assert _requests(metrics, "sign_batch") == 0
         signatures = m.sign_many(ref, digests)
-        assert batches._value.get() - before == 3  # 64 + 64 + 22
+        assert _requests(metrics, "sign_batch") == 3  # 64 + 64 + 22
         assert len(signatures) == len(digests)
         public = m.public_key(ref)
         for digest, signature in zip(digests, signatures, strict=True):
@@ -401,17 +404,19 @@ def test_tls_with_the_ca_certificate_works_and_without_it_fails(bao_tls: BaoDevS
 
 def test_approle_logs_in_again_when_its_token_is_revoked(bao: BaoDevServer) -> None:
     role_id, secret_id = _approle(bao)
+    metrics = VaultMetrics()
     m = VaultTransitKeyManager(
-        address=bao.address, app_role=AppRole(role_id=role_id, secret_id=secret_id)
+        address=bao.address,
+        app_role=AppRole(role_id=role_id, secret_id=secret_id),
+        metrics=metrics,
     )
-    logins = VAULT_REQUESTS.labels("transit", "login", "ok")
     try:
         ref = m.create_key(unique())
         digest = digest_for(ref.algorithm, b"x")
-        before = logins._value.get()
+        before = _requests(metrics, "login")
         bao.client().auth.token.revoke(m.connection._auth[1])
         verify(m.public_key(ref), ref.algorithm, m.sign(ref, digest), digest)
-        assert logins._value.get() - before == 1
+        assert _requests(metrics, "login") - before == 1
     finally:
         m.close()
 
@@ -422,16 +427,25 @@ def test_approle_denied_by_policy_does_not_log_in_again(bao: BaoDevServer) -> No
         address=bao.address,
         app_role=AppRole(role_id=role_id, secret_id=secret_id),
         key_prefix="not-allowed-",
+        metrics=(metrics := VaultMetrics()),
     )
-    logins = VAULT_REQUESTS.labels("transit", "login", "ok")
     ref = KeyRef(backend="vault-transit", key_id="not-allowed-x", algorithm=KeyAlgorithm.EC_P256)
     try:
         with pytest.raises(PermissionDeniedError, match="policy allows it"):
             m.check()  # logs in once; the policy does not cover keys under this prefix
-        before = logins._value.get()
+        before = _requests(metrics, "login")
+        assert before == 1
         for _ in range(3):
             with pytest.raises(PermissionDeniedError, match="policy allows it"):
                 m.sign(ref, digest_for(ref.algorithm, b"x"))
-        assert logins._value.get() == before
+        assert _requests(metrics, "login") == before
     finally:
         m.close()
+
+
+def _requests(metrics: VaultMetrics, operation: str, outcome: str = "ok") -> float:
+    value = metrics.registry.get_sample_value(
+        "trustd_vault_requests_total",
+        {"engine": "transit", "operation": operation, "outcome": outcome},
+    )
+    return value or 0.0

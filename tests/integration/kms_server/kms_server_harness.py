@@ -638,6 +638,7 @@ class LifecycleRun:
     mint_after_rotation_verify: subprocess.CompletedProcess[str] | None = None
     mint_after_rotation_issuer_spki: str = ""  # the CA key that signed the post-rotation SVID
     minted_key_der: bytes = field(default=b"", repr=False)  # the CLI's SVID key (outside D)
+    metrics_text: str = ""  # one scrape of the process's /metrics after the rotation
     secrets: dict[str, bytes] = field(default_factory=dict, repr=False)  # what must never leak
 
 
@@ -732,6 +733,7 @@ def run_up_lifecycle(
             for ca in issuers:
                 leaf[0].verify_directly_issued_by(ca)
                 run.mint_after_rotation_issuer_spki = spki_hex(ca.public_key())
+        run.metrics_text = requests.get(proc.metrics_base() + "/metrics", timeout=10).text
     finally:
         run.exit_code = proc.stop()
         run.log_text = proc.log_text()

@@ -233,3 +233,44 @@ def test_scan_finds_a_planted_secret(tmp_path: Path) -> None:
     (tmp_path / "other").write_bytes(b"-----BEGIN EC PRIVATE KEY-----")
     leaks = find_leaks(data_dir_haystacks(tmp_path), {"planted": secret})
     assert leaks == ["planted in audit/seg-1.jsonl", "PRIVATE KEY marker in other"]
+
+
+# --- one registry per process: /metrics serves the audit log's and the key manager's ----------
+
+
+def _samples(text: str, name: str) -> dict[str, float]:
+    """``{labels: value}`` of every sample of ``name`` in a Prometheus text scrape."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name:
+                out[",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))] = sample.value
+    return out
+
+
+def _served_by_one_registry(run: LifecycleRun, kms_metric: str, kms_labels: str) -> None:
+    text = run.metrics_text
+    # the server's own, the agent's (trustd up runs both on one registry), the audit log's
+    assert _samples(text, "trustd_svids_issued_total"), text[:2000]
+    assert _samples(text, "trustd_agent_sds_streams")
+    events = _samples(text, "trustd_audit_events_total")
+    assert events.get("outcome=success", 0) >= 5  # entry create, mints, prepare, activate, ...
+    assert _samples(text, "trustd_audit_last_seq")[""] >= events["outcome=success"]
+    assert _samples(text, "trustd_audit_checkpoints_total")[""] >= 1
+    # the key manager's: every CA signature of this run went through it
+    kms = _samples(text, kms_metric)
+    assert kms.get(kms_labels, 0) >= 1, sorted(kms)
+
+
+def test_metrics_of_up_with_transit_include_audit_and_vault(transit_run: LifecycleRun) -> None:
+    _served_by_one_registry(
+        transit_run, "trustd_vault_requests_total", "engine=transit,operation=sign,outcome=ok"
+    )
+
+
+def test_metrics_of_up_with_pkcs11_include_audit_and_pkcs11(pkcs11_run: LifecycleRun) -> None:
+    _served_by_one_registry(
+        pkcs11_run, "trustd_pkcs11_operations_total", "operation=sign,outcome=ok"
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import os
 import socket
@@ -102,6 +103,8 @@ async def test_health_is_served_and_follows_readiness(tmp_path: Path) -> None:
         resp = await check(health_pb2.HealthCheckRequest(service=""))
         assert resp.status == health_pb2.HealthCheckResponse.NOT_SERVING
         up.come_back()
+        # The agent retries on its clock: move it past the longest backoff.
+        up.clock.advance(dt.timedelta(seconds=31))  # type: ignore[attr-defined]
         await agent.wait_ready()
         await wait_until(lambda: agent._health.__status__() is True, what="health flips")
         for service in ("", "SpiffeWorkloadAPI", "envoy.service.secret.v3.SecretDiscoveryService"):
@@ -125,6 +128,10 @@ async def test_watch_reconnects_and_catches_up_after_server_outage(tmp_path: Pat
         assert set(secrets_of(resp)) == {"default"}
         up.come_back()
         up.add_entry("spiffe://trustd.local/ns/demo/sa/late", [ME])
+        # The watches retry on the agent's clock: nothing reconnects until it moves.
+        await asyncio.sleep(0.2)
+        assert agent.cache.watches_live == 0
+        up.clock.advance(dt.timedelta(seconds=31))  # type: ignore[attr-defined]
         await wait_until(lambda: agent.cache.entry_revision == up.revision,
                          what="caught up after reconnect")
         resp = await sds_fetch(ch, ["spiffe://trustd.local/ns/demo/sa/late"])

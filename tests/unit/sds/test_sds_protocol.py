@@ -577,6 +577,7 @@ async def test_stream_waits_for_first_sync_instead_of_failing(tmp_path: Path) ->
         await call.write(sds_request(["default"]))
         assert not agent.cache.ready
         up.come_back()  # the agent reconnects with backoff and answers the waiting stream
+        up.clock.advance(dt.timedelta(seconds=31))  # type: ignore[attr-defined]  # backoff is on its clock
         resp = await call.read()
         assert uri_of(leaf_of(secrets_of(resp)["default"])) == MY_ID
         call.cancel()

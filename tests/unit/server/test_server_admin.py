@@ -26,6 +26,7 @@ from google.protobuf.wrappers_pb2 import BytesValue
 from grpclib.client import Channel, UnaryUnaryMethod
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
+from prometheus_client import CollectorRegistry
 
 from trustd.cli.client import ServerError, _call
 from trustd.config import ServerConfig
@@ -407,7 +408,7 @@ def test_readyz_is_503_with_the_reason_when_not_ready() -> None:
     async def body() -> None:
         state = {"ready": False}
         health = HealthServer(
-            registries=[],
+            registry=CollectorRegistry(),
             readiness=lambda: (state["ready"], "" if state["ready"] else "no active CA"),
         )
         host, port = await health.start("127.0.0.1:0")

@@ -34,7 +34,6 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from pkcs11 import Attribute, KeyType, Mechanism, MechanismFlag, ObjectClass
 from pkcs11.util.ec import encode_ec_public_key, encode_named_curve_parameters
-from prometheus_client import Counter, Histogram
 
 from trustd.ca.kms.base import KeyAlgorithm, KeyRef, PublicKey
 from trustd.ca.kms.errors import (
@@ -54,6 +53,7 @@ from trustd.errors import (
     TrustdError,
     UnavailableError,
 )
+from trustd.telemetry.metrics import Pkcs11Metrics
 
 if TYPE_CHECKING:
     from trustd.config import Pkcs11Config
@@ -61,18 +61,6 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
-
-PKCS11_OPERATIONS = Counter(
-    "trustd_pkcs11_operations_total",
-    "Operations trustd asked of its PKCS#11 token, by operation and outcome.",
-    ["operation", "outcome"],
-)
-PKCS11_OPERATION_SECONDS = Histogram(
-    "trustd_pkcs11_operation_duration_seconds",
-    "Time a PKCS#11 operation took, lock wait included.",
-    ["operation"],
-    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
-)
 
 # DER DigestInfo prefixes (RFC 8017 §9.2, note 1) for PKCS#1 v1.5 over a precomputed hash.
 _DIGEST_INFO = {
@@ -168,7 +156,9 @@ class Pkcs11KeyManager:
         pin_file: str | Path | None = None,
         pin_env: str | None = None,
         slot: int | None = None,
+        metrics: Pkcs11Metrics | None = None,
     ) -> None:
+        self._metrics = metrics if metrics is not None else Pkcs11Metrics()
         self._pin_source = (pin, pin_file, pin_env)
         resolve_pin(pin=pin, pin_file=pin_file, pin_env=pin_env)  # fail early on a bad source
         # A pin the token refused is never sent again (HSMs lock the pin after a few
@@ -307,8 +297,8 @@ class Pkcs11KeyManager:
                 f"the pkcs11 token {self._token_label!r} failed {operation} ({type(exc).__name__})"
             ) from None
         finally:
-            PKCS11_OPERATIONS.labels(operation, outcome).inc()
-            PKCS11_OPERATION_SECONDS.labels(operation).observe(time.perf_counter() - start)
+            self._metrics.operations.labels(operation, outcome).inc()
+            self._metrics.operation_seconds.labels(operation).observe(time.perf_counter() - start)
 
     # -- objects
 
@@ -497,7 +487,7 @@ class Pkcs11KeyManager:
             self._drop_session()
 
 
-def from_config(cfg: Pkcs11Config) -> Pkcs11KeyManager:
+def from_config(cfg: Pkcs11Config, metrics: Pkcs11Metrics | None = None) -> Pkcs11KeyManager:
     """The ``keyManager: {kind: pkcs11, ...}`` block as a key manager."""
     return Pkcs11KeyManager(
         module=cfg.module,
@@ -506,4 +496,5 @@ def from_config(cfg: Pkcs11Config) -> Pkcs11KeyManager:
         pin_file=cfg.pin_file,
         pin_env=cfg.pin_env,
         slot=cfg.slot,
+        metrics=metrics,
     )

@@ -38,7 +38,6 @@ import requests
 import structlog
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from prometheus_client import Counter, Histogram
 
 from trustd.ca.kms.base import KeyAlgorithm, KeyRef, PublicKey
 from trustd.ca.kms.errors import (
@@ -60,6 +59,7 @@ from trustd.errors import (
     TrustdError,
     UnavailableError,
 )
+from trustd.telemetry.metrics import VaultMetrics
 
 if TYPE_CHECKING:
     from trustd.config import AppRoleConfig, VaultTransitConfig
@@ -68,19 +68,6 @@ log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 
-# Metrics (the lead moves these to trustd/telemetry/). Outcomes: ok, unavailable,
-# timeout, denied, not_found, invalid, config.
-VAULT_REQUESTS = Counter(
-    "trustd_vault_requests_total",
-    "Requests trustd sent to OpenBao/Vault, by secrets engine, operation and outcome.",
-    ["engine", "operation", "outcome"],
-)
-VAULT_REQUEST_SECONDS = Histogram(
-    "trustd_vault_request_duration_seconds",
-    "Time from sending a request to OpenBao/Vault to its answer (or failure).",
-    ["engine", "operation"],
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
-)
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _MOUNT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$")
@@ -168,9 +155,11 @@ class VaultConnection:
         tls_skip_verify: bool = False,
         timeout: float = 5.0,
         errors: VaultErrorClasses = KMS_ERRORS,
+        metrics: VaultMetrics | None = None,
     ) -> None:
         self._errors = errors
         self._engine = engine
+        self._metrics = metrics if metrics is not None else VaultMetrics()
         parts = urlsplit(address)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise errors.config(
@@ -428,8 +417,8 @@ class VaultConnection:
             )
             raise err from exc
         finally:
-            VAULT_REQUESTS.labels(self._engine, operation, outcome).inc()
-            VAULT_REQUEST_SECONDS.labels(self._engine, operation).observe(
+            self._metrics.requests.labels(self._engine, operation, outcome).inc()
+            self._metrics.request_seconds.labels(self._engine, operation).observe(
                 time.perf_counter() - start
             )
 
@@ -573,6 +562,7 @@ class VaultTransitKeyManager:
         tls_skip_verify: bool = False,
         timeout: float = 5.0,
         batch_size: int = 256,
+        metrics: VaultMetrics | None = None,
     ) -> None:
         mount = mount.strip("/")
         if not _MOUNT_RE.match(mount):
@@ -592,6 +582,7 @@ class VaultTransitKeyManager:
             tls_skip_verify=tls_skip_verify,
             timeout=timeout,
             errors=KMS_ERRORS,
+            metrics=metrics,
         )
         self._mount = mount
         self._prefix = key_prefix
@@ -853,7 +844,9 @@ def app_role_from_config(cfg: AppRoleConfig | None) -> AppRole | None:
     )
 
 
-def from_config(cfg: VaultTransitConfig) -> VaultTransitKeyManager:
+def from_config(
+    cfg: VaultTransitConfig, metrics: VaultMetrics | None = None
+) -> VaultTransitKeyManager:
     """The ``keyManager: {kind: vault-transit, ...}`` block as a key manager."""
     return VaultTransitKeyManager(
         address=cfg.address,
@@ -866,4 +859,5 @@ def from_config(cfg: VaultTransitConfig) -> VaultTransitKeyManager:
         ca_cert=cfg.ca_cert,
         tls_skip_verify=cfg.tls_skip_verify,
         timeout=cfg.timeout,
+        metrics=metrics,
     )

@@ -43,6 +43,8 @@ from trustd.ca.upstream.errors import (
     UpstreamTimeoutError,
     UpstreamUnavailableError,
 )
+from trustd.telemetry.metrics import VaultMetrics
+from trustd.urisan import uri_sans
 
 if TYPE_CHECKING:
     from trustd.config import VaultPkiConfig
@@ -67,14 +69,6 @@ def _spki(cert_or_csr: x509.Certificate | x509.CertificateSigningRequest) -> byt
     return cert_or_csr.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-
-
-def _uri_sans(ext_source: x509.Certificate | x509.CertificateSigningRequest) -> list[str]:
-    try:
-        san = ext_source.extensions.get_extension_for_class(x509.SubjectAlternativeName)
-    except x509.ExtensionNotFound:
-        return []
-    return list(san.value.get_values_for_type(x509.UniformResourceIdentifier))
 
 
 def _is_self_signed(cert: x509.Certificate) -> bool:
@@ -165,6 +159,7 @@ class VaultPkiUpstream:
         ca_cert: str | Path | None = None,
         tls_skip_verify: bool = False,
         timeout: float = 5.0,
+        metrics: VaultMetrics | None = None,
     ) -> None:
         mount = mount.strip("/")
         if not _MOUNT_RE.match(mount):
@@ -187,6 +182,7 @@ class VaultPkiUpstream:
             tls_skip_verify=tls_skip_verify,
             timeout=timeout,
             errors=UPSTREAM_ERRORS,
+            metrics=metrics,
         )
         self._mount = mount
         self._issuer = issuer
@@ -207,7 +203,7 @@ class VaultPkiUpstream:
         seconds = int(ttl.total_seconds())
         if seconds < 1:
             raise UpstreamInvalidRequestError("the intermediate ttl must be at least 1s")
-        uris = _uri_sans(csr)
+        uris = uri_sans(csr)
         body: dict[str, Any] = {
             "csr": csr_pem.decode(),
             "use_csr_values": True,
@@ -274,7 +270,7 @@ class VaultPkiUpstream:
             raise UpstreamBadResponseError(
                 "vault returned a certificate that is not a ca (no basicConstraints ca:true)"
             )
-        got = _uri_sans(cert)
+        got = uri_sans(cert)
         if sorted(got) != sorted(uris):
             raise UpstreamBadResponseError(
                 f"vault returned a certificate with uri sans {got} instead of {uris}: "
@@ -315,7 +311,7 @@ class VaultPkiUpstream:
         self._conn.close()
 
 
-def from_config(cfg: VaultPkiConfig) -> VaultPkiUpstream:
+def from_config(cfg: VaultPkiConfig, metrics: VaultMetrics | None = None) -> VaultPkiUpstream:
     """The ``upstreamAuthority: {kind: vault-pki, ...}`` block as an upstream authority."""
     return VaultPkiUpstream(
         address=cfg.address,
@@ -329,4 +325,5 @@ def from_config(cfg: VaultPkiConfig) -> VaultPkiUpstream:
         ca_cert=cfg.ca_cert,
         tls_skip_verify=cfg.tls_skip_verify,
         timeout=cfg.timeout,
+        metrics=metrics,
     )
