@@ -2,9 +2,13 @@
 
 grpclib runs on asyncio transports, so the connected socket is at hand. Each
 accepted connection is attested once, in ``connection_made`` (one
-``SO_PEERCRED`` read per connection, not per RPC); handlers look the caller up
-by the stream's transport. Nothing the caller sends (request fields, metadata)
-takes part in deciding who it is.
+``SO_PEERCRED`` read per connection, not per RPC). The protocol then sets the
+context variable ``_CALLER`` around each ``data_received``; grpclib starts
+every request handler as a task inside that call, and a task copies the
+context it is created in, so a handler reads its connection's caller from the
+context. Nothing the caller sends (request fields, metadata) takes part in
+deciding who it is. The per-connection hook itself is the one private grpclib
+seam, kept in :mod:`trustd.agent.grpclib_internals`.
 
 Also here: the one place where trustd errors become gRPC status codes for the
 agent socket.
@@ -14,10 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import os
 import socket
 import stat
-import weakref
 from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import Any
@@ -30,7 +34,7 @@ from grpclib.server import Server, Stream
 
 from trustd.agent import errors
 from trustd.agent.attestation import Attestor, attest
-from trustd.agent.slim import slim_connection, slim_stream
+from trustd.agent.grpclib_internals import slim_per_stream, wrap_protocol_factory
 from trustd.errors import (
     AlreadyExistsError,
     FailedPreconditionError,
@@ -48,6 +52,11 @@ log = structlog.get_logger(__name__)
 SOCKET_MODE = 0o666  # SPEC §3: any local process may connect; the kernel says who it is
 SOCKET_DIR_MODE = 0o755
 
+# The attested caller of the connection whose bytes are being processed (see the docstring).
+_CALLER: contextvars.ContextVar[Caller | None] = contextvars.ContextVar(
+    "trustd_agent_caller", default=None
+)
+
 
 class _AttestingProtocol(asyncio.Protocol):
     """Wraps grpclib's HTTP/2 protocol: attests the peer, then hands everything on."""
@@ -56,14 +65,13 @@ class _AttestingProtocol(asyncio.Protocol):
         self,
         inner: asyncio.Protocol,
         attestor: Attestor,
-        callers: CallerRegistry,
         live: set[asyncio.BaseTransport],
     ) -> None:
         self._inner = inner
         self._attestor = attestor
-        self._callers = callers
         self._live = live
         self._transport: asyncio.BaseTransport | None = None
+        self._caller: Caller | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport
@@ -75,12 +83,16 @@ class _AttestingProtocol(asyncio.Protocol):
                 caller = self._attestor(sock)
             except OSError as exc:
                 log.warning("caller attestation failed", error=str(exc))
-        self._callers.remember(transport, caller)
+        self._caller = caller
         self._inner.connection_made(transport)
-        _slim_per_stream(self._inner)
+        slim_per_stream(self._inner)
 
     def data_received(self, data: bytes) -> None:
-        self._inner.data_received(data)
+        token = _CALLER.set(self._caller)  # handler tasks created below inherit it
+        try:
+            self._inner.data_received(data)
+        finally:
+            _CALLER.reset(token)
 
     def eof_received(self) -> bool | None:
         return self._inner.eof_received()
@@ -97,47 +109,19 @@ class _AttestingProtocol(asyncio.Protocol):
         self._inner.resume_writing()
 
 
-def _slim_per_stream(protocol: Any) -> None:
-    """Make each accepted connection and stream smaller (see trustd.agent.slim)."""
-    slim_connection(protocol)
-    handler: Any = getattr(protocol, "handler", None)
-    accept = getattr(handler, "accept", None)
-    if accept is None:
-        return
-
-    def slim_accept(stream: Any, headers: Any, release_stream: Any) -> None:
-        slim_stream(stream)
-        slim_connection(protocol)  # settings the peer sent since the connection opened
-        accept(stream, headers, release_stream)
-
-    handler.accept = slim_accept
-
-
 class CallerRegistry:
-    """Caller per live connection; entries go away with their transport."""
-
-    def __init__(self) -> None:
-        self._by_transport: weakref.WeakKeyDictionary[object, Caller | None] = (
-            weakref.WeakKeyDictionary()
-        )
-
-    def remember(self, transport: object, caller: Caller | None) -> None:
-        self._by_transport[transport] = caller
+    """Who is calling: the caller of the connection the current request arrived on."""
 
     def caller_of(self, stream: Stream[Any, Any]) -> Caller:
-        """The attested caller of the connection the stream runs on."""
-        # grpclib's Peer keeps the transport privately and offers no public accessor for it;
-        # it is the same object connection_made received, so this is the connection's key.
-        transport = getattr(stream.peer, "_transport", None)
-        caller = self._by_transport.get(transport) if transport is not None else None
+        """The attested caller of the connection ``stream`` runs on (read from the context
+        the request handler was started in; ``stream`` is not consulted)."""
+        del stream
+        caller = _CALLER.get()
         if caller is None:
             raise errors.CallerUnknownError(
                 "the agent could not identify the calling process; connect over the unix socket"
             )
         return caller
-
-    def __len__(self) -> int:
-        return len(self._by_transport)
 
 
 class PreEncoded:
@@ -173,10 +157,9 @@ class AttestingServer(Server):
         self._callers = callers
         self._attestor = attestor
         self._live: set[asyncio.BaseTransport] = set()
-
-    def _protocol_factory(self) -> Any:  # overrides grpclib's per-connection factory
-        inner = super()._protocol_factory()
-        return _AttestingProtocol(inner, self._attestor, self._callers, self._live)
+        wrap_protocol_factory(
+            self, lambda inner: _AttestingProtocol(inner, self._attestor, self._live)
+        )
 
     @property
     def connection_count(self) -> int:

@@ -1,4 +1,22 @@
-"""Make idle HTTP/2 connections smaller (memory only; behaviour is unchanged).
+"""The one module that reaches into grpclib's, h2's and asyncio's private attributes.
+
+Two things the agent socket needs have no public API in grpclib:
+
+1. **A hook per accepted connection** (to attest the caller with SO_PEERCRED
+   once, on the connected socket): :func:`wrap_protocol_factory` replaces
+   ``grpclib.server.Server._protocol_factory`` on one server instance.
+2. **Smaller idle connections** (memory per SDS stream), below.
+
+Which caller a stream belongs to needs no private attribute: the attesting
+protocol sets a context variable around each ``data_received``, and grpclib
+creates every request handler task inside that call, so the task inherits it
+(see :mod:`trustd.agent.endpoints`).
+
+``tests/unit/agent/test_agent_grpclib_internals.py`` checks every private
+name used here against the installed versions and fails loudly when a
+library upgrade moves one.
+
+Making idle HTTP/2 connections smaller (memory only; behaviour is unchanged):
 
 An idle SDS stream on grpclib costs about 48 KB, and some 40 % of it is empty
 ``collections.deque`` objects (about 600 bytes each, even when they hold one
@@ -11,14 +29,14 @@ for a small list that offers the few deque methods these libraries call.
 Everything here reaches into other libraries' private attributes, on
 purpose and only here. Each step checks what it finds and leaves anything
 unexpected untouched, so a library upgrade can only make this a no-op, never
-a fault. ``tests/unit/agent/test_agent_slim.py`` checks that the installed
-versions are still slimmed.
+a fault. The test named above checks that the installed versions are still slimmed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+from collections.abc import Callable
 from typing import Any
 
 
@@ -80,6 +98,32 @@ def slim_connection(protocol: Any) -> int:
     for name in ("write_ready", "stream_close_waiter"):
         done += _slim_event(getattr(conn, name, None))
     return done
+
+
+def wrap_protocol_factory(server: Any, wrap: Callable[[asyncio.Protocol], asyncio.Protocol]) -> None:
+    """Make ``server`` (a grpclib ``Server``) build ``wrap(grpclib's protocol)`` per connection."""
+    inner_factory = server._protocol_factory  # grpclib: Server._protocol_factory() -> H2Protocol
+
+    def factory() -> asyncio.Protocol:
+        return wrap(inner_factory())
+
+    server._protocol_factory = factory
+
+
+def slim_per_stream(protocol: Any) -> None:
+    """Slim an accepted connection now, and each stream as grpclib accepts it."""
+    slim_connection(protocol)
+    handler: Any = getattr(protocol, "handler", None)
+    accept = getattr(handler, "accept", None)
+    if accept is None:
+        return
+
+    def slim_accept(stream: Any, headers: Any, release_stream: Any) -> None:
+        slim_stream(stream)
+        slim_connection(protocol)  # settings the peer sent since the connection opened
+        accept(stream, headers, release_stream)
+
+    handler.accept = slim_accept
 
 
 def slim_stream(stream: Any) -> int:
