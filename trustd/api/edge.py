@@ -14,6 +14,7 @@ from concurrent.futures import Executor
 from typing import Any, TypeVar
 
 import structlog
+from google.protobuf.message import DecodeError
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 from grpclib.server import Stream
@@ -69,6 +70,18 @@ def error_of(exc: GRPCError) -> errors.TrustdError:
     return cls(message) if cls is not None else errors.UnavailableError(f"server: {message}")
 
 
+async def _request(stream: Stream[Req, Any], method: str) -> Req:
+    """The call's one request message; INVALID_ARGUMENT when its bytes are not one."""
+    try:
+        request = await stream.recv_message()
+    except DecodeError:
+        raise GRPCError(
+            Status.INVALID_ARGUMENT, f"the {method} request is not a valid message of its type"
+        ) from None
+    assert request is not None
+    return request
+
+
 class Edge:
     """What every trustd gRPC service shares: the caller check, the error mapping and a
     hook per call. Subclasses implement the generated ``...Base`` methods as
@@ -94,8 +107,7 @@ class Edge:
     ) -> None:
         code = Status.OK
         try:
-            request = await stream.recv_message()
-            assert request is not None
+            request = await _request(stream, method)
             await self.authorize(stream, method)
             await stream.send_message(await handler(stream, request))
         except errors.TrustdError as exc:
@@ -118,8 +130,7 @@ class Edge:
         handler: Callable[[Stream[Req, Resp], Req], AsyncIterator[Resp]],
     ) -> None:
         try:
-            request = await stream.recv_message()
-            assert request is not None
+            request = await _request(stream, method)
             await self.authorize(stream, method)
             async for item in handler(stream, request):
                 await stream.send_message(item)
