@@ -68,11 +68,15 @@ class PolicyRelay(policy_grpc.PolicyRelayBase, Edge):
         caller = self._caller_of(stream)
         ids = {str(e.spiffe_id) for e in self._cache().matching_entries(workload_key(caller))}
         if not ids:
-            raise PermissionDeniedError("this process has no identity here: register an entry for it")
+            raise PermissionDeniedError(
+                "this process has no identity here: register an entry for it"
+            )
         return ids
 
     async def Watch(self, stream: Stream[pb.WatchRequest, pb.WatchResponse]) -> None:
-        async def watch(s: Stream[Any, Any], req: pb.WatchRequest) -> AsyncIterator[pb.WatchResponse]:
+        async def watch(
+            s: Stream[Any, Any], req: pb.WatchRequest
+        ) -> AsyncIterator[pb.WatchResponse]:
             self._entitled(s)
             seen = [-1]
             while True:
@@ -89,7 +93,9 @@ class PolicyRelay(policy_grpc.PolicyRelayBase, Edge):
     async def Ack(self, stream: Stream[pb.AckRequest, pb.Empty]) -> None:
         async def ack(s: Stream[Any, Any], req: pb.AckRequest) -> pb.Empty:
             self._entitled(s)
-            self._pending.acks.append(pb.Ack(proxy_id=req.ack.proxy_id[:200], version=req.ack.version))
+            self._pending.acks.append(
+                pb.Ack(proxy_id=req.ack.proxy_id[:200], version=req.ack.version)
+            )
             self._flush.set()
             return pb.Empty()
 
@@ -98,7 +104,9 @@ class PolicyRelay(policy_grpc.PolicyRelayBase, Edge):
     async def Report(self, stream: Stream[pb.ReportRequest, pb.Empty]) -> None:
         async def report(s: Stream[Any, Any], req: pb.ReportRequest) -> pb.Empty:
             if not req.HasField("status") or req.status.spiffe_id not in self._entitled(s):
-                raise PermissionDeniedError("a report may only be made for this process's own identity")
+                raise PermissionDeniedError(
+                    "a report may only be made for this process's own identity"
+                )
             self._pending.statuses.append(req.status)
             self._flush.set()
             return pb.Empty()
@@ -108,7 +116,9 @@ class PolicyRelay(policy_grpc.PolicyRelayBase, Edge):
     async def Deny(self, stream: Stream[pb.DenyRequest, pb.Empty]) -> None:
         async def deny(s: Stream[Any, Any], req: pb.DenyRequest) -> pb.Empty:
             if not req.HasField("denial") or req.denial.local_spiffe_id not in self._entitled(s):
-                raise PermissionDeniedError("a denial may only be reported by the proxy that made it")
+                raise PermissionDeniedError(
+                    "a denial may only be reported by the proxy that made it"
+                )
             self._pending.denials.append(req.denial)
             self._flush.set()
             return pb.Empty()

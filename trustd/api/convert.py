@@ -39,6 +39,11 @@ def time_of(ts: Timestamp) -> dt.datetime:
     return ts.ToDatetime(tzinfo=dt.UTC)
 
 
+def optional_timestamp(when: dt.datetime | None) -> Timestamp | None:
+    """``None`` (the field stays unset) for no time."""
+    return None if when is None else timestamp(when)
+
+
 def optional_time(ts: Timestamp | None) -> dt.datetime | None:
     """``None`` for an unset (or absent) timestamp field."""
     return None if ts is None or ts.ByteSize() == 0 else time_of(ts)
@@ -48,19 +53,16 @@ def optional_time(ts: Timestamp | None) -> dt.datetime | None:
 
 
 def entry_message(e: RegistrationEntry) -> types_pb2.Entry:
-    msg = types_pb2.Entry(
+    return types_pb2.Entry(
         id=e.id,
         spiffe_id=str(e.spiffe_id),
         selectors=[str(s) for s in e.selectors],
+        ttl_seconds=None if e.ttl is None else int(e.ttl.total_seconds()),
         dns_names=list(e.dns_names),
         revision=e.revision,
+        agent_id=e.agent_id,
         created_at=timestamp(e.created_at),
     )
-    if e.ttl is not None:
-        msg.ttl_seconds = int(e.ttl.total_seconds())
-    if e.agent_id is not None:
-        msg.agent_id = e.agent_id
-    return msg
 
 
 def entry_of(msg: types_pb2.Entry) -> RegistrationEntry:
@@ -148,16 +150,14 @@ def policy_set_of(msg: policy_pb2.PolicySet) -> PolicySet:
 
 
 def proxy_status_message(s: ProxyStatus) -> policy_pb2.ProxyStatus:
-    msg = policy_pb2.ProxyStatus(
+    return policy_pb2.ProxyStatus(
         proxy_id=s.proxy_id,
         spiffe_id=str(s.spiffe_id),
         acked_version=s.acked_version,
         inbound=[_inbound_message(i) for i in s.inbound],
         destinations=[_destination_message(d) for d in s.destinations],
+        reported_at=optional_timestamp(s.reported_at),
     )
-    if s.reported_at is not None:
-        msg.reported_at.CopyFrom(timestamp(s.reported_at))
-    return msg
 
 
 def proxy_status_of(msg: policy_pb2.ProxyStatus) -> ProxyStatus:
@@ -172,21 +172,17 @@ def proxy_status_of(msg: policy_pb2.ProxyStatus) -> ProxyStatus:
 
 
 def _inbound_message(i: InboundStats) -> policy_pb2.InboundStats:
-    msg = policy_pb2.InboundStats(
+    return policy_pb2.InboundStats(
         port=i.port,
+        mode=i.mode,
+        mode_version=i.mode_version,
         plaintext_since_mode=i.plaintext_since_mode,
         plaintext_active=i.plaintext_active,
         plaintext_total=i.plaintext_total,
         tls_active=i.tls_active,
         tls_total=i.tls_total,
+        last_plaintext_at=optional_timestamp(i.last_plaintext_at),
     )
-    if i.mode is not None:
-        msg.mode = i.mode
-    if i.mode_version is not None:
-        msg.mode_version = i.mode_version
-    if i.last_plaintext_at is not None:
-        msg.last_plaintext_at.CopyFrom(timestamp(i.last_plaintext_at))
-    return msg
 
 
 def _inbound_of(msg: policy_pb2.InboundStats) -> InboundStats:
@@ -206,15 +202,13 @@ def _inbound_of(msg: policy_pb2.InboundStats) -> InboundStats:
 
 
 def _destination_message(d: Destination) -> policy_pb2.Destination:
-    msg = policy_pb2.Destination(
+    return policy_pb2.Destination(
         spiffe_id=str(d.spiffe_id),
         port=d.port,
+        transport=d.transport,
         mtls_total=d.mtls_total,
         plaintext_total=d.plaintext_total,
     )
-    if d.transport is not None:
-        msg.transport = d.transport
-    return msg
 
 
 def _destination_of(msg: policy_pb2.Destination) -> Destination:
@@ -228,20 +222,17 @@ def _destination_of(msg: policy_pb2.Destination) -> Destination:
 
 
 def denial_message(d: DenialEvent) -> policy_pb2.Denial:
-    msg = policy_pb2.Denial(
+    return policy_pb2.Denial(
+        time=timestamp(d.time),
         proxy_id=d.proxy_id,
         listener=d.listener,
         reason=d.reason,
         detail=d.detail,
         peer_address=d.peer_address,
+        peer_spiffe_id=d.peer_spiffe_id,
+        local_spiffe_id=d.local_spiffe_id,
         policy_version=d.policy_version,
     )
-    msg.time.CopyFrom(timestamp(d.time))
-    if d.peer_spiffe_id is not None:
-        msg.peer_spiffe_id = d.peer_spiffe_id
-    if d.local_spiffe_id is not None:
-        msg.local_spiffe_id = d.local_spiffe_id
-    return msg
 
 
 def denial_of(msg: policy_pb2.Denial) -> DenialEvent:

@@ -1,21 +1,49 @@
 """The one audit API the rest of trustd writes through: ``AuditSink.append_many``.
 
-``record_failure`` is how an action that is failing anyway records why: it tries,
+``event`` builds an event, ``record`` writes events (in one write) and fails when it
+cannot; ``record_failure`` is how an action that is failing anyway records why: it tries,
 and when the event cannot be written it logs that (the action still fails).
 ``MemoryAuditSink`` keeps events in a list, for unit tests.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 
-from trustd.audit.events import AuditEvent, AuditSink
+from trustd.audit.events import Actor, AuditEvent, AuditSink, Outcome
 from trustd.errors import TrustdError
 
 log = structlog.get_logger(__name__)
+
+
+def event(
+    type_: str,
+    actor: Actor,
+    action: str,
+    resource: str = "",
+    outcome: Outcome = "success",
+    reason: str = "",
+    details: Mapping[str, Any] | None = None,
+) -> AuditEvent:
+    """An ``AuditEvent`` by position, its reason cut to what an event may hold."""
+    return AuditEvent(
+        type=type_,
+        actor=actor,
+        action=action,
+        resource=resource,
+        outcome=outcome,
+        reason=reason[:4000],
+        details=details or {},
+    )
+
+
+def record(sink: AuditSink, *events: AuditEvent) -> None:
+    """Write the events in one write; raises when they cannot be written."""
+    sink.append_many(events)
 
 
 def record_failure(sink: AuditSink, event: AuditEvent) -> None:
@@ -45,4 +73,4 @@ class MemoryAuditSink:
             raise self.fail_with
 
 
-__all__ = ["AuditSink", "MemoryAuditSink", "record_failure"]
+__all__ = ["AuditSink", "MemoryAuditSink", "event", "record", "record_failure"]

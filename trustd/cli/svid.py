@@ -97,7 +97,11 @@ def mint(
         out_dir.mkdir(mode=0o755, exist_ok=True)  # only once the server has signed
     except OSError as exc:
         raise UsageError(f"--out-dir {out_dir}: {exc.strerror or exc}") from None
-    _write(out_dir / "svid.pem", b"".join(certificate_pem(d) for d in result.svid.cert_chain_der), 0o644)
+    _write(
+        out_dir / "svid.pem",
+        b"".join(certificate_pem(d) for d in result.svid.cert_chain_der),
+        0o644,
+    )
     _write(
         out_dir / "svid.key",
         key.private_bytes(

@@ -23,7 +23,9 @@ def create(
     """Create a one-time join token; prints it once (only its HMAC is kept)."""
     from trustd.cli.main import parse_ttl
 
-    result = views.token(call(ctx, "TokenCreate", pb.CreateTokenRequest(ttl_seconds=parse_ttl(ttl))))
+    result = views.token(
+        call(ctx, "TokenCreate", pb.CreateTokenRequest(ttl_seconds=parse_ttl(ttl)))
+    )
     f = fmt(ctx, output)
     if f.tabular:
         typer.echo(result["token"])

@@ -14,7 +14,6 @@ agent may ask for once joined (its entries' SVIDs, JWT-SVIDs).
 
 from __future__ import annotations
 
-import datetime as dt
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -26,8 +25,9 @@ from cryptography import x509
 from trustd import tlsutil
 from trustd.agent.upstream import JwtSvidRequest
 from trustd.agent.upstream import SvidRequest as AgentSvidRequest
-from trustd.audit import AuditEvent, AuditSink, record_failure
+from trustd.audit import AuditSink, record_failure
 from trustd.audit.events import Actor
+from trustd.audit.sink import event, record
 from trustd.bundle import Bundle
 from trustd.ca.errors import InvalidCsrError
 from trustd.ca.issuer import IssuedSvid, load_csr
@@ -61,9 +61,7 @@ class Issuance(Protocol):
 
     def bundle(self) -> Bundle: ...
 
-    def issue_internal_svid(
-        self, actor: Actor, request: SvidRequest, *, source: str
-    ) -> IssuedSvid:
+    def issue_internal_svid(self, actor: Actor, request: SvidRequest, *, source: str) -> IssuedSvid:
         """An SVID under trustd's reserved ``/trustd/`` path (agents' own)."""
         ...
 
@@ -72,13 +70,7 @@ class Issuance(Protocol):
     ) -> list[IssuedSvid | TrustdError]: ...
 
     def issue_jwt_svid(
-        self,
-        actor: Actor,
-        *,
-        entry: RegistrationEntry,
-        audience: Sequence[str],
-        ttl: dt.timedelta | None = None,
-        source: str = "agent",
+        self, actor: Actor, *, entry: RegistrationEntry, audience: Sequence[str], source: str
     ) -> JwtSvid: ...
 
 
@@ -172,32 +164,35 @@ class AgentRegistry:
         try:
             load_csr(request.csr_der)
         except InvalidCsrError as bad_csr:
-            record_failure(self._audit, _join_failure(actor, resource, bad_csr))
+            record_failure(
+                self._audit, event(AGENT_JOIN, actor, "join", resource, "failure", str(bad_csr))
+            )
             raise
         if not self._tokens.consume(digest, agent_id):
             exc = PermissionDeniedError(
                 "the join token is unknown, used or expired: create a new one"
             )
-            record_failure(self._audit, _join_failure(actor, resource, exc))
+            record_failure(
+                self._audit, event(AGENT_JOIN, actor, "join", resource, "failure", str(exc))
+            )
             raise exc
         try:
             svid = self._agent_svid(actor, agent_id, request.csr_der)
-            self._audit.append_many(
-                [
-                    AuditEvent(
-                        type=AGENT_JOIN,
-                        actor=actor,
-                        action="join",
-                        resource=f"agent/{agent_id}",
-                        details={
-                            "spiffe_id": str(svid.spiffe_id),
-                            "serial": svid.serial,
-                            "token_hmac": digest,
-                        },
-                    )
-                ]
+            record(
+                self._audit,
+                event(
+                    type_=AGENT_JOIN,
+                    actor=actor,
+                    action="join",
+                    resource=f"agent/{agent_id}",
+                    details={
+                        "spiffe_id": str(svid.spiffe_id),
+                        "serial": svid.serial,
+                        "token_hmac": digest,
+                    },
+                ),
             )
-            record = AgentRecord(
+            agent = AgentRecord(
                 id=agent_id,
                 spiffe_id=str(svid.spiffe_id),
                 serial=svid.serial,
@@ -206,13 +201,13 @@ class AgentRegistry:
                 last_seen=now,
                 hostname=request.hostname[:255],
             )
-            self._store.save_agent(record)
+            self._store.save_agent(agent)
             bundle = self._issuance.bundle()
         except Exception as exc:
             self._give_token_back(digest, agent_id, actor, resource, exc)
             raise
         log.info("agent joined", agent_id=agent_id, spiffe_id=str(svid.spiffe_id))
-        return Joined(agent=record, svid=svid, bundle=bundle)
+        return Joined(agent=agent, svid=svid, bundle=bundle)
 
     def _give_token_back(
         self, digest: str, agent_id: str, actor: Actor, resource: str, exc: Exception
@@ -234,7 +229,7 @@ class AgentRegistry:
                 token_hmac=digest[:16],
                 error=str(exc),
             )
-        record_failure(self._audit, _join_failure(actor, resource, exc))
+        record_failure(self._audit, event(AGENT_JOIN, actor, "join", resource, "failure", str(exc)))
 
     # -- a joined agent --------------------------------------------------------
     def authenticate(self, cert: x509.Certificate | None) -> AgentRecord:
@@ -269,16 +264,15 @@ class AgentRegistry:
         self._store.save_agent(
             replace(rec, serial=svid.serial, not_after=svid.not_after, last_seen=now)
         )
-        self._audit.append_many(
-            [
-                AuditEvent(
-                    type=AGENT_RENEW,
-                    actor=actor,
-                    action="renew",
-                    resource=f"agent/{rec.id}",
-                    details={"serial": svid.serial},
-                )
-            ]
+        record(
+            self._audit,
+            event(
+                type_=AGENT_RENEW,
+                actor=actor,
+                action="renew",
+                resource=f"agent/{rec.id}",
+                details={"serial": svid.serial},
+            ),
         )
         return svid
 
@@ -294,25 +288,24 @@ class AgentRegistry:
         except TrustdError as exc:
             record_failure(
                 self._audit,
-                AuditEvent(
-                    type=ADMIN_AGENT_EVICT, actor=actor, action="evict", resource=resource,
-                    outcome="failure", reason=str(exc)[:4000],
+                event(
+                    type_=ADMIN_AGENT_EVICT, actor=actor, action="evict", resource=resource,
+                    outcome="failure", reason=str(exc),
                 ),
             )  # fmt: skip
             raise
         evicted = replace(rec, evicted=True)
         self._store.save_agent(evicted)
         self._notify("agents")
-        self._audit.append_many(
-            [
-                AuditEvent(
-                    type=ADMIN_AGENT_EVICT,
-                    actor=actor,
-                    action="evict",
-                    resource=resource,
-                    details={"spiffe_id": rec.spiffe_id},
-                )
-            ]
+        record(
+            self._audit,
+            event(
+                type_=ADMIN_AGENT_EVICT,
+                actor=actor,
+                action="evict",
+                resource=resource,
+                details={"spiffe_id": rec.spiffe_id},
+            ),
         )
         return evicted
 
@@ -359,13 +352,6 @@ class AgentRegistry:
 def agent_id_of(actor: Actor) -> str:
     """The agent id in an agent actor's SPIFFE ID (``spiffe://TD/trustd/agent/<id>``)."""
     return actor.id.rsplit(AGENT_PATH_PREFIX, 1)[-1]
-
-
-def _join_failure(actor: Actor, resource: str, exc: Exception) -> AuditEvent:
-    return AuditEvent(
-        type=AGENT_JOIN, actor=actor, action="join", resource=resource, outcome="failure",
-        reason=str(exc)[:4000],
-    )  # fmt: skip
 
 
 def _issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:

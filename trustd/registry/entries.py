@@ -18,8 +18,9 @@ import structlog
 
 from trustd import durations
 from trustd.agent.upstream import EntryUpdate
-from trustd.audit import AuditEvent, AuditSink, record_failure
+from trustd.audit import AuditSink, record_failure
 from trustd.audit.events import Actor
+from trustd.audit.sink import event, record
 from trustd.ca.errors import InvalidTtlError
 from trustd.ca.issuer import check_not_reserved
 from trustd.clock import Clock
@@ -98,9 +99,7 @@ class EntryRegistry:
                 c.entry for c in changes if c.entry is not None and c.entry.served_by(agent_id)
             ),
             removed=tuple(
-                c.entry_id
-                for c in changes
-                if c.entry is None or not c.entry.served_by(agent_id)
+                c.entry_id for c in changes if c.entry is None or not c.entry.served_by(agent_id)
             ),
         )
 
@@ -142,23 +141,23 @@ class EntryRegistry:
             self._audit.check()
             created = self._store.create_entry(entry)
         except TrustdError as exc:
-            record_failure(self._audit, _failure(ADMIN_ENTRY_CREATE, actor, "create",
-                                                 request.spiffe_id[:200], exc))  # fmt: skip
+            resource = request.spiffe_id[:200]
+            failed = event(ADMIN_ENTRY_CREATE, actor, "create", resource, "failure", str(exc))
+            record_failure(self._audit, failed)
             raise
         try:
-            self._audit.append_many(
-                [
-                    AuditEvent(
-                        type=ADMIN_ENTRY_CREATE,
-                        actor=actor,
-                        action="create",
-                        resource=f"entry/{created.id}",
-                        details={
-                            "spiffe_id": str(created.spiffe_id),
-                            "selectors": [str(s) for s in created.selectors],
-                        },
-                    )
-                ]
+            record(
+                self._audit,
+                event(
+                    type_=ADMIN_ENTRY_CREATE,
+                    actor=actor,
+                    action="create",
+                    resource=f"entry/{created.id}",
+                    details={
+                        "spiffe_id": str(created.spiffe_id),
+                        "selectors": [str(s) for s in created.selectors],
+                    },
+                ),
             )
         except TrustdError:
             self._store.delete_entry(created.id)  # nothing happens unrecorded
@@ -172,28 +171,23 @@ class EntryRegistry:
         try:
             entry = self._store.get_entry(entry_id)
             self._audit.check()
-            self._audit.append_many(
-                [
-                    AuditEvent(
-                        type=ADMIN_ENTRY_DELETE,
-                        actor=actor,
-                        action="delete",
-                        resource=resource,
-                        details={"spiffe_id": str(entry.spiffe_id)},
-                    )
-                ]
+            record(
+                self._audit,
+                event(
+                    type_=ADMIN_ENTRY_DELETE,
+                    actor=actor,
+                    action="delete",
+                    resource=resource,
+                    details={"spiffe_id": str(entry.spiffe_id)},
+                ),
             )
         except TrustdError as exc:
-            record_failure(self._audit, _failure(ADMIN_ENTRY_DELETE, actor, "delete", resource, exc))
+            record_failure(
+                self._audit,
+                event(ADMIN_ENTRY_DELETE, actor, "delete", resource, "failure", str(exc)),
+            )
             raise
         self._store.delete_entry(entry_id)
         self._notify("entries")
         log.info("entry deleted", entry_id=entry_id)
         return entry
-
-
-def _failure(type_: str, actor: Actor, action: str, resource: str, exc: Exception) -> AuditEvent:
-    return AuditEvent(
-        type=type_, actor=actor, action=action, resource=resource, outcome="failure",
-        reason=str(exc)[:4000],
-    )  # fmt: skip

@@ -13,8 +13,9 @@ import secrets
 from dataclasses import dataclass
 
 from trustd import durations
-from trustd.audit import AuditEvent, AuditSink, record_failure
+from trustd.audit import AuditSink, record_failure
 from trustd.audit.events import Actor
+from trustd.audit.sink import event, record
 from trustd.ca.errors import InvalidTtlError
 from trustd.clock import Clock
 from trustd.store.base import JoinTokenRecord, Store
@@ -66,8 +67,8 @@ class TokenRegistry:
             )
             record_failure(
                 self._audit,
-                AuditEvent(
-                    type=ADMIN_TOKEN_CREATE, actor=actor, action="create", resource="token",
+                event(
+                    type_=ADMIN_TOKEN_CREATE, actor=actor, action="create", resource="token",
                     outcome="failure", reason=str(exc),
                 ),
             )  # fmt: skip
@@ -79,16 +80,15 @@ class TokenRegistry:
         self._store.create_token(
             JoinTokenRecord(token_hash=digest, expires_at=now + ttl, created_at=now)
         )
-        self._audit.append_many(
-            [
-                AuditEvent(
-                    type=ADMIN_TOKEN_CREATE,
-                    actor=actor,
-                    action="create",
-                    resource=f"token/{digest[:16]}",
-                    details={"token_hmac": digest, "expires_at": (now + ttl).isoformat()},
-                )
-            ]
+        record(
+            self._audit,
+            event(
+                type_=ADMIN_TOKEN_CREATE,
+                actor=actor,
+                action="create",
+                resource=f"token/{digest[:16]}",
+                details={"token_hmac": digest, "expires_at": (now + ttl).isoformat()},
+            ),
         )
         return CreatedToken(token=token, expires_at=now + ttl)
 

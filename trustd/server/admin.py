@@ -132,7 +132,9 @@ class AdminService(PolicyAdmin, AuditAdmin, admin_grpc.AdminBase):
                 dns_names=tuple(req.dns_names),
                 agent_id=req.agent_id or None,
             )
-            return entry_message(await self.run(self.registry.entries.create, self.actor(s), request))
+            return entry_message(
+                await self.run(self.registry.entries.create, self.actor(s), request)
+            )
 
         await self.unary(stream, "EntryCreate", create)
 
@@ -233,7 +235,9 @@ class AdminService(PolicyAdmin, AuditAdmin, admin_grpc.AdminBase):
     async def AuthorityBlockers(
         self, stream: Stream[pb.AuthorityRequest, pb.ListBlockersResponse]
     ) -> None:
-        async def blockers(s: Stream[Any, Any], req: pb.AuthorityRequest) -> pb.ListBlockersResponse:
+        async def blockers(
+            s: Stream[Any, Any], req: pb.AuthorityRequest
+        ) -> pb.ListBlockersResponse:
             records = await self.run(self.core.authorities.blockers, required(req.id, "id"))
             return pb.ListBlockersResponse(
                 certificates=[

@@ -95,7 +95,13 @@ class AuditAdmin(Edge):
                 events_checked=r.events_checked,
                 checkpoints_checked=r.checkpoints_checked,
             )
-            for name in ("first_bad_seq", "first_seq", "last_seq", "last_checkpoint_seq", "head_seq"):
+            for name in (
+                "first_bad_seq",
+                "first_seq",
+                "last_seq",
+                "last_checkpoint_seq",
+                "head_seq",
+            ):
                 if getattr(r, name) is not None:
                     setattr(msg, name, getattr(r, name))
             return msg
@@ -111,9 +117,7 @@ class AuditAdmin(Edge):
 
         await self.unary(stream, "AuditKeys", keys)
 
-    async def AuditExport(
-        self, stream: Stream[pb.ExportAuditRequest, pb.ExportAuditChunk]
-    ) -> None:
+    async def AuditExport(self, stream: Stream[pb.ExportAuditRequest, pb.ExportAuditChunk]) -> None:
         async def export(
             s: Stream[Any, Any], req: pb.ExportAuditRequest
         ) -> AsyncIterator[pb.ExportAuditChunk]:
@@ -150,7 +154,9 @@ class AuditAdmin(Edge):
         await self.server_stream(stream, "AuditExport", export)
 
     async def AuditTail(self, stream: Stream[pb.TailAuditRequest, pb.AuditLine]) -> None:
-        async def tail(s: Stream[Any, Any], req: pb.TailAuditRequest) -> AsyncIterator[pb.AuditLine]:
+        async def tail(
+            s: Stream[Any, Any], req: pb.TailAuditRequest
+        ) -> AsyncIterator[pb.AuditLine]:
             log = self._log()
             follow, last = req.follow, req.last or 10
             stop = threading.Event()

@@ -118,9 +118,7 @@ class PolicyAdmin(Edge):
 
         await self.unary(stream, "PolicyShow", show)
 
-    async def PolicyDiff(
-        self, stream: Stream[pb.DiffPolicyRequest, pb.DiffPolicyResponse]
-    ) -> None:
+    async def PolicyDiff(self, stream: Stream[pb.DiffPolicyRequest, pb.DiffPolicyResponse]) -> None:
         async def diff_(s: Stream[Any, Any], req: pb.DiffPolicyRequest) -> pb.DiffPolicyResponse:
             current = self._plane().current()
             objects = _documents(req.files)

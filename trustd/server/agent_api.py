@@ -141,7 +141,9 @@ class AgentApi(agent_grpc.AgentAPIBase, Edge):
     async def ReportPolicy(
         self, stream: Stream[pb.ReportPolicyRequest, pb.ReportPolicyResponse]
     ) -> None:
-        async def report(s: Stream[Any, Any], req: pb.ReportPolicyRequest) -> pb.ReportPolicyResponse:
+        async def report(
+            s: Stream[Any, Any], req: pb.ReportPolicyRequest
+        ) -> pb.ReportPolicyResponse:
             _, actor = await self._agent(s)
             await self._plane().upstream_for(actor).send_policy_reports(req)
             return pb.ReportPolicyResponse()
@@ -161,7 +163,9 @@ class AgentApi(agent_grpc.AgentAPIBase, Edge):
             seen = await self.hub.wait("agents", seen, EVICTION_RECHECK)
             await self._agent(stream)
 
-    async def _guarded(self, stream: Stream[Any, Any], source: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async def _guarded(
+        self, stream: Stream[Any, Any], source: AsyncIterator[Any]
+    ) -> AsyncIterator[Any]:
         guard = asyncio.ensure_future(self._cut_off_when_evicted(stream))
         try:
             while True:
@@ -178,7 +182,9 @@ class AgentApi(agent_grpc.AgentAPIBase, Edge):
             guard.cancel()
 
     async def WatchEntries(self, stream: Stream[pb.WatchEntriesRequest, pb.EntryUpdate]) -> None:
-        async def watch(s: Stream[Any, Any], req: pb.WatchEntriesRequest) -> AsyncIterator[pb.EntryUpdate]:
+        async def watch(
+            s: Stream[Any, Any], req: pb.WatchEntriesRequest
+        ) -> AsyncIterator[pb.EntryUpdate]:
             since = req.since_revision if req.HasField("since_revision") else None
             source = (await self._upstream(s)).watch_entries(since_revision=since)
             async for upd in self._guarded(s, source):
@@ -192,7 +198,9 @@ class AgentApi(agent_grpc.AgentAPIBase, Edge):
         await self.server_stream(stream, "WatchEntries", watch)
 
     async def WatchBundles(self, stream: Stream[pb.WatchBundlesRequest, pb.BundleUpdate]) -> None:
-        async def watch(s: Stream[Any, Any], req: pb.WatchBundlesRequest) -> AsyncIterator[pb.BundleUpdate]:
+        async def watch(
+            s: Stream[Any, Any], req: pb.WatchBundlesRequest
+        ) -> AsyncIterator[pb.BundleUpdate]:
             source = (await self._upstream(s)).watch_bundles()
             async for upd in self._guarded(s, source):
                 yield pb.BundleUpdate(

@@ -20,7 +20,8 @@ from typing import Any
 import structlog
 
 from trustd.audit import AuditEvent, AuditSink, record_failure
-from trustd.audit.events import Actor, Outcome
+from trustd.audit import sink as audit_sink
+from trustd.audit.events import Actor
 from trustd.bundle import Bundle
 from trustd.ca.authority import AuthorityManager
 from trustd.ca.errors import InvalidCsrError, InvalidTtlError, ReservedIdError
@@ -168,18 +169,17 @@ class ServerCore:
                     else "invalid_ttl"
                 )
                 self.metrics.svids_denied.labels(reason=reason).inc()
-                self.audit.append_many(
-                    [
-                        _event(
-                            "admin.svid.mint" if source == "mint" else "svid.deny",
-                            actor,
-                            "mint" if source == "mint" else "issue",
-                            str(req.entry.spiffe_id),
-                            "failure",
-                            str(exc),
-                            {"entry_id": req.entry.id},
-                        )
-                    ]
+                audit_sink.record(
+                    self.audit,
+                    audit_sink.event(
+                        "admin.svid.mint" if source == "mint" else "svid.deny",
+                        actor,
+                        "mint" if source == "mint" else "issue",
+                        str(req.entry.spiffe_id),
+                        "failure",
+                        str(exc),
+                        {"entry_id": req.entry.id},
+                    ),
                 )
                 slots.append(exc)
         issued: list[IssuedSvid] = []
@@ -189,9 +189,13 @@ class ServerCore:
             except TrustdError as exc:
                 self.metrics.svids_denied.labels(reason="unavailable").inc(len(templates))
                 if source == "mint":
-                    failed = _event("admin.svid.mint", actor, "mint", "batch", "failure", str(exc))
+                    failed = audit_sink.event(
+                        "admin.svid.mint", actor, "mint", "batch", "failure", str(exc)
+                    )
                 else:
-                    failed = _event("svid.deny", actor, "issue", "batch", "failure", str(exc))
+                    failed = audit_sink.event(
+                        "svid.deny", actor, "issue", "batch", "failure", str(exc)
+                    )
                 record_failure(self.audit, failed)
                 raise
         it = iter(issued)
@@ -255,7 +259,9 @@ class ServerCore:
             self.metrics.svids_denied.labels(reason="invalid_request").inc()
             record_failure(
                 self.audit,
-                _event("admin.svid.mint", actor, "mint", spiffe_id[:200], "failure", str(exc)),
+                audit_sink.event(
+                    "admin.svid.mint", actor, "mint", spiffe_id[:200], "failure", str(exc)
+                ),
             )
             raise
         entry = RegistrationEntry(
@@ -303,7 +309,8 @@ class ServerCore:
             denied = event_type if mint else "svid.deny"
             details = {"jwt": True} if mint else {"jwt": True, "entry_id": entry.id}
             record_failure(
-                self.audit, _event(denied, actor, action, str(sid), "failure", str(exc), details)
+                self.audit,
+                audit_sink.event(denied, actor, action, str(sid), "failure", str(exc), details),
             )
             raise
         issued: dict[str, Any] = {
@@ -314,7 +321,9 @@ class ServerCore:
         }
         if not mint:
             issued["entry_id"] = entry.id
-        self.audit.append_many([_event(event_type, actor, action, str(sid), details=issued)])
+        audit_sink.record(
+            self.audit, audit_sink.event(event_type, actor, action, str(sid), details=issued)
+        )
         log.info(
             "jwt-svid issued",
             spiffe_id=str(sid),
@@ -340,7 +349,7 @@ class ServerCore:
             self.metrics.svids_denied.labels(reason="invalid_request").inc()
             record_failure(
                 self.audit,
-                _event(
+                audit_sink.event(
                     "admin.svid.mint", actor, "mint", spiffe_id[:200], "failure", str(exc),
                     {"jwt": True},
                 ),
@@ -362,8 +371,11 @@ class ServerCore:
 
         def record(event: str, rec: AuthorityRecord) -> None:
             details = {"event": event, "not_after": rec.not_after.isoformat(), "state": rec.state}
-            self.audit.append_many(
-                [_event(f"admin.authority.{op}", actor, op, f"authority/{rec.id}", details=details)]
+            audit_sink.record(
+                self.audit,
+                audit_sink.event(
+                    f"admin.authority.{op}", actor, op, f"authority/{rec.id}", details=details
+                ),
             )
 
         try:
@@ -381,7 +393,8 @@ class ServerCore:
                     raise InvalidArgumentError(f"unknown authority operation {op!r}")
         except TrustdError as exc:
             record_failure(
-                self.audit, _event(f"admin.authority.{op}", actor, op, resource, "failure", str(exc))
+                self.audit,
+                audit_sink.event(f"admin.authority.{op}", actor, op, resource, "failure", str(exc)),
             )
             raise
         self.metrics.ca_rotations.labels(event=op).inc()
@@ -390,8 +403,11 @@ class ServerCore:
 
     def _record_automatic(self, event: str, rec: AuthorityRecord) -> None:
         details = {"automatic": True, "not_after": rec.not_after.isoformat()}
-        self.audit.append_many(
-            [_event(f"authority.{event}", SYSTEM, event, f"authority/{rec.id}", details=details)]
+        audit_sink.record(
+            self.audit,
+            audit_sink.event(
+                f"authority.{event}", SYSTEM, event, f"authority/{rec.id}", details=details
+            ),
         )
 
     def _record_jwt_key(self, event: str, rec: JwtKeyRecord) -> None:
@@ -402,8 +418,9 @@ class ServerCore:
             "not_after": rec.not_after.isoformat(),
         }
         resource = f"jwt-authority/{rec.key_id}"
-        self.audit.append_many(
-            [_event(f"authority.{event}", SYSTEM, event, resource, details=details)]
+        audit_sink.record(
+            self.audit,
+            audit_sink.event(f"authority.{event}", SYSTEM, event, resource, details=details),
         )
 
     def ensure_ca(self) -> AuthorityRecord:
@@ -450,21 +467,6 @@ class ServerCore:
 
 
 SYSTEM = Actor.system()
-
-
-def _event(
-    type_: str,
-    actor: Actor,
-    action: str,
-    resource: str,
-    outcome: Outcome = "success",
-    reason: str = "",
-    details: dict[str, Any] | None = None,
-) -> AuditEvent:
-    return AuditEvent(
-        type=type_, actor=actor, action=action, resource=resource, outcome=outcome,
-        reason=reason[:4000], details=details or {},
-    )  # fmt: skip
 
 
 def _jwt_deny_reason(exc: TrustdError) -> str:

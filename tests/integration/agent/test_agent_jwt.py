@@ -20,7 +20,6 @@ from typing import Any
 
 import pytest
 from agent_fakes import run_async, wait_until
-from trustd.server.inprocess import ServerUpstream
 
 from trustd.agent.cache import workload_key
 from trustd.agent.metrics import AgentMetrics
@@ -29,6 +28,7 @@ from trustd.audit import Actor
 from trustd.clock import FakeClock
 from trustd.config import load_server_config
 from trustd.registry import CreateEntry
+from trustd.registry.upstream import RegistryUpstream
 from trustd.selectors import Caller
 from trustd.server.app import TrustdServer
 from trustd.server.embedded import Embedded
@@ -145,8 +145,8 @@ async def _server_and_agent(
     try:
         await srv.wait_ready()
         agent = AgentService(
-            upstream=ServerUpstream(
-                srv.core, srv.hub, srv.executor,
+            upstream=RegistryUpstream(
+                srv.registry, srv.hub, srv.executor,
                 Actor(kind="spiffe", id=f"spiffe://{TD}/trustd/agent/embedded"),
             ),
             socket_path=cfg.agent_socket_path,

@@ -216,7 +216,7 @@ async def test_svid_mint_returns_a_chain_that_verifies_against_the_bundle(
     server: TrustdServer, sock: Path
 ) -> None:
     out = await call(sock, "SvidMint", _mint(ttl=600))
-    chain = [x509.load_der_x509_certificate(d) for d in out.svid.chain_der]
+    chain = [x509.load_der_x509_certificate(d) for d in out.svid.cert_chain_der]
     roots = x509.load_pem_x509_certificates(out.bundle_pem)
     chain[0].verify_directly_issued_by(roots[0])
     assert out.svid.serial == format(chain[0].serial_number, "x")
