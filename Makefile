@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: run test lint unit integration bench system-deps clean
+.PHONY: run test lint unit integration bench system-deps clean proto
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -28,6 +28,11 @@ test: $(STAMP) system-deps lint
 
 unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit
+
+# trustd/api: messages and grpclib stubs from the .proto files (checked in; a unit test
+# regenerates them into a temporary directory and fails on any difference)
+proto: $(STAMP)
+	PY=$(BIN)/python ./scripts/gen-proto.sh
 
 bench: $(STAMP)
 	$(BIN)/python bench/issuance.py

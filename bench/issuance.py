@@ -8,7 +8,7 @@ temporary directory), in process:
   ``X509Issuer.validity`` and ``X509Issuer.sign`` (DER TBS from the CA's
   template, KMS signature, certificate parsed back), then PEM;
 - ``core``: ``ServerCore.issue_svids``, which adds the ledger write to a
-  SQLite file, metrics and the audit hook (a no-op auditor here: the audit
+  SQLite file, metrics and the audit sink (a no-op one here: the audit
   log has its own benchmark), then PEM.
 
 The floor is one ECDSA P-256 verify (the CSR) plus one sign (the
@@ -40,7 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,13 +50,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from trustd.audit import Actor
 from trustd.ca.authority import AuthorityManager, RotationSchedule
 from trustd.ca.issuer import SvidTemplate, X509Issuer, csr_spki, load_csr
 from trustd.ca.kms.local import LocalKeyManager
 from trustd.clock import SystemClock
 from trustd.entries import RegistrationEntry
 from trustd.selectors import Selector
-from trustd.server.audit_hook import Actor
 from trustd.server.core import ServerCore, SvidRequest
 from trustd.spiffeid import SpiffeId, TrustDomain
 from trustd.store.sqlite import SqliteStore
@@ -70,8 +70,8 @@ DISTINCT_CSRS = 256
 class NullAuditor:
     """Accepts every event and keeps none (the audit log is measured on its own)."""
 
-    def record(self, **_: Any) -> int:
-        return 0
+    def append_many(self, events: Sequence[Any]) -> list[int]:
+        return [0] * len(events)
 
     def check(self) -> None:
         return None
@@ -150,7 +150,7 @@ class Setup:
             key_manager=self.km,
             authorities=self.authorities,
             issuer=self.issuer,
-            auditor=NullAuditor(),
+            audit=NullAuditor(),
             clock=self.clock,
             metrics=ServerMetrics(),
         )

@@ -30,7 +30,6 @@ from trustd.ca.authority import AuthorityManager, RotationSchedule
 from trustd.ca.issuer import X509Issuer
 from trustd.ca.kms.vault_transit import VaultTransitKeyManager
 from trustd.clock import SystemClock
-from trustd.server.auditing import AuditLogAuditor
 from trustd.server.core import ServerCore
 from trustd.telemetry.metrics import ServerMetrics
 
@@ -58,7 +57,7 @@ def _retarget(setup: Setup, km: object) -> None:
         key_manager=km,  # type: ignore[arg-type]
         authorities=setup.authorities,
         issuer=setup.issuer,
-        auditor=setup.core.auditor,
+        audit=setup.core.audit,
         clock=setup.clock,
         metrics=ServerMetrics(),
     )
@@ -95,17 +94,17 @@ def run_audit(runs: int, seconds: float) -> None:
     csrs = make_csrs(512)
     with tempfile.TemporaryDirectory(prefix="trustd-bench-audit-") as tmp:
         setup = Setup(Path(tmp))
-        null_auditor = setup.core.auditor
+        null_auditor = setup.core.audit
         log = AuditLog(Path(tmp) / "audit", key_manager=setup.km, clock=SystemClock(), inline_maintenance=False)
-        audited = AuditLogAuditor(log)
+        audited = log
         figures: dict[str, list[float]] = {}
         for _ in range(runs):
             for batch in (1, 64):
-                setup.core.auditor = null_auditor
+                setup.core.audit = null_auditor
                 figures.setdefault(f"unaudited, batch {batch}", []).append(
                     measure(setup.core_batch, csrs, batch, seconds)
                 )
-                setup.core.auditor = audited
+                setup.core.audit = audited
                 figures.setdefault(f"audited, batch {batch}", []).append(
                     measure(setup.core_batch, csrs, batch, seconds)
                 )

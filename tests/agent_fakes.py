@@ -34,8 +34,9 @@ from envoy.service.discovery.v3.discovery_pb2 import DiscoveryRequest, Discovery
 from trustd.agent.cache import AgentSettings
 from trustd.agent.metrics import AgentMetrics
 from trustd.agent.service import AgentService
-from trustd.agent.upstream import BundleUpdate, EntryUpdate, SignedSvid, SvidRequest
+from trustd.agent.upstream import BundleUpdate, EntryUpdate, SvidRequest
 from trustd.bundle import Bundle
+from trustd.ca.issuer import IssuedSvid
 from trustd.clock import Clock, SystemClock
 from trustd.entries import RegistrationEntry
 from trustd.errors import PermissionDeniedError, UnavailableError
@@ -341,7 +342,7 @@ class FakeUpstream:
         finally:
             self._bundle_watchers.discard(q)
 
-    async def sign_x509_svids(self, requests: Sequence[SvidRequest]) -> list[SignedSvid]:
+    async def sign_x509_svids(self, requests: Sequence[SvidRequest]) -> list[IssuedSvid]:
         self.sign_calls.append([r.entry_id for r in requests])
         if self._sign_gate is not None:
             await self._sign_gate.wait()
@@ -357,10 +358,14 @@ class FakeUpstream:
             assert isinstance(pub, ec.EllipticCurvePublicKey)
             cert = self.issue_for(entry, pub)
             out.append(
-                SignedSvid(
+                IssuedSvid(
                     entry_id=r.entry_id,
-                    cert_chain_der=(cert.public_bytes(serialization.Encoding.DER),),
+                    spiffe_id=entry.spiffe_id,
+                    certificate=cert,
+                    chain_der=(cert.public_bytes(serialization.Encoding.DER),),
+                    serial=format(cert.serial_number, "x"),
                     not_after=cert.not_valid_after_utc,
+                    authority_id="fake",
                 )
             )
         return out

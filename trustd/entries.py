@@ -64,6 +64,14 @@ class RegistrationEntry:
         )
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SvidRequest:
+    """What the issuer is asked for: an SVID for this entry, for the key in this CSR."""
+
+    entry: RegistrationEntry  # the identity comes from here only
+    csr: bytes  # PEM or DER; only its public key is used
+
+
 def default_order(entry: RegistrationEntry) -> tuple[dt.datetime, int, str]:
     """How a caller's entries are ordered: the first is its ``default`` SVID, as the agent
     serves them. The oldest entry first; ``created_at`` is kept to the second, so among

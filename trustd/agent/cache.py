@@ -477,7 +477,7 @@ class AgentCache:
                     entry_id=e.id,
                     spiffe_id=e.spiffe_id,
                     key=keys[e.id],
-                    chain_der=s.cert_chain_der,
+                    chain_der=s.chain_der,
                     renew_fraction=self._renew_fraction(),
                 )
             except BadSvidError as exc:

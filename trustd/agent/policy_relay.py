@@ -1,6 +1,6 @@
 """Policy on the agent socket: proxies watch versioned policy and send ACKs, reports, denials.
 
-Service ``trustd.policy.v1.PolicyRelay`` (JSON over gRPC, like the admin API):
+Service ``trustd.policy.v1.PolicyRelay`` (``trustd/api/policy/v1/policy.proto``):
 
 - ``Watch``: the current PolicySet, then every new version;
 - ``Ack`` / ``Report``: what a proxy applies and sees (the rollout waits on these);
@@ -24,34 +24,28 @@ from typing import Any, Protocol
 
 import grpclib.server
 import structlog
+from grpclib.server import Stream
 
 from trustd.agent.cache import AgentCache, workload_key
+from trustd.api.agent.v1 import agent_pb2
+from trustd.api.edge import Edge
+from trustd.api.policy.v1 import policy_grpc
+from trustd.api.policy.v1 import policy_pb2 as pb
 from trustd.errors import PermissionDeniedError, TrustdError
 from trustd.selectors import Caller
-from trustd.server.rpc import JsonService
 
 log = structlog.get_logger(__name__)
 
-SERVICE = "trustd.policy.v1.PolicyRelay"
-
 
 class PolicyUpstream(Protocol):
-    def watch_policy(self) -> AsyncIterator[dict[str, Any]]:
-        """The current policy (PolicySet.to_json()), then every new version."""
+    def watch_policy(self) -> AsyncIterator[pb.PolicySet]:
+        """The current policy, then every new version."""
         ...
 
-    async def send_policy_reports(
-        self,
-        *,
-        acks: list[tuple[str, int]],
-        statuses: list[dict[str, Any]],
-        denials: list[dict[str, Any]],
-    ) -> None: ...
+    async def send_policy_reports(self, reports: agent_pb2.ReportPolicyRequest) -> None: ...
 
 
-class PolicyRelay(JsonService):
-    service_name = SERVICE
-
+class PolicyRelay(policy_grpc.PolicyRelayBase, Edge):
     def __init__(
         self,
         *,
@@ -59,75 +53,86 @@ class PolicyRelay(JsonService):
         cache: Callable[[], AgentCache],
         caller_of: Callable[[grpclib.server.Stream[Any, Any]], Caller],
     ) -> None:
-        super().__init__()
         self._upstream = upstream
         self._cache = cache
         self._caller_of = caller_of
-        self._current: dict[str, Any] | None = None
+        self._current: pb.PolicySet | None = None
         self._version = 0
         self._changed = asyncio.Condition()
-        self._acks: list[tuple[str, int]] = []
-        self._statuses: list[dict[str, Any]] = []
-        self._denials: list[dict[str, Any]] = []
+        self._pending = agent_pb2.ReportPolicyRequest()  # what goes upstream next
         self._flush = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self.unary("Ack", self._ack)
-        self.unary("Report", self._report)
-        self.unary("Deny", self._deny)
-        self.server_stream("Watch", self._watch)
 
     # -- callers ---------------------------------------------------------------
-    def _entitled(self, stream: grpclib.server.Stream[Any, Any]) -> set[str]:
+    def _entitled(self, stream: Stream[Any, Any]) -> set[str]:
         caller = self._caller_of(stream)
         ids = {str(e.spiffe_id) for e in self._cache().matching_entries(workload_key(caller))}
         if not ids:
-            raise PermissionDeniedError("this process has no identity here: register an entry for it")
+            raise PermissionDeniedError(
+                "this process has no identity here: register an entry for it"
+            )
         return ids
 
-    async def _watch(self, stream: Any, d: dict[str, Any]) -> AsyncIterator[Any]:
-        self._entitled(stream)
-        seen = [-1]
-        while True:
-            async with self._changed:
-                await self._changed.wait_for(
-                    lambda: self._version != seen[0] and self._current is not None
+    async def Watch(self, stream: Stream[pb.WatchRequest, pb.WatchResponse]) -> None:
+        async def watch(
+            s: Stream[Any, Any], req: pb.WatchRequest
+        ) -> AsyncIterator[pb.WatchResponse]:
+            self._entitled(s)
+            seen = [-1]
+            while True:
+                async with self._changed:
+                    await self._changed.wait_for(
+                        lambda: self._version != seen[0] and self._current is not None
+                    )
+                    seen[0] = self._version
+                    policy = self._current
+                yield pb.WatchResponse(policy=policy)
+
+        await self.server_stream(stream, "Watch", watch)
+
+    async def Ack(self, stream: Stream[pb.AckRequest, pb.Empty]) -> None:
+        async def ack(s: Stream[Any, Any], req: pb.AckRequest) -> pb.Empty:
+            self._entitled(s)
+            self._pending.acks.append(
+                pb.Ack(proxy_id=req.ack.proxy_id[:200], version=req.ack.version)
+            )
+            self._flush.set()
+            return pb.Empty()
+
+        await self.unary(stream, "Ack", ack)
+
+    async def Report(self, stream: Stream[pb.ReportRequest, pb.Empty]) -> None:
+        async def report(s: Stream[Any, Any], req: pb.ReportRequest) -> pb.Empty:
+            if not req.HasField("status") or req.status.spiffe_id not in self._entitled(s):
+                raise PermissionDeniedError(
+                    "a report may only be made for this process's own identity"
                 )
-                seen[0] = self._version
-                doc = self._current
-            yield {"policy": doc}
+            self._pending.statuses.append(req.status)
+            self._flush.set()
+            return pb.Empty()
 
-    async def _ack(self, stream: Any, d: dict[str, Any]) -> Any:
-        self._entitled(stream)
-        self._acks.append((str(d.get("proxy_id", ""))[:200], int(d.get("version", 0))))
-        self._flush.set()
-        return {}
+        await self.unary(stream, "Report", report)
 
-    async def _report(self, stream: Any, d: dict[str, Any]) -> Any:
-        ids = self._entitled(stream)
-        status = d.get("status")
-        if not isinstance(status, dict) or str(status.get("spiffeId")) not in ids:
-            raise PermissionDeniedError("a report may only be made for this process's own identity")
-        self._statuses.append(status)
-        self._flush.set()
-        return {}
+    async def Deny(self, stream: Stream[pb.DenyRequest, pb.Empty]) -> None:
+        async def deny(s: Stream[Any, Any], req: pb.DenyRequest) -> pb.Empty:
+            if not req.HasField("denial") or req.denial.local_spiffe_id not in self._entitled(s):
+                raise PermissionDeniedError(
+                    "a denial may only be reported by the proxy that made it"
+                )
+            self._pending.denials.append(req.denial)
+            self._flush.set()
+            return pb.Empty()
 
-    async def _deny(self, stream: Any, d: dict[str, Any]) -> Any:
-        ids = self._entitled(stream)
-        event = d.get("event")
-        if not isinstance(event, dict) or str(event.get("local_spiffe_id")) not in ids:
-            raise PermissionDeniedError("a denial may only be reported by the proxy that made it")
-        self._denials.append(event)
-        self._flush.set()
-        return {}
+        await self.unary(stream, "Deny", deny)
 
     # -- upstream --------------------------------------------------------------
     async def _follow(self) -> None:
         delay = 0.5
         while True:
             try:
-                async for doc in self._upstream.watch_policy():
+                async for policy in self._upstream.watch_policy():
                     async with self._changed:
-                        self._current = doc
+                        self._current = policy
                         self._version += 1
                         self._changed.notify_all()
                     delay = 0.5
@@ -141,14 +146,13 @@ class PolicyRelay(JsonService):
             await self._flush.wait()
             self._flush.clear()
             await asyncio.sleep(0.05)  # batch what arrives together
-            acks, self._acks = self._acks, []
-            statuses, self._statuses = self._statuses, []
-            denials, self._denials = self._denials, []
+            reports, self._pending = self._pending, agent_pb2.ReportPolicyRequest()
             try:
-                await self._upstream.send_policy_reports(acks=acks, statuses=statuses, denials=denials)
+                await self._upstream.send_policy_reports(reports)
             except TrustdError as exc:
                 log.warning("policy reports not delivered; will retry", error=str(exc))
-                self._acks[:0], self._statuses[:0], self._denials[:0] = acks, statuses, denials
+                reports.MergeFrom(self._pending)  # what came meanwhile goes after
+                self._pending = reports
                 await asyncio.sleep(1.0)
                 self._flush.set()
 

@@ -17,17 +17,15 @@ import json
 import os
 import socket
 import ssl
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from google.protobuf.wrappers_pb2 import BytesValue
-from grpclib.client import Channel, UnaryStreamMethod, UnaryUnaryMethod
-from grpclib.const import Status
+from grpclib.client import Channel
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 
 from trustd import tlsutil
@@ -36,39 +34,21 @@ from trustd.agent.upstream import (
     EntryUpdate,
     JwtSvidRequest,
     SignedJwtSvid,
-    SignedSvid,
     SvidRequest,
 )
-from trustd.bundle import Bundle
-from trustd.entries import RegistrationEntry
-from trustd.errors import (
-    ConfigError,
-    InvalidArgumentError,
-    NotFoundError,
-    PermissionDeniedError,
-    TrustdError,
-    UnauthenticatedError,
-    UnavailableError,
-)
+from trustd.api.agent.v1 import agent_pb2 as pb
+from trustd.api.agent.v1.agent_grpc import AgentAPIStub
+from trustd.api.convert import bundle_of, entry_of, time_of, x509_svid_of
+from trustd.api.edge import error_of
+from trustd.api.policy.v1 import policy_pb2
+from trustd.ca.issuer import IssuedSvid
+from trustd.errors import ConfigError, TrustdError, UnavailableError
 from trustd.spiffeid import SpiffeId, TrustDomain
 
 log = structlog.get_logger(__name__)
 
-SERVICE = "trustd.agent.v1.AgentAPI"
 CALL_TIMEOUT = 30.0
-
-
-def _error(exc: GRPCError) -> TrustdError:
-    msg = exc.message or exc.status.name.lower()
-    if exc.status is Status.PERMISSION_DENIED:
-        return PermissionDeniedError(msg)
-    if exc.status is Status.UNAUTHENTICATED:
-        return UnauthenticatedError(msg)
-    if exc.status is Status.INVALID_ARGUMENT:
-        return InvalidArgumentError(msg)
-    if exc.status is Status.NOT_FOUND:
-        return NotFoundError(msg)
-    return UnavailableError(f"server: {msg}")
+T = TypeVar("T")
 
 
 def _write_private(path: Path, data: bytes) -> None:
@@ -149,13 +129,13 @@ class ServerLink:
         _write_private(self._svid_path, json.dumps(doc).encode())
 
     @staticmethod
-    def _csr(key: ec.EllipticCurvePrivateKey) -> str:
+    def _csr(key: ec.EllipticCurvePrivateKey) -> bytes:
         csr = (
             x509.CertificateSigningRequestBuilder()
             .subject_name(x509.Name([]))
             .sign(key, hashes.SHA256())
         )
-        return base64.b64encode(csr.public_bytes(serialization.Encoding.DER)).decode()
+        return csr.public_bytes(serialization.Encoding.DER)
 
     def _context(self, *, with_identity: bool) -> ssl.SSLContext:
         if self._bundle_pem:
@@ -172,19 +152,22 @@ class ServerLink:
             tlsutil.load_identity(ctx, self._chain, self._key)
         return ctx
 
-    async def _unary(self, ctx: ssl.SSLContext, method: str, doc: dict[str, Any]) -> dict[str, Any]:
-        channel = Channel(self.host, self.port, ssl=ctx)
+    async def _call(self, call: Callable[[AgentAPIStub], Awaitable[T]], channel: Channel) -> T:
+        """One unary call; errors as the trustd error the status stands for."""
         try:
-            stub = UnaryUnaryMethod(channel, f"/{SERVICE}/{method}", BytesValue, BytesValue)
-            reply = await stub(BytesValue(value=json.dumps(doc).encode()), timeout=CALL_TIMEOUT)
-            result: dict[str, Any] = json.loads(reply.value or b"{}")
-            return result
+            return await call(AgentAPIStub(channel))
         except GRPCError as exc:
-            raise _error(exc) from None
+            raise error_of(exc) from None
         except (TimeoutError, OSError, ssl.SSLError, StreamTerminatedError) as exc:
             raise UnavailableError(
                 f"cannot reach the server at {self.host}:{self.port}: {exc}"
             ) from None
+
+    async def _once(self, ctx: ssl.SSLContext, call: Callable[[AgentAPIStub], Awaitable[T]]) -> T:
+        """One unary call on a channel of its own (join, renewal)."""
+        channel = Channel(self.host, self.port, ssl=ctx)
+        try:
+            return await self._call(call, channel)
         finally:
             channel.close()
 
@@ -196,23 +179,20 @@ class ServerLink:
                     "this agent has not joined yet: set joinToken (trustd token create)"
                 )
             key = ec.generate_private_key(ec.SECP256R1())
-            result = await self._unary(
-                self._context(with_identity=False),
-                "Join",
-                {
-                    "token": self.join_token,
-                    "csr_der": self._csr(key),
-                    "hostname": socket.gethostname(),
-                },
+            request = pb.JoinRequest(
+                token=self.join_token, csr_der=self._csr(key), hostname=socket.gethostname()
             )
+            joined = await self._once(
+                self._context(with_identity=False),
+                lambda stub: stub.Join(request, timeout=CALL_TIMEOUT),
+            )
+            svid = x509_svid_of(joined.svid)
             self._key = key
-            self._chain = [
-                x509.load_der_x509_certificate(base64.b64decode(c)) for c in result["chain_der"]
-            ]
-            self._bundle_pem = result["bundle_pem"].encode()
-            self.agent_id = result["agent_id"]
+            self._chain = [x509.load_der_x509_certificate(d) for d in svid.chain_der]
+            self._bundle_pem = joined.bundle_pem
+            self.agent_id = joined.agent_id
             self._save()
-            log.info("agent joined", agent_id=self.agent_id, spiffe_id=result["spiffe_id"])
+            log.info("agent joined", agent_id=self.agent_id, spiffe_id=str(svid.spiffe_id))
         self._ctx = self._context(with_identity=True)
         self._channel = Channel(self.host, self.port, ssl=self._ctx)
         self._renew_task = asyncio.create_task(self._renew_loop())
@@ -226,10 +206,18 @@ class ServerLink:
             try:
                 key = ec.generate_private_key(ec.SECP256R1())
                 assert self._ctx is not None
-                result = await self._unary(self._ctx, "RenewAgent", {"csr_der": self._csr(key)})
+                request = pb.RenewAgentRequest(csr_der=self._csr(key))
+
+                async def renew(
+                    stub: AgentAPIStub, r: pb.RenewAgentRequest = request
+                ) -> pb.RenewAgentResponse:
+                    reply: pb.RenewAgentResponse = await stub.RenewAgent(r, timeout=CALL_TIMEOUT)
+                    return reply
+
+                renewed = await self._once(self._ctx, renew)
                 self._key = key
                 self._chain = [
-                    x509.load_der_x509_certificate(base64.b64decode(c)) for c in result["chain_der"]
+                    x509.load_der_x509_certificate(d) for d in x509_svid_of(renewed.svid).chain_der
                 ]
                 self._save()
                 self._ctx = self._context(with_identity=True)
@@ -250,108 +238,82 @@ class ServerLink:
             self._channel.close()
 
     # -- Upstream ------------------------------------------------------------
-    async def _stream(self, method: str, doc: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    def _stub(self) -> AgentAPIStub:
         assert self._channel is not None, "start() first"
-        stub = UnaryStreamMethod(self._channel, f"/{SERVICE}/{method}", BytesValue, BytesValue)
+        return AgentAPIStub(self._channel)
+
+    async def _stream(self, method: Any, request: Any) -> AsyncIterator[Any]:
+        """The messages of one server stream, until the server ends it (UnavailableError)."""
         try:
-            async with stub.open() as st:
-                await st.send_message(BytesValue(value=json.dumps(doc).encode()), end=True)
+            async with method.open() as st:
+                await st.send_message(request, end=True)
                 async for msg in st:
-                    yield json.loads(msg.value)
+                    yield msg
         except GRPCError as exc:
-            raise _error(exc) from None
+            raise error_of(exc) from None
         except (OSError, ssl.SSLError, StreamTerminatedError) as exc:
             raise UnavailableError(f"lost the server at {self.host}:{self.port}: {exc}") from None
         raise UnavailableError("the server closed the stream")
 
     async def watch_entries(self, *, since_revision: int | None) -> AsyncIterator[EntryUpdate]:
-        async for d in self._stream("WatchEntries", {"since_revision": since_revision}):
+        request = pb.WatchEntriesRequest(since_revision=since_revision)
+        upd: pb.EntryUpdate
+        async for upd in self._stream(self._stub().WatchEntries, request):
             yield EntryUpdate(
-                revision=int(d["revision"]),
-                full=bool(d["full"]),
-                upserted=tuple(RegistrationEntry.from_json(e) for e in d["upserted"]),
-                removed=tuple(d["removed"]),
+                revision=upd.revision,
+                full=upd.full,
+                upserted=tuple(entry_of(e) for e in upd.upserted),
+                removed=tuple(upd.removed),
             )
 
     async def watch_bundles(self) -> AsyncIterator[BundleUpdate]:
-        async for d in self._stream("WatchBundles", {}):
-            bundles = tuple(
-                Bundle.from_spiffe(TrustDomain.parse(b["trust_domain"]), json.dumps(b["spiffe"]))
-                for b in d["bundles"]
-            )
+        upd: pb.BundleUpdate
+        async for upd in self._stream(self._stub().WatchBundles, pb.WatchBundlesRequest()):
+            bundles = tuple(bundle_of(b) for b in upd.bundles)
             own = next((b for b in bundles if b.trust_domain == self.td), None)
             if own is not None and self._ctx is not None:
                 self._bundle_pem = own.to_pem()
                 self._ctx.load_verify_locations(cadata=self._bundle_pem.decode())
-            yield BundleUpdate(
-                bundles=bundles,
-                tainted_key_ids=frozenset(bytes.fromhex(k) for k in d.get("tainted_key_ids", [])),
-            )
+            yield BundleUpdate(bundles=bundles, tainted_key_ids=frozenset(upd.tainted_key_ids))
 
-    async def _call(self, method: str, doc: dict[str, Any]) -> dict[str, Any]:
-        """One unary call on the agent's mTLS channel."""
-        assert self._channel is not None, "start() first"
-        stub = UnaryUnaryMethod(self._channel, f"/{SERVICE}/{method}", BytesValue, BytesValue)
-        try:
-            reply = await stub(BytesValue(value=json.dumps(doc).encode()), timeout=CALL_TIMEOUT)
-        except GRPCError as exc:
-            raise _error(exc) from None
-        except (TimeoutError, OSError, ssl.SSLError, StreamTerminatedError) as exc:
-            raise UnavailableError(
-                f"cannot reach the server at {self.host}:{self.port}: {exc}"
-            ) from None
-        result: dict[str, Any] = json.loads(reply.value or b"{}")
-        return result
-
-    async def sign_x509_svids(self, requests: Sequence[SvidRequest]) -> list[SignedSvid]:
-        doc = {
-            "requests": [
-                {"entry_id": r.entry_id, "csr_der": base64.b64encode(r.csr_der).decode()}
-                for r in requests
-            ]
-        }
-        result = await self._call("SignSvids", doc)
-        return [
-            SignedSvid(
-                entry_id=s["entry_id"],
-                cert_chain_der=tuple(base64.b64decode(c) for c in s["chain_der"]),
-                not_after=dt.datetime.fromisoformat(s["not_after"]),
-            )
-            for s in result["svids"]
-        ]
+    async def sign_x509_svids(self, requests: Sequence[SvidRequest]) -> list[IssuedSvid]:
+        request = pb.SignSvidsRequest(
+            requests=[pb.SvidRequest(entry_id=r.entry_id, csr_der=r.csr_der) for r in requests]
+        )
+        signed = await self._call(
+            lambda stub: stub.SignSvids(request, timeout=CALL_TIMEOUT), self._channel_or_fail()
+        )
+        return [x509_svid_of(s) for s in signed.svids]
 
     async def sign_jwt_svid(self, request: JwtSvidRequest) -> SignedJwtSvid:
-        result = await self._call(
-            "SignJwtSvid", {"entry_id": request.entry_id, "audience": list(request.audience)}
+        msg = pb.SignJwtSvidRequest(entry_id=request.entry_id, audience=list(request.audience))
+        signed = await self._call(
+            lambda stub: stub.SignJwtSvid(msg, timeout=CALL_TIMEOUT), self._channel_or_fail()
         )
         return SignedJwtSvid(
-            entry_id=result["entry_id"],
-            token=result["token"],
-            issued_at=dt.datetime.fromisoformat(result["issued_at"]),
-            expires_at=dt.datetime.fromisoformat(result["expires_at"]),
+            entry_id=signed.svid.entry_id,
+            token=signed.svid.token,
+            issued_at=time_of(signed.svid.issued_at),
+            expires_at=time_of(signed.svid.expires_at),
         )
 
-    async def watch_policy(self) -> AsyncIterator[dict[str, Any]]:
-        async for d in self._stream("WatchPolicy", {}):
-            yield d["policy"]
+    def _channel_or_fail(self) -> Channel:
+        assert self._channel is not None, "start() first"
+        return self._channel
 
-    async def send_policy_reports(
-        self,
-        *,
-        acks: list[tuple[str, int]],
-        statuses: list[dict[str, Any]],
-        denials: list[dict[str, Any]],
-    ) -> None:
+    async def watch_policy(self) -> AsyncIterator[policy_pb2.PolicySet]:
+        msg: policy_pb2.WatchResponse
+        async for msg in self._stream(self._stub().WatchPolicy, pb.WatchPolicyRequest()):
+            yield msg.policy
+
+    async def send_policy_reports(self, reports: pb.ReportPolicyRequest) -> None:
         assert self._ctx is not None, "start() first"
-        await self._unary(
-            self._ctx,
-            "ReportPolicy",
-            {"acks": [list(a) for a in acks], "statuses": statuses, "denials": denials},
-        )
+        await self._once(self._ctx, lambda stub: stub.ReportPolicy(reports, timeout=CALL_TIMEOUT))
 
-    async def report(self, telemetry: dict[str, Any]) -> None:
+    async def report(self, telemetry: dict[str, str]) -> None:
         assert self._ctx is not None
-        await self._unary(self._ctx, "Report", {"telemetry": telemetry})
+        request = pb.ReportRequest(telemetry=telemetry)
+        await self._once(self._ctx, lambda stub: stub.Report(request, timeout=CALL_TIMEOUT))
 
 
 async def run_remote_agent(cfg: Any, until: Any) -> None:

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from trustd.bundle import Bundle
+from trustd.ca.issuer import IssuedSvid
 from trustd.entries import RegistrationEntry
 
 
@@ -61,15 +62,6 @@ class SvidRequest:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class SignedSvid:
-    """The server's answer to one ``SvidRequest``."""
-
-    entry_id: str  # the entry it was signed for (same as the request's)
-    cert_chain_der: tuple[bytes, ...]  # leaf first, then intermediates; no root
-    not_after: dt.datetime  # the leaf's NotAfter, timezone-aware UTC
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
 class JwtSvidRequest:
     """A JWT-SVID for one registration entry and audience."""
 
@@ -99,8 +91,9 @@ class Upstream(Protocol):
         """The trust bundles: the current set first, then the new set on every change."""
         ...
 
-    async def sign_x509_svids(self, requests: Sequence[SvidRequest]) -> list[SignedSvid]:
-        """Sign the CSRs; one answer per request, in order. Raises ``UnavailableError``
+    async def sign_x509_svids(self, requests: Sequence[SvidRequest]) -> list[IssuedSvid]:
+        """Sign the CSRs; one answer per request, in order, each with its ``entry_id`` and
+        its chain (leaf first, then intermediates; no root). Raises ``UnavailableError``
         when the server cannot sign now and ``PermissionDeniedError`` for an entry this
         agent may not serve."""
         ...

@@ -7,9 +7,12 @@ The public surface::
     from trustd.audit import Actor, AuditEvent, AuditLog, AuditWriteError
 
     audit = AuditLog(data_dir / "audit", key_manager=km, clock=SystemClock())
-    seq = audit.append(AuditEvent(type="svid.issue", actor=Actor.spiffe(agent_id),
-                                  action="issue", resource=str(spiffe_id),
-                                  details={"serial": "1f...", "not_after": not_after}))
+    [seq] = audit.append_many([AuditEvent(type="svid.issue", actor=Actor.spiffe(agent_id),
+                                          action="issue", resource=str(spiffe_id),
+                                          details={"serial": "1f...", "not_after": not_after})])
+
+Everything else writes through the ``AuditSink`` protocol (``append_many`` and
+``check``), which ``AuditLog`` implements; ``MemoryAuditSink`` is one for tests.
 """
 
 from trustd.audit.checkpoint import Checkpoint
@@ -61,6 +64,7 @@ from trustd.audit.export import (
 from trustd.audit.log import AuditLog
 from trustd.audit.reader import EventFilter, iter_records, parse_time, tail
 from trustd.audit.record import GENESIS_HASH, AuditRecord, ChainHead
+from trustd.audit.sink import MemoryAuditSink, record_failure
 from trustd.audit.verify import VerifyReport, verify
 
 __all__ = [
@@ -98,6 +102,7 @@ __all__ = [
     "Checkpoint",
     "EventFilter",
     "ExportFormat",
+    "MemoryAuditSink",
     "Outcome",
     "ProgressCallback",
     "VerifyReport",
@@ -106,6 +111,7 @@ __all__ = [
     "hmac_token",
     "iter_records",
     "parse_time",
+    "record_failure",
     "tail",
     "to_cef",
     "to_ocsf",

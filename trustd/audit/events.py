@@ -18,7 +18,7 @@ import hmac
 import math
 import pwd
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, get_args
 
@@ -378,8 +378,14 @@ def format_time(when: dt.datetime) -> str:
 
 
 class AuditSink(Protocol):
-    """Where actions record their events. ``append`` fails loudly; the action waits for it."""
+    """Where actions record their events: the one audit API. ``append_many`` fails loudly
+    (``AuditWriteError``, an ``UnavailableError``) and the action waits for it, so nothing
+    happens unrecorded. ``AuditLog`` is one; ``MemoryAuditSink`` keeps events for tests."""
 
-    def append(self, event: AuditEvent) -> int:
-        """Write ``event`` and return its seq, or raise ``AuditWriteError``."""
+    def append_many(self, events: Sequence[AuditEvent]) -> list[int]:
+        """Write the events in one write, all or none; return their seqs."""
+        ...
+
+    def check(self) -> None:
+        """Raise ``UnavailableError`` when an event could not be written right now."""
         ...

@@ -1,7 +1,7 @@
 """The tamper-evident audit log: append-only, hash-chained, segmented, checkpoint-signed.
 
-``AuditLog.append`` is the ``AuditSink`` every action records through. It writes
-the whole line with one ``write`` and returns only once the kernel has it; if the
+``AuditLog.append_many`` is the ``AuditSink`` every action records through. It writes
+the lines with one ``write`` and returns only once the kernel has it; if the
 line cannot be written it raises ``AuditWriteError`` (an ``UnavailableError``) and
 the seq does not advance, so the action that asked must fail. Events are not
 fsynced one by one: segments are fsynced at checkpoints, at rotation and on
@@ -28,20 +28,18 @@ import json
 import os
 import secrets
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TextIO
+from typing import TextIO
 
 import structlog
 
 from trustd.audit.checkpoint import Checkpoint, sign_checkpoint
 from trustd.audit.errors import AuditCorruptError, AuditEventError, AuditWriteError
 from trustd.audit.events import (
-    ACTOR_KINDS,
     AUDIT_EXPORT,
     AUDIT_TORN_TAIL,
-    OUTCOMES,
     Actor,
     AuditEvent,
     format_time,
@@ -88,19 +86,6 @@ MiB = 1 << 20
 MAX_LINE_BYTES = 1 * MiB
 _MIN_FREE_BYTES = 64 * 1024  # check() reports the disk full below this
 _OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
-class ActorLike(Protocol):
-    """What ``record`` needs of an actor (the server's Actor type has these fields)."""
-
-    @property
-    def kind(self) -> str: ...
-    @property
-    def id(self) -> str: ...
-    @property
-    def uid(self) -> int | None: ...
-    @property
-    def addr(self) -> str | None: ...
 
 
 @dataclass(slots=True, kw_only=True)
@@ -513,7 +498,7 @@ class AuditLog:
     # ------------------------------------------------------------------ writing
 
     def append(self, event: AuditEvent) -> int:
-        """Write ``event``; return its seq. Raises ``AuditWriteError`` if it is not written."""
+        """``append_many`` of one event (the log's own events use it); returns its seq."""
         if not isinstance(event, AuditEvent):
             raise AuditEventError("append takes an AuditEvent")
         return self.append_many([event])[0]
@@ -572,39 +557,6 @@ class AuditLog:
         for ev in subscribers:
             ev.set()
         return list(range(first, first + len(events)))
-
-    def record(
-        self,
-        *,
-        type: str,
-        actor: ActorLike,
-        action: str,
-        resource: str = "",
-        outcome: str = "success",
-        reason: str = "",
-        details: Mapping[str, Any] | None = None,
-    ) -> int:
-        """``append`` with keyword arguments; ``actor`` is anything with kind, id, uid, addr
-        (the server's own Actor type works). Same errors as ``append``."""
-        if actor.kind not in ACTOR_KINDS:
-            raise AuditEventError(f"invalid actor kind {actor.kind!r}")
-        if outcome not in OUTCOMES:
-            raise AuditEventError(f"invalid audit outcome {outcome[:40]!r}: use success or failure")
-        event = AuditEvent(
-            type=type,
-            actor=Actor(
-                kind=actor.kind,  # type: ignore[arg-type]  # checked above
-                id=actor.id,
-                uid=actor.uid,
-                addr=actor.addr,
-            ),
-            action=action,
-            resource=resource,
-            outcome=outcome,  # type: ignore[arg-type]  # checked above
-            reason=reason,
-            details=details or {},
-        )
-        return self.append(event)
 
     def check(self) -> None:
         """Raise ``AuditWriteError`` when an event could not be written right now (closed

@@ -114,6 +114,9 @@ class SigningAuthority:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class IssuedSvid:
+    """An X.509-SVID as the issuer signed it: the one SVID type from the issuer, through
+    the agent API (``trustd.types.v1.X509Svid``), to the agent's cache."""
+
     spiffe_id: SpiffeId  # from the registration entry
     certificate: x509.Certificate  # the leaf
     chain_der: tuple[bytes, ...]  # leaf first, then the CA and any intermediates
@@ -121,6 +124,7 @@ class IssuedSvid:
     not_after: dt.datetime
     authority_id: str  # the CA that signed it
     issuer_chain_pem: bytes | None = None  # PEM of ``chain_der[1:]`` when the issuer has it
+    entry_id: str = ""  # the registration entry it was signed for ("" for a mint, trustd's own)
 
     def chain_pem(self) -> bytes:
         if self.issuer_chain_pem is not None:

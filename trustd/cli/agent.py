@@ -6,6 +6,8 @@ from typing import Annotated
 
 import typer
 
+from trustd.api.admin.v1 import admin_pb2 as pb
+from trustd.cli import views
 from trustd.cli.common import OutputOpt, call, fmt
 from trustd.cli.output import emit
 
@@ -37,7 +39,7 @@ def agent(
 def list_(ctx: typer.Context, output: OutputOpt = None) -> None:
     """List agents that joined."""
     emit(
-        call(ctx, "AgentList"),
+        views.agents(call(ctx, "AgentList")),
         fmt(ctx, output),
         columns=COLUMNS,
         rows_key="agents",
@@ -53,4 +55,4 @@ def evict(
     output: OutputOpt = None,
 ) -> None:
     """Cut an agent off: it can no longer sync or get SVIDs signed."""
-    emit(call(ctx, "AgentEvict", {"id": agent_id}), fmt(ctx, output))
+    emit(views.evicted(call(ctx, "AgentEvict", pb.AgentIdRequest(id=agent_id))), fmt(ctx, output))

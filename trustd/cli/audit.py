@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import enum
+import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +14,8 @@ from typing import Annotated, Any
 
 import typer
 
-from trustd.cli import client
+from trustd.api.admin.v1 import admin_pb2 as pb
+from trustd.cli import client, views
 from trustd.cli.client import ServerError
 from trustd.cli.common import CheckFailed, OutputOpt, call, fmt, state
 from trustd.cli.output import Format, emit
@@ -58,7 +60,7 @@ def verify(
             raise typer.BadParameter("--config is for --offline", param_hint="--config")
         try:
             with _progress("verifying"):
-                report = call(ctx, "AuditVerify")
+                report = views.verified(call(ctx, "AuditVerify"))
         except ServerError as exc:
             if exc.status is not None:
                 raise
@@ -109,7 +111,8 @@ def keys_(ctx: typer.Context, output: OutputOpt = None) -> None:
     """The audit keys' public keys (JSON): keep them off the host to verify a copied log
     with `trustd audit verify --offline DIR --keys FILE`."""
     f = fmt(ctx, output)
-    emit(call(ctx, "AuditKeys"), f if not f.tabular else Format.json)
+    keys: pb.AuditKeysResponse = call(ctx, "AuditKeys")
+    emit(json.loads(keys.keys), f if not f.tabular else Format.json)
 
 
 def _verify_offline(config: str | None, data_dir: str | None) -> dict[str, Any]:
@@ -171,11 +174,13 @@ def export(
             raise UsageError(f"-o {out}: the directory {out.parent} does not exist")
         if out.is_dir():
             raise UsageError(f"-o {out}: is a directory; name a file")
-    doc = {"format": format_.value, "since": since, "until": until, "types": type_ or [], "outcome": outcome}
-    asyncio.run(_export(state(ctx).admin_socket, doc, out))
+    request = pb.ExportAuditRequest(
+        format=format_.value, since=since or "", until=until or "", types=type_ or [], outcome=outcome or ""
+    )
+    asyncio.run(_export(state(ctx).admin_socket, request, out))
 
 
-async def _export(socket: Path, doc: dict[str, Any], out: Path | None) -> None:
+async def _export(socket: Path, request: pb.ExportAuditRequest, out: Path | None) -> None:
     from rich.progress import Progress
 
     sink = out.open("w", encoding="utf-8", newline="") if out else sys.stdout
@@ -183,19 +188,21 @@ async def _export(socket: Path, doc: dict[str, Any], out: Path | None) -> None:
     task: Any = None
     written = 0
     try:
-        async for msg in client.stream(socket, "AuditExport", doc):
-            if "total" in msg:
-                if out is not None and sys.stderr.isatty() and msg["total"] > 10_000:
+        msg: pb.ExportAuditChunk
+        async for msg in client.stream(socket, "AuditExport", request):
+            part = msg.WhichOneof("part")
+            if part == "total":
+                if out is not None and sys.stderr.isatty() and msg.total > 10_000:
                     progress = Progress(transient=True)
                     progress.start()
-                    task = progress.add_task("exporting", total=msg["total"])
-            elif "data" in msg:
-                sink.write(msg["data"])
+                    task = progress.add_task("exporting", total=msg.total)
+            elif part == "data":
+                sink.write(msg.data)
                 if progress is not None:
-                    written += msg["data"].count("\n")
+                    written += msg.data.count("\n")
                     progress.update(task, completed=written)
-            elif "done" in msg and out is not None:
-                sys.stderr.write(f"exported {msg['done']} events to {out}\n")
+            elif part == "done" and out is not None:
+                sys.stderr.write(f"exported {msg.done} events to {out}\n")
     finally:
         if progress is not None:
             progress.stop()
@@ -215,19 +222,21 @@ def tail(
     f = fmt(ctx, output) if explicit else Format.json
 
     async def run() -> None:
-        async for msg in client.stream(state(ctx).admin_socket, "AuditTail", {"follow": follow, "last": last}):
+        msg: pb.AuditLine
+        request = pb.TailAuditRequest(follow=follow, last=last)
+        async for msg in client.stream(state(ctx).admin_socket, "AuditTail", request):
             if f is Format.json:
-                sys.stdout.write(msg["event"] + "\n")
+                sys.stdout.write(msg.line + "\n")
             elif f is Format.yaml:
                 import json
 
                 import yaml
 
-                sys.stdout.write(yaml.safe_dump(json.loads(msg["event"]), sort_keys=False, explicit_start=True))
+                sys.stdout.write(yaml.safe_dump(json.loads(msg.line), sort_keys=False, explicit_start=True))
             else:
                 import json
 
-                e = json.loads(msg["event"])
+                e = json.loads(msg.line)
                 actor = e["actor"]["id"] + (f" (uid {e['actor']['uid']})" if e["actor"].get("uid") is not None else "")
                 sys.stdout.write(
                     f"{e['seq']}\t{e['time']}\t{e['type']}\t{e['outcome']}\t{actor}\t{e['resource']}"

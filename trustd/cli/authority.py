@@ -6,6 +6,8 @@ from typing import Annotated, Any
 
 import typer
 
+from trustd.api.admin.v1 import admin_pb2 as pb
+from trustd.cli import views
 from trustd.cli.common import OutputOpt, call, fmt
 from trustd.cli.output import Format, emit
 
@@ -22,19 +24,19 @@ def _emit(result: dict[str, Any], f: Format, rows_key: str | None = None) -> Non
 @app.command("list")
 def list_(ctx: typer.Context, output: OutputOpt = None) -> None:
     """List CA slots: prepared, active, old."""
-    _emit(call(ctx, "AuthorityList"), fmt(ctx, output), rows_key="authorities")
+    _emit(views.authorities(call(ctx, "AuthorityList")), fmt(ctx, output), rows_key="authorities")
 
 
 @app.command("prepare")
 def prepare(ctx: typer.Context, output: OutputOpt = None) -> None:
     """Create the next CA; it joins the bundle now and signs nothing yet."""
-    _emit(call(ctx, "AuthorityPrepare"), fmt(ctx, output))
+    _emit(views.authority(call(ctx, "AuthorityPrepare", pb.AuthorityRequest())), fmt(ctx, output))
 
 
 @app.command("activate")
 def activate(ctx: typer.Context, output: OutputOpt = None) -> None:
     """Make the prepared CA sign; the active one becomes old and stays in the bundle."""
-    _emit(call(ctx, "AuthorityActivate"), fmt(ctx, output))
+    _emit(views.authority(call(ctx, "AuthorityActivate", pb.AuthorityRequest())), fmt(ctx, output))
 
 
 @app.command("taint")
@@ -44,7 +46,8 @@ def taint(
     output: OutputOpt = None,
 ) -> None:
     """Force every SVID signed by an old CA to be reissued."""
-    _emit(call(ctx, "AuthorityTaint", {"id": authority_id}), fmt(ctx, output))
+    request = pb.AuthorityRequest(id=authority_id)
+    _emit(views.authority(call(ctx, "AuthorityTaint", request)), fmt(ctx, output))
 
 
 @app.command("revoke")
@@ -57,7 +60,8 @@ def revoke(
     output: OutputOpt = None,
 ) -> None:
     """Drop a tainted CA from the bundle once nothing valid depends on it."""
-    _emit(call(ctx, "AuthorityRevoke", {"id": authority_id, "force": force}), fmt(ctx, output))
+    request = pb.AuthorityRequest(id=authority_id, force=force)
+    _emit(views.authority(call(ctx, "AuthorityRevoke", request)), fmt(ctx, output))
 
 
 @app.command("blockers")
@@ -67,7 +71,7 @@ def blockers(
     output: OutputOpt = None,
 ) -> None:
     """The valid certificates a CA signed that were not reissued: what holds a revoke back."""
-    result = call(ctx, "AuthorityBlockers", {"id": authority_id})
+    result = views.blockers(call(ctx, "AuthorityBlockers", pb.AuthorityRequest(id=authority_id)))
     emit(
         result,
         fmt(ctx, output),

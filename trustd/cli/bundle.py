@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from trustd.cli import views
 from trustd.cli.common import OutputOpt, call, fmt
 from trustd.cli.output import emit
 
@@ -28,7 +29,7 @@ def show(
     output: OutputOpt = None,
 ) -> None:
     """Print the trust bundle on stdout (-o json|yaml: both forms in one document)."""
-    result = call(ctx, "BundleShow")
+    result = views.bundle(call(ctx, "BundleShow"))
     f = fmt(ctx, output)
     if not f.tabular:
         emit(result, f)

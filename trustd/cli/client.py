@@ -1,27 +1,29 @@
-"""The CLI's way into the server: JSON over gRPC on the admin socket."""
+"""The CLI's way into the server: ``trustd.admin.v1.Admin`` on the admin socket, typed
+messages both ways (``trustd/api/admin/v1/admin.proto``)."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from google.protobuf.wrappers_pb2 import BytesValue
-from grpclib.client import Channel, UnaryStreamMethod, UnaryUnaryMethod
+from google.protobuf.message import Message
+from grpclib.client import Channel
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 
-from trustd.server.admin import SERVICE
+from trustd.api.admin.v1.admin_grpc import AdminStub
 
 DEFAULT_ADMIN_SOCKET = ".trustd/admin.sock"
 TIMEOUT = 60.0
 
 
 class ServerError(Exception):
-    """The server refused, or could not be reached (exit code 2)."""
+    """The server refused, or could not be reached (exit code 2). ``status`` is the gRPC
+    status it refused with (``trustd.api.edge`` maps each to its error class), or None
+    when it could not be reached."""
 
     def __init__(self, message: str, status: Status | None = None) -> None:
         super().__init__(message)
@@ -44,15 +46,13 @@ def _unreachable(path: Path, exc: BaseException) -> ServerError:
     )
 
 
-async def _call(path: Path, method: str, doc: dict[str, Any]) -> dict[str, Any]:
+async def _call(path: Path, method: str, request: Message) -> Any:
+    """``Admin/<method>`` with ``request``; its response message."""
     if not path.exists():
         raise _unreachable(path, FileNotFoundError())
     channel = Channel(path=str(path))
     try:
-        stub = UnaryUnaryMethod(channel, f"/{SERVICE}/{method}", BytesValue, BytesValue)
-        reply = await stub(BytesValue(value=json.dumps(doc).encode()), timeout=TIMEOUT)
-        result: dict[str, Any] = json.loads(reply.value or b"{}")
-        return result
+        return await getattr(AdminStub(channel), method)(request, timeout=TIMEOUT)
     except GRPCError as exc:
         raise ServerError(exc.message or exc.status.name.lower(), exc.status) from None
     except (TimeoutError, OSError, StreamTerminatedError) as exc:
@@ -61,18 +61,18 @@ async def _call(path: Path, method: str, doc: dict[str, Any]) -> dict[str, Any]:
         channel.close()
 
 
-def call(socket: Path, method: str, doc: dict[str, Any] | None = None) -> dict[str, Any]:
-    return asyncio.run(_call(socket, method, doc or {}))
+def call(socket: Path, method: str, request: Message) -> Any:
+    return asyncio.run(_call(socket, method, request))
 
 
-async def stream(socket: Path, method: str, doc: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+async def stream(socket: Path, method: str, request: Message) -> AsyncIterator[Any]:
+    """The messages of the server stream ``Admin/<method>``."""
     channel = Channel(path=str(socket))
     try:
-        stub = UnaryStreamMethod(channel, f"/{SERVICE}/{method}", BytesValue, BytesValue)
-        async with stub.open() as st:
-            await st.send_message(BytesValue(value=json.dumps(doc).encode()), end=True)
+        async with getattr(AdminStub(channel), method).open() as st:
+            await st.send_message(request, end=True)
             async for msg in st:
-                yield json.loads(msg.value)
+                yield msg
     except GRPCError as exc:
         raise ServerError(exc.message or exc.status.name.lower(), exc.status) from None
     except (OSError, StreamTerminatedError) as exc:

@@ -7,7 +7,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from google.protobuf.message import Message
 
+from trustd.api.admin.v1 import admin_pb2
 from trustd.cli import client
 from trustd.cli.output import Format
 
@@ -25,8 +27,9 @@ def state(ctx: typer.Context) -> State:
     return obj
 
 
-def call(ctx: typer.Context, method: str, doc: dict[str, Any] | None = None) -> dict[str, Any]:
-    return client.call(state(ctx).admin_socket, method, doc)
+def call(ctx: typer.Context, method: str, request: Message | None = None) -> Any:
+    """``Admin/<method>``: its response message (``request`` defaults to ``Empty``)."""
+    return client.call(state(ctx).admin_socket, method, request or admin_pb2.Empty())
 
 
 OutputOpt = Annotated[

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from trustd.api.admin.v1 import admin_pb2 as pb
+from trustd.api.types.v1 import types_pb2
+from trustd.cli import views
 from trustd.cli.common import OutputOpt, call, fmt
 from trustd.cli.output import emit
 
 if TYPE_CHECKING:
+    from trustd.entries import RegistrationEntry
     from trustd.selectors import Caller
 
 app = typer.Typer(
@@ -48,33 +52,37 @@ def create(
         check_dns_name(name)
     for s in selector:
         Selector.parse(s)
-    ttl_s = parse_ttl(ttl)
-    entry = call(
-        ctx,
-        "EntryCreate",
-        {
-            "spiffe_id": spiffe_id,
-            "selectors": selector,
-            "ttl": ttl_s,
-            "dns_names": dns or [],
-            "agent_id": agent,
-        },
+    request = pb.CreateEntryRequest(
+        spiffe_id=spiffe_id,
+        selectors=selector,
+        ttl_seconds=parse_ttl(ttl),
+        dns_names=dns or [],
+        agent_id=agent,
     )
+    entry: types_pb2.Entry = call(ctx, "EntryCreate", request)
     f = fmt(ctx, output)
     if f.tabular:
-        typer.echo(entry["id"])
+        typer.echo(entry.id)
     else:
-        emit(entry, f)
+        emit(views.entry(entry), f)
     _warn_overlaps(ctx, entry)
 
 
-def _warn_overlaps(ctx: typer.Context, created: dict[str, Any]) -> None:
+def _all_entries(ctx: typer.Context) -> list[RegistrationEntry]:
+    from trustd.api.convert import entry_of
+
+    listed: pb.ListEntriesResponse = call(ctx, "EntryList")
+    return [entry_of(e) for e in listed.entries]
+
+
+def _warn_overlaps(ctx: typer.Context, created: types_pb2.Entry) -> None:
     """On stderr: the entries a process could match together with the new one, and which
     identity such a process gets as ``default`` (the older entry's)."""
-    from trustd.entries import RegistrationEntry, default_order, may_overlap
+    from trustd.api.convert import entry_of
+    from trustd.entries import default_order, may_overlap
 
-    new = RegistrationEntry.from_json(created)
-    others = [RegistrationEntry.from_json(e) for e in call(ctx, "EntryList").get("entries", [])]
+    new = entry_of(created)
+    others = _all_entries(ctx)
     for other in sorted(others, key=default_order):
         if other.id == new.id or not may_overlap(new.selectors, other.selectors):
             continue
@@ -92,7 +100,7 @@ def _warn_overlaps(ctx: typer.Context, created: dict[str, Any]) -> None:
 def list_(ctx: typer.Context, output: OutputOpt = None) -> None:
     """List registration entries."""
     emit(
-        call(ctx, "EntryList"),
+        views.entries(call(ctx, "EntryList")),
         fmt(ctx, output),
         columns=COLUMNS,
         rows_key="entries",
@@ -120,16 +128,19 @@ def show(
         if entry_id is None:
             raise typer.BadParameter("give an entry ID, or --caller PID|uid:N")
         emit(
-            call(ctx, "EntryShow", {"id": entry_id}), f, columns=COLUMNS, narrow=NARROW, extra=EXTRA
+            views.entry(call(ctx, "EntryShow", pb.EntryIdRequest(id=entry_id))),
+            f,
+            columns=COLUMNS,
+            narrow=NARROW,
+            extra=EXTRA,
         )
         return
     if entry_id is not None:
         raise typer.BadParameter("give an entry ID or --caller, not both")
     who = _caller(caller)
-    from trustd.entries import RegistrationEntry, entries_for
+    from trustd.entries import entries_for
 
-    entries = [RegistrationEntry.from_json(e) for e in call(ctx, "EntryList").get("entries", [])]
-    found = entries_for(entries, who)
+    found = entries_for(_all_entries(ctx), who)
     result = {
         "caller": {
             "pid": who.pid or None,
@@ -189,7 +200,7 @@ def delete(
 ) -> None:
     """Delete an entry; agents stop serving its SVID."""
     emit(
-        call(ctx, "EntryDelete", {"id": entry_id}),
+        views.entry(call(ctx, "EntryDelete", pb.EntryIdRequest(id=entry_id))),
         fmt(ctx, output),
         columns=COLUMNS,
         narrow=NARROW,

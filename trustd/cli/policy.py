@@ -8,6 +8,8 @@ from typing import Annotated, Any
 
 import typer
 
+from trustd.api.admin.v1 import admin_pb2 as pb
+from trustd.cli import views
 from trustd.cli.common import CheckFailed, OutputOpt, call, fmt
 from trustd.cli.output import Format, emit
 
@@ -17,7 +19,7 @@ app = typer.Typer(
 )
 
 
-def _files(paths: list[Path]) -> list[dict[str, str]]:
+def _files(paths: list[Path]) -> list[pb.PolicyFile]:
     """Validate locally first (exit 1 on an invalid file), then send the text to the server."""
     from trustd.policy.loader import load_files
 
@@ -26,7 +28,7 @@ def _files(paths: list[Path]) -> list[dict[str, str]]:
     for p in paths:
         targets = sorted(p.glob("*.y*ml")) if p.is_dir() else [p]
         for t in targets:
-            out.append({"name": str(t), "text": t.read_text()})
+            out.append(pb.PolicyFile(name=str(t), text=t.read_text()))
     return out
 
 
@@ -55,9 +57,8 @@ def apply(
     output: OutputOpt = None,
 ) -> None:
     """Apply policy files; refused with the reason if it would drop traffic."""
-    result = call(
-        ctx, "PolicyApply", {"files": _files(file), "dry_run": dry_run, "force": force, "prune": prune}
-    )
+    request = pb.ApplyPolicyRequest(files=_files(file), dry_run=dry_run, force=force, prune=prune)
+    result = views.applied(call(ctx, "PolicyApply", request))
     _print_apply(result, fmt(ctx, output), dry_run=dry_run)
 
 
@@ -73,7 +74,7 @@ def show(
 
     SpiffeId.parse(spiffe_id)
     f = fmt(ctx, output)
-    result = call(ctx, "PolicyShow", {"spiffe_id": spiffe_id, "port": port})
+    result = views.report(call(ctx, "PolicyShow", pb.ShowPolicyRequest(spiffe_id=spiffe_id, port=port)))
     emit(result, Format.yaml if f.tabular else f)
 
 
@@ -85,7 +86,7 @@ def diff(
     output: OutputOpt = None,
 ) -> None:
     """What applying the files would change; exit 3 when something would."""
-    result = call(ctx, "PolicyDiff", {"files": _files(file), "prune": prune})
+    result = views.policy_diff(call(ctx, "PolicyDiff", pb.DiffPolicyRequest(files=_files(file), prune=prune)))
     f = fmt(ctx, output)
     if f.tabular:
         for line in result["lines"]:
@@ -99,7 +100,7 @@ def diff(
 @app.command("status")
 def status(ctx: typer.Context, output: OutputOpt = None) -> None:
     """Policy version, and which proxies run it."""
-    result = call(ctx, "PolicyStatus")
+    result = views.report(call(ctx, "PolicyStatus"))
     f = fmt(ctx, output)
     if not f.tabular:
         emit(result, f)
@@ -155,5 +156,6 @@ def client_tls(
     """The emergency switch: `trustd policy client-tls off --global`."""
     if not global_:
         raise typer.BadParameter("the switch is mesh-wide: add --global")
-    result = call(ctx, "PolicyClientTls", {"off": state is OnOff.off, "force": force})
+    request = pb.ClientTlsRequest(off=state is OnOff.off, force=force)
+    result = views.applied(call(ctx, "PolicyClientTls", request))
     _print_apply(result, fmt(ctx, output), dry_run=False)

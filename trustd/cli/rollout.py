@@ -7,6 +7,8 @@ from typing import Annotated, Any
 
 import typer
 
+from trustd.api.admin.v1 import admin_pb2 as pb
+from trustd.cli import views
 from trustd.cli.common import OutputOpt, call, fmt
 from trustd.cli.output import Format, emit
 
@@ -70,17 +72,16 @@ def start(
             parse(step_timeout)
         except ValueError as exc:
             raise UsageError(f"invalid --step-timeout: {exc}") from None
-    result = call(
-        ctx,
-        "RolloutStart",
-        {"selector": selector, "target": to.value, "canary": canary, "step_timeout": step_timeout},
+    request = pb.StartRolloutRequest(
+        selector=selector, target=to.value, canary=canary, step_timeout=step_timeout or ""
     )
+    result = views.report(call(ctx, "RolloutStart", request))
     _show(result, fmt(ctx, output))
 
 
 def _simple(name: str, method: str, doc: str) -> None:
     def cmd(ctx: typer.Context, output: OutputOpt = None) -> None:
-        _show(call(ctx, method), fmt(ctx, output))
+        _show(views.report(call(ctx, method)), fmt(ctx, output))
 
     cmd.__doc__ = doc
     app.command(name)(cmd)

@@ -11,6 +11,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from trustd.api.admin.v1 import admin_pb2 as pb
+from trustd.ca.der import certificate_pem
+from trustd.cli import views
 from trustd.cli.common import OutputOpt, call, fmt
 from trustd.cli.output import Format, emit
 
@@ -83,21 +86,22 @@ def mint(
         .subject_name(x509.Name([]))
         .sign(key, hashes.SHA256())
     )
-    result = call(
-        ctx,
-        "SvidMint",
-        {
-            "spiffe_id": spiffe_id,
-            "ttl": ttl_seconds,
-            "csr_pem": csr.public_bytes(serialization.Encoding.PEM).decode(),
-            "dns_names": dns or [],
-        },
+    request = pb.MintX509SvidRequest(
+        spiffe_id=spiffe_id,
+        csr=csr.public_bytes(serialization.Encoding.DER),
+        ttl_seconds=ttl_seconds,
+        dns_names=dns or [],
     )
+    result: pb.MintX509SvidResponse = call(ctx, "SvidMint", request)
     try:
         out_dir.mkdir(mode=0o755, exist_ok=True)  # only once the server has signed
     except OSError as exc:
         raise UsageError(f"--out-dir {out_dir}: {exc.strerror or exc}") from None
-    _write(out_dir / "svid.pem", result["chain_pem"].encode(), 0o644)
+    _write(
+        out_dir / "svid.pem",
+        b"".join(certificate_pem(d) for d in result.svid.cert_chain_der),
+        0o644,
+    )
     _write(
         out_dir / "svid.key",
         key.private_bytes(
@@ -107,9 +111,8 @@ def mint(
         ),
         0o600,
     )
-    _write(out_dir / "bundle.pem", result["bundle_pem"].encode(), 0o644)
-    shown = {k: result[k] for k in ("spiffe_id", "serial", "not_after", "authority_id")}
-    shown["out_dir"] = str(out_dir)
+    _write(out_dir / "bundle.pem", result.bundle_pem, 0o644)
+    shown: dict[str, object] = {**views.minted_x509(result), "out_dir": str(out_dir)}
     emit(
         shown,
         fmt(ctx, output),
@@ -126,13 +129,10 @@ def _mint_jwt(
     ttl_seconds: int | None,
     output: Format | None,
 ) -> None:
-    result = call(
-        ctx,
-        "JwtSvidMint",
-        {"spiffe_id": spiffe_id, "audience": audience, "ttl": ttl_seconds},
-    )
+    request = pb.MintJwtSvidRequest(spiffe_id=spiffe_id, audience=audience, ttl_seconds=ttl_seconds)
+    result: pb.MintJwtSvidResponse = call(ctx, "JwtSvidMint", request)
     f = fmt(ctx, output)
     if f.tabular:
-        typer.echo(result["token"])
+        typer.echo(result.svid.token)
     else:
-        emit(result, f)
+        emit(views.minted_jwt(result), f)

@@ -6,6 +6,8 @@ from typing import Annotated
 
 import typer
 
+from trustd.api.admin.v1 import admin_pb2 as pb
+from trustd.cli import views
 from trustd.cli.common import OutputOpt, call, fmt
 from trustd.cli.output import emit
 
@@ -21,7 +23,9 @@ def create(
     """Create a one-time join token; prints it once (only its HMAC is kept)."""
     from trustd.cli.main import parse_ttl
 
-    result = call(ctx, "TokenCreate", {"ttl": parse_ttl(ttl)})
+    result = views.token(
+        call(ctx, "TokenCreate", pb.CreateTokenRequest(ttl_seconds=parse_ttl(ttl)))
+    )
     f = fmt(ctx, output)
     if f.tabular:
         typer.echo(result["token"])

@@ -1,6 +1,7 @@
 """The proxy's policy from the local agent: a versioned watch stream it acknowledges.
 
-Talks to ``trustd.policy.v1.PolicyRelay`` on the agent socket. The first
+Talks to ``trustd.policy.v1.PolicyRelay`` on the agent socket (typed messages from
+``trustd/api/policy/v1/policy.proto``). The first
 version is waited for at start (a proxy never serves on a guess); after that
 the last version is kept through agent restarts while the stream reconnects
 with backoff. ACKs, reports and denials are sent in the background and never
@@ -11,25 +12,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
-import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
-from google.protobuf.wrappers_pb2 import BytesValue
-from grpclib.client import Channel, UnaryStreamMethod, UnaryUnaryMethod
+from grpclib.client import Channel
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 
+from trustd.api.convert import denial_message, policy_set_of, proxy_status_message
+from trustd.api.policy.v1 import policy_pb2 as pb
+from trustd.api.policy.v1.policy_grpc import PolicyRelayStub
 from trustd.dataplane.policysource import PolicyListener
 from trustd.dataplane.proxy import DenialEvent
-from trustd.errors import UnavailableError
+from trustd.errors import TrustdError, UnavailableError
 from trustd.policy.effective import PolicySet
 from trustd.policy.status import ProxyStatus
 
 log = structlog.get_logger(__name__)
-
-SERVICE = "trustd.policy.v1.PolicyRelay"
 
 
 class AgentPolicySource:
@@ -62,16 +61,12 @@ class AgentPolicySource:
         while True:
             channel = self._channel()
             try:
-                stub = UnaryStreamMethod(channel, f"/{SERVICE}/Watch", BytesValue, BytesValue)
-                async with stub.open() as st:
-                    await st.send_message(
-                        BytesValue(value=json.dumps({"proxy_id": self.proxy_id}).encode()), end=True
-                    )
+                async with PolicyRelayStub(channel).Watch.open() as st:
+                    await st.send_message(pb.WatchRequest(proxy_id=self.proxy_id), end=True)
                     async for msg in st:
-                        doc = json.loads(msg.value)
-                        self._set(PolicySet.from_json(doc["policy"]))
+                        self._set(policy_set_of(msg.policy))
                         delay = 0.2
-            except (GRPCError, OSError, StreamTerminatedError, ValueError, KeyError) as exc:
+            except (GRPCError, OSError, StreamTerminatedError, ValueError, KeyError, TrustdError) as exc:
                 log.warning("policy stream from the agent lost; retrying", error=str(exc), retry_in=delay)
             finally:
                 channel.close()
@@ -100,12 +95,11 @@ class AgentPolicySource:
 
         return unsubscribe
 
-    def _send(self, method: str, doc: dict[str, Any]) -> None:
+    def _send(self, method: str, call_on: Callable[[PolicyRelayStub], Awaitable[pb.Empty]]) -> None:
         async def call() -> None:
             channel = self._channel()
             try:
-                stub = UnaryUnaryMethod(channel, f"/{SERVICE}/{method}", BytesValue, BytesValue)
-                await stub(BytesValue(value=json.dumps(doc, default=str).encode()), timeout=10)
+                await call_on(PolicyRelayStub(channel))
             except (GRPCError, OSError, StreamTerminatedError, TimeoutError) as exc:
                 log.warning("could not send to the agent", method=method, error=str(exc))
             finally:
@@ -116,15 +110,16 @@ class AgentPolicySource:
         task.add_done_callback(self._tasks.discard)
 
     def ack(self, version: int) -> None:
-        self._send("Ack", {"proxy_id": self.proxy_id, "version": version})
+        request = pb.AckRequest(ack=pb.Ack(proxy_id=self.proxy_id, version=version))
+        self._send("Ack", lambda stub: stub.Ack(request, timeout=10))
 
     def report(self, status: ProxyStatus) -> None:
-        self._send("Report", {"status": status.to_json()})
+        request = pb.ReportRequest(status=proxy_status_message(status))
+        self._send("Report", lambda stub: stub.Report(request, timeout=10))
 
     def deny(self, event: DenialEvent) -> None:
-        doc = dataclasses.asdict(event)
-        doc["time"] = event.time.isoformat()
-        self._send("Deny", {"event": doc})
+        request = pb.DenyRequest(denial=denial_message(event))
+        self._send("Deny", lambda stub: stub.Deny(request, timeout=10))
 
     async def close(self) -> None:
         if self._watch is not None:

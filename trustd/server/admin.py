@@ -1,7 +1,12 @@
-"""The admin API on the admin Unix socket (0600): what the ``trustd`` CLI calls.
+"""The admin API edge (``trustd.admin.v1.Admin``) on the admin Unix socket (0600): what
+the ``trustd`` CLI calls.
 
 Only the socket's owner or root gets in; the kernel says who the caller is
-(SO_PEERCRED), and that identity is the actor of every audit event.
+(SO_PEERCRED), and that identity is the actor of every audit event. Each method
+turns its request message into a registry or core request, runs it off the event
+loop and turns the answer back into a message; errors become statuses in
+``trustd.api.edge``. Policy and rollout methods are in ``admin_policy``, audit
+methods in ``admin_audit``.
 """
 
 from __future__ import annotations
@@ -11,259 +16,102 @@ from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any
 
-import grpclib.server
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
+from grpclib.server import Stream
 
-from trustd import durations, peercred
-from trustd.ca.issuer import IssuedSvid
+from trustd import peercred
+from trustd.api.admin.v1 import admin_grpc
+from trustd.api.admin.v1 import admin_pb2 as pb
+from trustd.api.convert import bundle_message, entry_message, jwt_svid_message, timestamp
+from trustd.api.convert import x509_svid_message as svid_message
+from trustd.api.types.v1 import types_pb2
+from trustd.audit.events import Actor
 from trustd.errors import InvalidArgumentError
-from trustd.server.audit_hook import Actor
+from trustd.registry import CreateEntry, CreateToken, Registry
+from trustd.registry.tokens import DEFAULT_TOKEN_TTL
+from trustd.server.admin_audit import AuditAdmin
+from trustd.server.admin_policy import PolicyAdmin
+from trustd.server.auditing import ServerAudit
 from trustd.server.core import ServerCore
-from trustd.server.rpc import JsonService, run_blocking
+from trustd.server.policy_plane import PolicyPlane
 from trustd.store.base import AgentRecord, AuthorityRecord
 
-SERVICE = "trustd.admin.v1.Admin"
+MAX_TTL_SECONDS = 10 * 365 * 86400  # far above any server maximum; keeps timedelta in range
 
 
-def _iso(when: dt.datetime | None) -> str | None:
-    return None if when is None else when.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
-
-
-def authority_json(r: AuthorityRecord) -> dict[str, Any]:
-    return {
-        "id": r.id,
-        "state": r.state,
-        "tainted": r.tainted,
-        "revoked": r.revoked,
-        "not_before": _iso(r.not_before),
-        "not_after": _iso(r.not_after),
-        "key_backend": r.key_ref.backend,
-        "key_algorithm": r.key_ref.algorithm.value,
-        "subject": r.certificate.subject.rfc4514_string(),
-        "upstream": bool(r.upstream_roots),
-    }
-
-
-def agent_json(a: AgentRecord) -> dict[str, Any]:
-    return {
-        "id": a.id,
-        "spiffe_id": a.spiffe_id,
-        "serial": a.serial,
-        "not_after": _iso(a.not_after),
-        "joined_at": _iso(a.joined_at),
-        "last_seen": _iso(a.last_seen),
-        "evicted": a.evicted,
-        "hostname": a.hostname,
-    }
-
-
-def svid_json(s: IssuedSvid) -> dict[str, Any]:
-    return {
-        "spiffe_id": str(s.spiffe_id),
-        "serial": s.serial,
-        "not_after": _iso(s.not_after),
-        "authority_id": s.authority_id,
-        "chain_pem": s.chain_pem().decode(),
-    }
-
-
-def _ttl(doc: dict[str, Any], key: str = "ttl") -> dt.timedelta | None:
-    value = doc.get(key)
-    if value is None or value == "":
+def ttl_of(msg: Any, field: str = "ttl_seconds") -> dt.timedelta | None:
+    """An optional TTL field: None when unset."""
+    if not msg.HasField(field):
         return None
-    if isinstance(value, bool):
-        raise InvalidArgumentError(f"invalid {key}")
-    if isinstance(value, int | float):
-        try:
-            return dt.timedelta(seconds=value)
-        except (OverflowError, ValueError):
-            raise InvalidArgumentError(f"{key} is out of range") from None
-    try:
-        return durations.parse(str(value))
-    except ValueError as exc:
-        raise InvalidArgumentError(str(exc)) from None
+    seconds = getattr(msg, field)
+    if abs(seconds) > MAX_TTL_SECONDS:
+        raise InvalidArgumentError("ttl is out of range")
+    return dt.timedelta(seconds=seconds)
 
 
-def _token_ttl(doc: dict[str, Any]) -> dt.timedelta:
-    """The asked TTL, or 10 minutes when none was given (a zero TTL is refused, not defaulted)."""
-    ttl = _ttl(doc)
-    return dt.timedelta(minutes=10) if ttl is None else ttl
-
-
-def _str(doc: dict[str, Any], key: str, *, required: bool = True) -> str:
-    value = doc.get(key)
-    if value is None and not required:
-        return ""
-    if not isinstance(value, str) or (required and not value):
-        raise InvalidArgumentError(f"{key} is required")
+def required(value: str, name: str) -> str:
+    if not value:
+        raise InvalidArgumentError(f"{name} is required")
     return value
 
 
-def _list(doc: dict[str, Any], key: str) -> list[str]:
-    value = doc.get(key) or []
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise InvalidArgumentError(f"{key} must be a list of strings")
-    return value
+def authority_message(r: AuthorityRecord) -> pb.Authority:
+    return pb.Authority(
+        id=r.id,
+        state=r.state,
+        tainted=r.tainted,
+        revoked=r.revoked,
+        not_before=timestamp(r.not_before),
+        not_after=timestamp(r.not_after),
+        key_backend=r.key_ref.backend,
+        key_algorithm=r.key_ref.algorithm.value,
+        subject=r.certificate.subject.rfc4514_string(),
+        upstream=bool(r.upstream_roots),
+    )
 
 
-class AdminService(JsonService):
-    service_name = SERVICE
+def agent_message(a: AgentRecord) -> pb.Agent:
+    return pb.Agent(
+        id=a.id,
+        spiffe_id=a.spiffe_id,
+        serial=a.serial,
+        not_after=timestamp(a.not_after),
+        joined_at=timestamp(a.joined_at),
+        last_seen=timestamp(a.last_seen),
+        evicted=a.evicted,
+        hostname=a.hostname,
+    )
 
+
+class AdminService(PolicyAdmin, AuditAdmin, admin_grpc.AdminBase):
     def __init__(
-        self, core: ServerCore, *, executor: Executor | None, socket_path: Path, owner_uid: int
+        self,
+        core: ServerCore,
+        registry: Registry,
+        *,
+        executor: Executor | None,
+        socket_path: Path,
+        owner_uid: int,
+        policy: PolicyPlane | None = None,
+        audit: ServerAudit | None = None,
     ) -> None:
-        super().__init__()
         self.core = core
+        self.registry = registry
         self.executor = executor
         self.socket_path = socket_path
         self.owner_uid = owner_uid
-        c = core
-        run = self._run
+        self.policy = policy
+        self.server_audit = audit
 
-        async def entry_create(s: Any, d: dict[str, Any]) -> Any:
-            e = await run(
-                lambda: c.create_entry(
-                    self.actor(s),
-                    spiffe_id=_str(d, "spiffe_id"),
-                    selectors=_list(d, "selectors"),
-                    ttl=_ttl(d),
-                    dns_names=_list(d, "dns_names"),
-                    agent_id=_str(d, "agent_id", required=False) or None,
-                )
-            )
-            return e.to_json()
-
-        async def entry_list(s: Any, d: dict[str, Any]) -> Any:
-            return {"entries": [e.to_json() for e in await run(c.store.list_entries)]}
-
-        async def entry_show(s: Any, d: dict[str, Any]) -> Any:
-            return (await run(lambda: c.store.get_entry(_str(d, "id")))).to_json()
-
-        async def entry_delete(s: Any, d: dict[str, Any]) -> Any:
-            return (await run(lambda: c.delete_entry(self.actor(s), _str(d, "id")))).to_json()
-
-        async def svid_mint(s: Any, d: dict[str, Any]) -> Any:
-            svid = await run(
-                lambda: c.mint(
-                    self.actor(s),
-                    spiffe_id=_str(d, "spiffe_id"),
-                    csr=_str(d, "csr_pem").encode(),
-                    ttl=_ttl(d),
-                    dns_names=_list(d, "dns_names"),
-                )
-            )
-            out = svid_json(svid)
-            out["bundle_pem"] = c.bundle().to_pem().decode()
-            return out
-
-        async def jwt_svid_mint(s: Any, d: dict[str, Any]) -> Any:
-            svid = await run(
-                lambda: c.mint_jwt(
-                    self.actor(s),
-                    spiffe_id=_str(d, "spiffe_id"),
-                    audience=_list(d, "audience"),
-                    ttl=_ttl(d),
-                )
-            )
-            return {
-                "spiffe_id": str(svid.spiffe_id),
-                "audience": list(svid.audience),
-                "token": svid.token,
-                "kid": svid.key_id,
-                "jti": svid.jti,
-                "issued_at": _iso(svid.issued_at),
-                "expires_at": _iso(svid.expires_at),
-            }
-
-        async def bundle_show(s: Any, d: dict[str, Any]) -> Any:
-            b = await run(c.bundle)
-            return {
-                "trust_domain": str(b.trust_domain),
-                "sequence": b.sequence,
-                "pem": b.to_pem().decode(),
-                "spiffe": b.to_spiffe_json(),
-            }
-
-        async def authority_list(s: Any, d: dict[str, Any]) -> Any:
-            recs = await run(c.authorities.records)
-            return {"authorities": [authority_json(r) for r in recs]}
-
-        def authority(op: str) -> Any:
-            async def fn(s: Any, d: dict[str, Any]) -> Any:
-                aid = _str(d, "id", required=op in ("taint", "revoke"))
-                rec = await run(
-                    lambda: c.authority_op(self.actor(s), op, aid, force=bool(d.get("force")))
-                )
-                return authority_json(rec)
-
-            return fn
-
-        async def authority_blockers(s: Any, d: dict[str, Any]) -> Any:
-            aid = _str(d, "id")
-            records = await run(lambda: c.authorities.blockers(aid))
-            return {
-                "certificates": [
-                    {
-                        "serial": r.serial,
-                        "spiffe_id": r.spiffe_id,
-                        "not_after": _iso(r.not_after),
-                        "holder": r.caller,
-                        "entry_id": r.entry_id,
-                        "issued_at": _iso(r.issued_at),
-                        "reissued_by_agents": r.entry_id is not None,
-                    }
-                    for r in records
-                ]
-            }
-
-        async def token_create(s: Any, d: dict[str, Any]) -> Any:
-            token, expires = await run(lambda: c.create_token(self.actor(s), _token_ttl(d)))
-            return {"token": token, "expires_at": _iso(expires)}
-
-        async def agent_list(s: Any, d: dict[str, Any]) -> Any:
-            return {"agents": [agent_json(a) for a in await run(c.store.list_agents)]}
-
-        async def agent_evict(s: Any, d: dict[str, Any]) -> Any:
-            aid = _str(d, "id")
-            await run(lambda: c.evict_agent(self.actor(s), aid))
-            return {"id": aid, "evicted": True}
-
-        async def status(s: Any, d: dict[str, Any]) -> Any:
-            ok, reason = await run(c.readiness)
-            return {"ready": ok, "reason": reason, "trust_domain": str(c.trust_domain)}
-
-        for name, fn in {
-            "EntryCreate": entry_create,
-            "EntryList": entry_list,
-            "EntryShow": entry_show,
-            "EntryDelete": entry_delete,
-            "SvidMint": svid_mint,
-            "JwtSvidMint": jwt_svid_mint,
-            "BundleShow": bundle_show,
-            "AuthorityList": authority_list,
-            "AuthorityPrepare": authority("prepare"),
-            "AuthorityActivate": authority("activate"),
-            "AuthorityTaint": authority("taint"),
-            "AuthorityRevoke": authority("revoke"),
-            "AuthorityBlockers": authority_blockers,
-            "TokenCreate": token_create,
-            "AgentList": agent_list,
-            "AgentEvict": agent_evict,
-            "Status": status,
-        }.items():
-            self.unary(name, fn)
-
-    async def _run(self, fn: Any) -> Any:
-        return await run_blocking(self.executor, fn)
-
-    def actor(self, stream: grpclib.server.Stream[Any, Any]) -> Actor:
+    # -- the caller ------------------------------------------------------------
+    def actor(self, stream: Stream[Any, Any]) -> Actor:
         cred = peercred.from_grpclib_stream(stream)
         if cred is None:
             return Actor(kind="unix", id="unknown", addr=str(self.socket_path))
         return Actor.unix(uid=cred.uid, addr=str(self.socket_path))
 
-    async def authorize(self, stream: grpclib.server.Stream[Any, Any], method: str) -> None:
+    async def authorize(self, stream: Stream[Any, Any], method: str) -> None:
         cred = peercred.from_grpclib_stream(stream)
         if cred is None or cred.uid not in (self.owner_uid, 0):
             raise GRPCError(
@@ -273,3 +121,174 @@ class AdminService(JsonService):
 
     def on_result(self, method: str, code: Status) -> None:
         self.core.metrics.admin_requests.labels(method=method, code=code.name).inc()
+
+    # -- entries ---------------------------------------------------------------
+    async def EntryCreate(self, stream: Stream[pb.CreateEntryRequest, types_pb2.Entry]) -> None:
+        async def create(s: Stream[Any, Any], req: pb.CreateEntryRequest) -> types_pb2.Entry:
+            request = CreateEntry(
+                spiffe_id=required(req.spiffe_id, "spiffe_id"),
+                selectors=tuple(req.selectors),
+                ttl=ttl_of(req),
+                dns_names=tuple(req.dns_names),
+                agent_id=req.agent_id or None,
+            )
+            return entry_message(
+                await self.run(self.registry.entries.create, self.actor(s), request)
+            )
+
+        await self.unary(stream, "EntryCreate", create)
+
+    async def EntryList(self, stream: Stream[pb.Empty, pb.ListEntriesResponse]) -> None:
+        async def list_(s: Stream[Any, Any], req: pb.Empty) -> pb.ListEntriesResponse:
+            entries = await self.run(self.registry.entries.all)
+            return pb.ListEntriesResponse(entries=[entry_message(e) for e in entries])
+
+        await self.unary(stream, "EntryList", list_)
+
+    async def EntryShow(self, stream: Stream[pb.EntryIdRequest, types_pb2.Entry]) -> None:
+        async def show(s: Stream[Any, Any], req: pb.EntryIdRequest) -> types_pb2.Entry:
+            entry_id = required(req.id, "id")
+            return entry_message(await self.run(self.registry.entries.get, entry_id))
+
+        await self.unary(stream, "EntryShow", show)
+
+    async def EntryDelete(self, stream: Stream[pb.EntryIdRequest, types_pb2.Entry]) -> None:
+        async def delete(s: Stream[Any, Any], req: pb.EntryIdRequest) -> types_pb2.Entry:
+            entry_id = required(req.id, "id")
+            entry = await self.run(self.registry.entries.delete, self.actor(s), entry_id)
+            return entry_message(entry)
+
+        await self.unary(stream, "EntryDelete", delete)
+
+    # -- SVIDs -----------------------------------------------------------------
+    async def SvidMint(
+        self, stream: Stream[pb.MintX509SvidRequest, pb.MintX509SvidResponse]
+    ) -> None:
+        async def mint(s: Stream[Any, Any], req: pb.MintX509SvidRequest) -> pb.MintX509SvidResponse:
+            actor, spiffe_id, ttl = self.actor(s), required(req.spiffe_id, "spiffe_id"), ttl_of(req)
+
+            def blocking() -> pb.MintX509SvidResponse:
+                svid = self.core.mint(
+                    actor, spiffe_id=spiffe_id, csr=req.csr, ttl=ttl, dns_names=req.dns_names
+                )
+                return pb.MintX509SvidResponse(
+                    svid=svid_message(svid), bundle_pem=self.core.bundle().to_pem()
+                )
+
+            return await self.run(blocking)
+
+        await self.unary(stream, "SvidMint", mint)
+
+    async def JwtSvidMint(
+        self, stream: Stream[pb.MintJwtSvidRequest, pb.MintJwtSvidResponse]
+    ) -> None:
+        async def mint(s: Stream[Any, Any], req: pb.MintJwtSvidRequest) -> pb.MintJwtSvidResponse:
+            svid = await self.run(
+                lambda: self.core.mint_jwt(
+                    self.actor(s),
+                    spiffe_id=required(req.spiffe_id, "spiffe_id"),
+                    audience=list(req.audience),
+                    ttl=ttl_of(req),
+                )
+            )
+            return pb.MintJwtSvidResponse(svid=jwt_svid_message(svid))
+
+        await self.unary(stream, "JwtSvidMint", mint)
+
+    # -- bundle and authorities ------------------------------------------------
+    async def BundleShow(self, stream: Stream[pb.Empty, pb.BundleResponse]) -> None:
+        async def show(s: Stream[Any, Any], req: pb.Empty) -> pb.BundleResponse:
+            bundle = await self.run(self.core.bundle)
+            return pb.BundleResponse(bundle=bundle_message(bundle), pem=bundle.to_pem())
+
+        await self.unary(stream, "BundleShow", show)
+
+    async def AuthorityList(self, stream: Stream[pb.Empty, pb.ListAuthoritiesResponse]) -> None:
+        async def list_(s: Stream[Any, Any], req: pb.Empty) -> pb.ListAuthoritiesResponse:
+            records = await self.run(self.core.authorities.records)
+            return pb.ListAuthoritiesResponse(authorities=[authority_message(r) for r in records])
+
+        await self.unary(stream, "AuthorityList", list_)
+
+    async def _authority(self, stream: Stream[pb.AuthorityRequest, pb.Authority], op: str) -> None:
+        async def step(s: Stream[Any, Any], req: pb.AuthorityRequest) -> pb.Authority:
+            authority_id = required(req.id, "id") if op in ("taint", "revoke") else req.id
+            record = await self.run(
+                lambda: self.core.authority_op(self.actor(s), op, authority_id, force=req.force)
+            )
+            return authority_message(record)
+
+        await self.unary(stream, f"Authority{op.capitalize()}", step)
+
+    async def AuthorityPrepare(self, stream: Stream[pb.AuthorityRequest, pb.Authority]) -> None:
+        await self._authority(stream, "prepare")
+
+    async def AuthorityActivate(self, stream: Stream[pb.AuthorityRequest, pb.Authority]) -> None:
+        await self._authority(stream, "activate")
+
+    async def AuthorityTaint(self, stream: Stream[pb.AuthorityRequest, pb.Authority]) -> None:
+        await self._authority(stream, "taint")
+
+    async def AuthorityRevoke(self, stream: Stream[pb.AuthorityRequest, pb.Authority]) -> None:
+        await self._authority(stream, "revoke")
+
+    async def AuthorityBlockers(
+        self, stream: Stream[pb.AuthorityRequest, pb.ListBlockersResponse]
+    ) -> None:
+        async def blockers(
+            s: Stream[Any, Any], req: pb.AuthorityRequest
+        ) -> pb.ListBlockersResponse:
+            records = await self.run(self.core.authorities.blockers, required(req.id, "id"))
+            return pb.ListBlockersResponse(
+                certificates=[
+                    pb.Blocker(
+                        serial=r.serial,
+                        spiffe_id=r.spiffe_id,
+                        not_after=timestamp(r.not_after),
+                        holder=r.caller,
+                        entry_id=r.entry_id,
+                        issued_at=timestamp(r.issued_at),
+                    )
+                    for r in records
+                ]
+            )
+
+        await self.unary(stream, "AuthorityBlockers", blockers)
+
+    # -- tokens, agents, status ------------------------------------------------
+    async def TokenCreate(
+        self, stream: Stream[pb.CreateTokenRequest, pb.CreateTokenResponse]
+    ) -> None:
+        async def create(s: Stream[Any, Any], req: pb.CreateTokenRequest) -> pb.CreateTokenResponse:
+            ttl = ttl_of(req)  # unset: 10 minutes; a zero TTL is refused, not defaulted
+            request = CreateToken(ttl=DEFAULT_TOKEN_TTL if ttl is None else ttl)
+            created = await self.run(self.registry.tokens.create, self.actor(s), request)
+            return pb.CreateTokenResponse(
+                token=created.token, expires_at=timestamp(created.expires_at)
+            )
+
+        await self.unary(stream, "TokenCreate", create)
+
+    async def AgentList(self, stream: Stream[pb.Empty, pb.ListAgentsResponse]) -> None:
+        async def list_(s: Stream[Any, Any], req: pb.Empty) -> pb.ListAgentsResponse:
+            agents = await self.run(self.registry.agents.all)
+            return pb.ListAgentsResponse(agents=[agent_message(a) for a in agents])
+
+        await self.unary(stream, "AgentList", list_)
+
+    async def AgentEvict(self, stream: Stream[pb.AgentIdRequest, pb.EvictAgentResponse]) -> None:
+        async def evict(s: Stream[Any, Any], req: pb.AgentIdRequest) -> pb.EvictAgentResponse:
+            agent_id = required(req.id, "id")
+            record = await self.run(self.registry.agents.evict, self.actor(s), agent_id)
+            return pb.EvictAgentResponse(id=record.id, evicted=record.evicted)
+
+        await self.unary(stream, "AgentEvict", evict)
+
+    async def Status(self, stream: Stream[pb.Empty, pb.StatusResponse]) -> None:
+        async def status(s: Stream[Any, Any], req: pb.Empty) -> pb.StatusResponse:
+            ok, reason = await self.run(self.core.readiness)
+            return pb.StatusResponse(
+                ready=ok, reason=reason, trust_domain=str(self.core.trust_domain)
+            )
+
+        await self.unary(stream, "Status", status)

@@ -5,26 +5,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import json
 import threading
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO, cast
 
-from trustd.audit import parse_time
+from grpclib.server import Stream
+
+from trustd.api.admin.v1 import admin_pb2 as pb
+from trustd.api.edge import Edge
+from trustd.audit import AuditLog, parse_time
+from trustd.audit.events import Actor
 from trustd.errors import InvalidArgumentError, TrustdError, UnavailableError
-from trustd.server.auditing import AuditLogAuditor, DeferredAuditor
+from trustd.server.auditing import ServerAudit
 
 if TYPE_CHECKING:
-    from trustd.server.admin import AdminService
+    from trustd.server.core import ServerCore
 
 CHUNK = 256 * 1024
 
 
-def _time(value: Any, name: str, now: dt.datetime) -> dt.datetime | None:
-    """RFC 3339, a date, or a duration ago ("24h")."""
-    if value in (None, ""):
+def _time(value: str, name: str, now: dt.datetime) -> dt.datetime | None:
+    """RFC 3339, a date, or a duration ago ("24h"); empty: none."""
+    if not value:
         return None
     try:
-        return parse_time(str(value), now=now)
+        return parse_time(value, now=now)
     except (ValueError, TrustdError):
         raise InvalidArgumentError(
             f"invalid --{name}: use RFC 3339 (2026-11-26T10:00:00Z), a date, or a duration ago (24h)"
@@ -54,106 +60,130 @@ class _QueueWriter:
             asyncio.run_coroutine_threadsafe(self._queue.put(chunk), self._loop).result()
 
 
-def register(admin: AdminService, auditor: AuditLogAuditor | DeferredAuditor) -> None:
-    class _Log:
-        """Resolves the audit log on each use: it may open after the admin API starts."""
+def _filters(req: pb.ExportAuditRequest, now: dt.datetime) -> dict[str, Any]:
+    if req.outcome not in ("", "success", "failure"):
+        raise InvalidArgumentError("invalid --outcome: use success or failure")
+    return {
+        "since": _time(req.since, "since", now),
+        "until": _time(req.until, "until", now),
+        "types": list(req.types),
+        "outcome": req.outcome or None,
+    }
 
-        def __getattr__(self, name: str) -> Any:
-            return getattr(auditor.log, name)
 
-    log: Any = _Log()
+class AuditAdmin(Edge):
+    """The admin API's audit methods (SPEC §9), mixed into AdminService."""
 
-    async def verify(s: Any, d: dict[str, Any]) -> Any:
-        report = await admin._run(log.verify)
-        return {
-            "ok": report.ok,
-            "first_bad_seq": report.first_bad_seq,
-            "problem": report.problem,
-            "events_checked": report.events_checked,
-            "first_seq": report.first_seq,
-            "last_seq": report.last_seq,
-            "checkpoints_checked": report.checkpoints_checked,
-            "last_checkpoint_seq": report.last_checkpoint_seq,
-            "head_seq": report.head_seq,
-        }
+    server_audit: ServerAudit | None
+    core: ServerCore
 
-    async def keys(s: Any, d: dict[str, Any]) -> Any:
-        from trustd.audit.keyring import export_keys
+    def actor(self, stream: Stream[Any, Any]) -> Actor:
+        raise NotImplementedError
 
-        return export_keys(await admin._run(log.public_keys))
+    def _log(self) -> AuditLog:
+        """Resolved on each use: the log may open after the admin API starts."""
+        if self.server_audit is None:
+            raise UnavailableError("this server keeps no audit log of its own")
+        return self.server_audit.log
 
-    def _filters(d: dict[str, Any]) -> dict[str, Any]:
-        types = d.get("types") or []
-        outcome = d.get("outcome")
-        if outcome not in (None, "", "success", "failure"):
-            raise InvalidArgumentError("invalid --outcome: use success or failure")
-        return {
-            "since": _time(d.get("since"), "since", admin.core.clock.now()),
-            "until": _time(d.get("until"), "until", admin.core.clock.now()),
-            "types": [str(t) for t in types],
-            "outcome": outcome or None,
-        }
+    async def AuditVerify(self, stream: Stream[pb.Empty, pb.VerifyAuditResponse]) -> None:
+        async def verify(s: Stream[Any, Any], req: pb.Empty) -> pb.VerifyAuditResponse:
+            r = await self.run(self._log().verify)
+            msg = pb.VerifyAuditResponse(
+                ok=r.ok,
+                problem=r.problem,
+                events_checked=r.events_checked,
+                checkpoints_checked=r.checkpoints_checked,
+            )
+            for name in (
+                "first_bad_seq",
+                "first_seq",
+                "last_seq",
+                "last_checkpoint_seq",
+                "head_seq",
+            ):
+                if getattr(r, name) is not None:
+                    setattr(msg, name, getattr(r, name))
+            return msg
 
-    async def export(s: Any, d: dict[str, Any]) -> AsyncIterator[Any]:
-        filters = _filters(d)
-        fmt = str(d.get("format", "jsonl"))
-        actor = admin.actor(s)
-        total = await admin._run(lambda: log.count(**filters))
-        yield {"total": total}
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[str | None] = asyncio.Queue(maxsize=8)
-        writer = _QueueWriter(loop, queue)
-        failure: list[BaseException] = []
+        await self.unary(stream, "AuditVerify", verify)
 
-        def produce() -> int:
+    async def AuditKeys(self, stream: Stream[pb.Empty, pb.AuditKeysResponse]) -> None:
+        async def keys(s: Stream[Any, Any], req: pb.Empty) -> pb.AuditKeysResponse:
+            from trustd.audit.keyring import export_keys
+
+            exported = export_keys(await self.run(self._log().public_keys))
+            return pb.AuditKeysResponse(keys=json.dumps(exported).encode())
+
+        await self.unary(stream, "AuditKeys", keys)
+
+    async def AuditExport(self, stream: Stream[pb.ExportAuditRequest, pb.ExportAuditChunk]) -> None:
+        async def export(
+            s: Stream[Any, Any], req: pb.ExportAuditRequest
+        ) -> AsyncIterator[pb.ExportAuditChunk]:
+            log = self._log()
+            filters = _filters(req, self.core.clock.now())
+            fmt = req.format or "jsonl"
+            actor = self.actor(s)
+            total = await self.run(lambda: log.count(**filters))
+            yield pb.ExportAuditChunk(total=total)
+            loop = asyncio.get_running_loop()
+            queue: asyncio.Queue[str | None] = asyncio.Queue(maxsize=8)
+            writer = _QueueWriter(loop, queue)
+            failure: list[BaseException] = []
+
+            def produce() -> int:
+                try:
+                    n = log.export(cast(TextIO, writer), format=fmt, actor=actor, **filters)
+                    writer.flush()
+                    return int(n)
+                except BaseException as exc:
+                    failure.append(exc)
+                    return 0
+                finally:
+                    asyncio.run_coroutine_threadsafe(queue.put(None), loop).result()
+
+            task = loop.run_in_executor(self.executor, produce)
+            while (chunk := await queue.get()) is not None:
+                yield pb.ExportAuditChunk(data=chunk)
+            count = await task
+            if failure:
+                raise failure[0]
+            yield pb.ExportAuditChunk(done=count)
+
+        await self.server_stream(stream, "AuditExport", export)
+
+    async def AuditTail(self, stream: Stream[pb.TailAuditRequest, pb.AuditLine]) -> None:
+        async def tail(
+            s: Stream[Any, Any], req: pb.TailAuditRequest
+        ) -> AsyncIterator[pb.AuditLine]:
+            log = self._log()
+            follow, last = req.follow, req.last or 10
+            stop = threading.Event()
+            loop = asyncio.get_running_loop()
+            queue: asyncio.Queue[pb.AuditLine | None] = asyncio.Queue(maxsize=1024)
+
+            def produce() -> None:
+                try:
+                    for rec in log.tail(follow=follow, last=last, stop=stop):
+                        if stop.is_set():
+                            break
+                        line = pb.AuditLine(line=rec.raw)
+                        asyncio.run_coroutine_threadsafe(queue.put(line), loop).result()
+                finally:
+                    with contextlib.suppress(RuntimeError):
+                        asyncio.run_coroutine_threadsafe(queue.put(None), loop).result(timeout=5)
+
+            task = loop.run_in_executor(None, produce)  # long-lived: kept off the bounded pool
             try:
-                n = log.export(writer, format=fmt, actor=actor, **filters)
-                writer.flush()
-                return int(n)
-            except BaseException as exc:
-                failure.append(exc)
-                return 0
+                while (item := await queue.get()) is not None:
+                    yield item
             finally:
-                asyncio.run_coroutine_threadsafe(queue.put(None), loop).result()
+                stop.set()
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(task, 5)
 
-        task = loop.run_in_executor(admin.executor, produce)
-        while (chunk := await queue.get()) is not None:
-            yield {"data": chunk}
-        count = await task
-        if failure:
-            raise failure[0]
-        yield {"done": count}
-
-    async def tail(s: Any, d: dict[str, Any]) -> AsyncIterator[Any]:
-        follow = bool(d.get("follow"))
-        last = int(d.get("last") or 10)
-        stop = threading.Event()
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(maxsize=1024)
-
-        def produce() -> None:
-            try:
-                for rec in log.tail(follow=follow, last=last, stop=stop):
-                    if stop.is_set():
-                        break
-                    asyncio.run_coroutine_threadsafe(queue.put({"event": rec.raw}), loop).result()
-            finally:
-                with contextlib.suppress(RuntimeError):
-                    asyncio.run_coroutine_threadsafe(queue.put(None), loop).result(timeout=5)
-
-        task = loop.run_in_executor(None, produce)  # long-lived: kept off the bounded pool
-        try:
-            while (item := await queue.get()) is not None:
-                yield item
-        finally:
-            stop.set()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(task, 5)
-
-    admin.unary("AuditVerify", verify)
-    admin.unary("AuditKeys", keys)
-    admin.server_stream("AuditExport", export)
-    admin.server_stream("AuditTail", tail)
+        await self.server_stream(stream, "AuditTail", tail)
 
 
-__all__ = ["UnavailableError", "register"]
+__all__ = ["AuditAdmin", "TrustdError"]

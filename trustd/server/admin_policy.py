@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+from grpclib.server import Stream
 
 from trustd import durations
-from trustd.errors import InvalidArgumentError
+from trustd.api.admin.v1 import admin_pb2 as pb
+from trustd.api.edge import Edge
+from trustd.audit.events import Actor
+from trustd.errors import InvalidArgumentError, UnavailableError
 from trustd.policy.effective import PolicySet
 from trustd.policy.errors import PolicyValidationError
 from trustd.policy.hub import ApplyResult, merge_objects
@@ -16,19 +22,15 @@ from trustd.policy.status import ProxyStatus
 from trustd.server.policy_plane import STATUS_MAX_AGE, PolicyPlane
 from trustd.spiffeid import SpiffeId
 
-if TYPE_CHECKING:
-    from trustd.server.admin import AdminService
 
-
-def _documents(d: dict[str, Any]) -> list[Any]:
-    files = d.get("files")
-    if not isinstance(files, list) or not files:
+def _documents(files: Sequence[pb.PolicyFile]) -> list[Any]:
+    if not files:
         raise InvalidArgumentError("no policy documents: pass -f FILE")
     objects: list[Any] = []
     problems: list[str] = []
     for f in files:
         try:
-            objects.extend(load_text(str(f.get("text", "")), source=str(f.get("name", "<input>"))))
+            objects.extend(load_text(f.text, source=f.name or "<input>"))
         except PolicyValidationError as exc:
             problems.extend(exc.problems)
     if problems:
@@ -36,14 +38,18 @@ def _documents(d: dict[str, Any]) -> list[Any]:
     return objects
 
 
-def _apply_json(result: ApplyResult) -> dict[str, Any]:
-    return {
-        "version": result.policy.version,
-        "hash": result.policy.content_hash,
-        "published": result.published,
-        "forcedReasons": list(result.forced_reasons),
-        "diff": result.diff.lines(),
-    }
+def _applied(result: ApplyResult) -> pb.ApplyPolicyResponse:
+    return pb.ApplyPolicyResponse(
+        version=result.policy.version,
+        hash=result.policy.content_hash,
+        published=result.published,
+        forced_reasons=list(result.forced_reasons),
+        diff=result.diff.lines(),
+    )
+
+
+def _report(doc: Any) -> pb.PolicyReport:
+    return pb.PolicyReport(document=json.dumps(doc, default=str).encode())
 
 
 def enforcement(ps: PolicySet, statuses: Sequence[ProxyStatus]) -> list[dict[str, Any]]:
@@ -76,81 +82,110 @@ def enforcement(ps: PolicySet, statuses: Sequence[ProxyStatus]) -> list[dict[str
     return rows
 
 
-def register(admin: AdminService, plane: PolicyPlane) -> None:
-    def actor(s: Any) -> Any:
-        return admin.actor(s)
+class PolicyAdmin(Edge):
+    """The admin API's policy and rollout methods (SPEC §8), mixed into AdminService."""
 
-    async def apply(s: Any, d: dict[str, Any]) -> Any:
-        result = plane.apply(
-            actor(s),
-            _documents(d),
-            prune=bool(d.get("prune")),
-            force=bool(d.get("force")),
-            dry_run=bool(d.get("dry_run")),
-        )
-        return _apply_json(result)
+    policy: PolicyPlane | None
 
-    async def show(s: Any, d: dict[str, Any]) -> Any:
-        sid = SpiffeId.parse(str(d.get("spiffe_id", "")))
-        port = d.get("port")
-        return plane.current().show(sid, int(port) if port is not None else None)
+    def actor(self, stream: Stream[Any, Any]) -> Actor:
+        raise NotImplementedError
 
-    async def diff_(s: Any, d: dict[str, Any]) -> Any:
-        current = plane.current()
-        objects = _documents(d)
-        proposed = objects if d.get("prune") else list(merge_objects(current.objects, objects))
-        change = diff(current, proposed)
-        return {"empty": change.is_empty, "lines": change.lines(), **change.to_json()}
+    def _plane(self) -> PolicyPlane:
+        if self.policy is None:
+            raise UnavailableError("this server has no policy plane")
+        return self.policy
 
-    async def status(s: Any, d: dict[str, Any]) -> Any:
-        ps = plane.current()
-        statuses = plane.hub.statuses(max_age=STATUS_MAX_AGE)
-        proxies = [st.to_json() for st in statuses]
-        rows = enforcement(ps, statuses)
-        return {
-            "version": ps.version,
-            "hash": ps.content_hash,
-            "objects": [o.ref for o in ps.objects],
-            "clientTlsOffGlobal": ps.client_tls_off_global,
-            "pending": bool(ps.pending),
-            "proxies": proxies,
-            "enforcement": rows,
-            "converged": all(p.get("ackedVersion", 0) >= ps.version for p in proxies)
-            and all(r["agrees"] for r in rows),
-        }
+    async def PolicyApply(
+        self, stream: Stream[pb.ApplyPolicyRequest, pb.ApplyPolicyResponse]
+    ) -> None:
+        async def apply(s: Stream[Any, Any], req: pb.ApplyPolicyRequest) -> pb.ApplyPolicyResponse:
+            result = self._plane().apply(
+                self.actor(s),
+                _documents(req.files),
+                prune=req.prune,
+                force=req.force,
+                dry_run=req.dry_run,
+            )
+            return _applied(result)
 
-    async def client_tls(s: Any, d: dict[str, Any]) -> Any:
-        result = plane.client_tls_off(actor(s), bool(d.get("off")), force=bool(d.get("force")))
-        return _apply_json(result)
+        await self.unary(stream, "PolicyApply", apply)
 
-    def rollout(command: str) -> Any:
-        async def fn(s: Any, d: dict[str, Any]) -> Any:
+    async def PolicyShow(self, stream: Stream[pb.ShowPolicyRequest, pb.PolicyReport]) -> None:
+        async def show(s: Stream[Any, Any], req: pb.ShowPolicyRequest) -> pb.PolicyReport:
+            sid = SpiffeId.parse(req.spiffe_id)
+            port = req.port if req.HasField("port") else None
+            return _report(self._plane().current().show(sid, port))
+
+        await self.unary(stream, "PolicyShow", show)
+
+    async def PolicyDiff(self, stream: Stream[pb.DiffPolicyRequest, pb.DiffPolicyResponse]) -> None:
+        async def diff_(s: Stream[Any, Any], req: pb.DiffPolicyRequest) -> pb.DiffPolicyResponse:
+            current = self._plane().current()
+            objects = _documents(req.files)
+            proposed = objects if req.prune else list(merge_objects(current.objects, objects))
+            change = diff(current, proposed)
+            return pb.DiffPolicyResponse(
+                empty=change.is_empty,
+                lines=change.lines(),
+                changes=json.dumps(change.to_json(), default=str).encode(),
+            )
+
+        await self.unary(stream, "PolicyDiff", diff_)
+
+    async def PolicyStatus(self, stream: Stream[pb.Empty, pb.PolicyReport]) -> None:
+        async def status(s: Stream[Any, Any], req: pb.Empty) -> pb.PolicyReport:
+            plane = self._plane()
+            ps = plane.current()
+            statuses = plane.hub.statuses(max_age=STATUS_MAX_AGE)
+            proxies = [st.to_json() for st in statuses]
+            rows = enforcement(ps, statuses)
+            return _report({
+                "version": ps.version,
+                "hash": ps.content_hash,
+                "objects": [o.ref for o in ps.objects],
+                "clientTlsOffGlobal": ps.client_tls_off_global,
+                "pending": bool(ps.pending),
+                "proxies": proxies,
+                "enforcement": rows,
+                "converged": all(p.get("ackedVersion", 0) >= ps.version for p in proxies)
+                and all(r["agrees"] for r in rows),
+            })  # fmt: skip
+
+        await self.unary(stream, "PolicyStatus", status)
+
+    async def PolicyClientTls(
+        self, stream: Stream[pb.ClientTlsRequest, pb.ApplyPolicyResponse]
+    ) -> None:
+        async def switch(s: Stream[Any, Any], req: pb.ClientTlsRequest) -> pb.ApplyPolicyResponse:
+            return _applied(self._plane().client_tls_off(self.actor(s), req.off, force=req.force))
+
+        await self.unary(stream, "PolicyClientTls", switch)
+
+    async def _rollout(self, stream: Stream[Any, pb.PolicyReport], command: str) -> None:
+        async def step(s: Stream[Any, Any], req: Any) -> pb.PolicyReport:
             kwargs: dict[str, Any] = {}
-            if command == "start":
-                kwargs = {
-                    "selector": str(d.get("selector", "")),
-                    "target": str(d.get("target", "")),
-                    "canary": int(d.get("canary") or 0),
-                }
-                if d.get("step_timeout"):
+            if isinstance(req, pb.StartRolloutRequest):
+                kwargs = {"selector": req.selector, "target": req.target, "canary": req.canary}
+                if req.step_timeout:
                     try:
-                        kwargs["step_timeout"] = durations.parse(str(d["step_timeout"]))
+                        kwargs["step_timeout"] = durations.parse(req.step_timeout)
                     except ValueError as exc:
                         raise InvalidArgumentError(str(exc)) from None
-            return plane.rollout(actor(s), command, **kwargs).to_json()
+            return _report(self._plane().rollout(self.actor(s), command, **kwargs).to_json())
 
-        return fn
+        await self.unary(stream, f"Rollout{command.capitalize()}", step)
 
-    for name, fn in {
-        "PolicyApply": apply,
-        "PolicyShow": show,
-        "PolicyDiff": diff_,
-        "PolicyStatus": status,
-        "PolicyClientTls": client_tls,
-        "RolloutStart": rollout("start"),
-        "RolloutStatus": rollout("status"),
-        "RolloutPause": rollout("pause"),
-        "RolloutResume": rollout("resume"),
-        "RolloutAbort": rollout("abort"),
-    }.items():
-        admin.unary(name, fn)
+    async def RolloutStart(self, stream: Stream[pb.StartRolloutRequest, pb.PolicyReport]) -> None:
+        await self._rollout(stream, "start")
+
+    async def RolloutStatus(self, stream: Stream[pb.Empty, pb.PolicyReport]) -> None:
+        await self._rollout(stream, "status")
+
+    async def RolloutPause(self, stream: Stream[pb.Empty, pb.PolicyReport]) -> None:
+        await self._rollout(stream, "pause")
+
+    async def RolloutResume(self, stream: Stream[pb.Empty, pb.PolicyReport]) -> None:
+        await self._rollout(stream, "resume")
+
+    async def RolloutAbort(self, stream: Stream[pb.Empty, pb.PolicyReport]) -> None:
+        await self._rollout(stream, "abort")

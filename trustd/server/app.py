@@ -16,6 +16,7 @@ import structlog
 from grpclib.health.check import ServiceStatus
 from grpclib.health.service import Health
 
+from trustd.audit import AuditSink
 from trustd.ca.authority import AuthorityManager, RotationSchedule
 from trustd.ca.issuer import X509Issuer
 from trustd.ca.jwt import JwtKeyring, JwtSchedule
@@ -23,13 +24,11 @@ from trustd.ca.kms.base import KeyAlgorithm
 from trustd.clock import Clock, SystemClock
 from trustd.config import ServerConfig
 from trustd.errors import FailedPreconditionError, TrustdError
+from trustd.registry import Registry
 from trustd.server import factory
 from trustd.server.admin import AdminService
-from trustd.server.admin_audit import register as register_audit_admin
-from trustd.server.admin_policy import register as register_policy_admin
 from trustd.server.agent_api import AgentApiServer
-from trustd.server.audit_hook import Auditor
-from trustd.server.auditing import AuditLogAuditor, DeferredAuditor, open_audit_log
+from trustd.server.auditing import ServerAudit, open_audit_log
 from trustd.server.changes import ChangeHub
 from trustd.server.core import ServerCore
 from trustd.server.datadir_lock import DataDirLock
@@ -76,7 +75,7 @@ async def bind_unix_socket_server(server: grpclib.server.Server, path: Path, mod
 
 class TrustdServer:
     def __init__(
-        self, cfg: ServerConfig, *, clock: Clock | None = None, auditor: Auditor | None = None
+        self, cfg: ServerConfig, *, clock: Clock | None = None, audit: AuditSink | None = None
     ) -> None:
         self.cfg = cfg
         self.clock = clock or SystemClock()
@@ -86,18 +85,21 @@ class TrustdServer:
         self._lock = DataDirLock(cfg.data_path)
         self._lock.acquire()  # before anything is bound, created or removed
         try:
-            self._build(cfg, auditor)
+            self._build(cfg, audit)
         except BaseException:
             self._lock.release()
             raise
 
-    def _build(self, cfg: ServerConfig, auditor: Auditor | None) -> None:
+    def _build(self, cfg: ServerConfig, audit: AuditSink | None) -> None:
         self.executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="trustd-blocking")
         factory.prepare_data_dir(cfg.data_path)
         self.store = factory.make_store(cfg)
         self.key_manager = factory.make_key_manager(cfg, self.metrics)
         self.upstream = factory.make_upstream(cfg, self.metrics)
-        self.auditor = auditor or self._make_auditor()
+        # The audit key lives in the key manager, which may be down at start: the log is
+        # opened (with retries) in _bring_up_ca; until then every audited action fails.
+        self._server_audit = ServerAudit() if audit is None else None
+        self.audit: AuditSink = audit or self._server_audit  # type: ignore[assignment]
         self.authorities = AuthorityManager(
             store=self.store,
             key_manager=self.key_manager,
@@ -121,7 +123,7 @@ class TrustdServer:
             key_manager=self.key_manager,
             authorities=self.authorities,
             issuer=self.issuer,
-            auditor=self.auditor,
+            audit=self.audit,
             clock=self.clock,
             metrics=self.metrics,
             hub=self.hub,
@@ -140,11 +142,21 @@ class TrustdServer:
         self.policy = PolicyPlane(
             store=self.store,
             clock=self.clock,
-            auditor=self.auditor,
+            audit=self.audit,
             changes=self.hub,
             settle_period=cfg.rollout.settle_period,
         )
-        self.agent_api = AgentApiServer(self.core, self.hub, self.executor, self.policy)
+        self.registry = Registry(
+            store=self.store,
+            audit=self.audit,
+            clock=self.clock,
+            issuance=self.core,
+            max_ttl=self.issuer.max_ttl,
+            notify=self.hub.notify,
+        )
+        self.agent_api = AgentApiServer(
+            self.core, self.registry, self.hub, self.executor, self.policy
+        )
         self.agent_api_port: int | None = None
         self._admin_server: grpclib.server.Server | None = None
         self._admin_bound = False
@@ -153,18 +165,12 @@ class TrustdServer:
         self._not_ready_reason = "starting"
         self.metrics_address: tuple[str, int] | None = None
 
-    def _make_auditor(self) -> Auditor:
-        # The audit key lives in the key manager, which may be down at start: the log is
-        # opened (with retries) in _bring_up_ca; until then every audited action fails.
-        self._deferred_audit = DeferredAuditor()
-        return self._deferred_audit
-
     def _open_audit(self) -> None:
-        deferred = getattr(self, "_deferred_audit", None)
-        if deferred is None or deferred.target is not None:
+        server_audit = self._server_audit
+        if server_audit is None or server_audit.is_open:
             return
-        deferred.target = open_audit_log(
-            self.cfg, self.key_manager, self.clock, metrics=self.metrics.audit
+        server_audit.open(
+            *open_audit_log(self.cfg, self.key_manager, self.clock, metrics=self.metrics.audit)
         )
 
     def readiness(self) -> tuple[bool, str]:
@@ -190,9 +196,9 @@ class TrustdServer:
                 self.metrics.ready.set(1)
                 return
             except TrustdError as exc:
-                deferred = getattr(self, "_deferred_audit", None)
-                if deferred is not None and deferred.target is None:
-                    deferred.reason = str(exc)
+                server_audit = self._server_audit
+                if server_audit is not None and not server_audit.is_open:
+                    server_audit.reason = str(exc)
                     self._not_ready_reason = f"audit log cannot be opened: {exc}"
                 else:
                     self._not_ready_reason = f"no active CA: {exc}"
@@ -204,10 +210,9 @@ class TrustdServer:
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(ROTATION_CHECK_INTERVAL)
-            due = getattr(self.auditor, "checkpoint_if_due", None)
-            if due is not None:
+            if self._server_audit is not None:
                 try:
-                    await loop.run_in_executor(self.executor, due)
+                    await loop.run_in_executor(self.executor, self._server_audit.checkpoint_if_due)
                 except TrustdError as exc:
                     log.error("audit checkpoint failed", error=str(exc))
             await loop.run_in_executor(self.executor, self.readiness)  # keeps trustd_ready current
@@ -220,13 +225,13 @@ class TrustdServer:
         health = Health({})
         admin = AdminService(
             self.core,
+            self.registry,
             executor=self.executor,
             socket_path=self.cfg.admin_socket_path,
             owner_uid=os.getuid(),
+            policy=self.policy,
+            audit=self._server_audit,
         )
-        register_policy_admin(admin, self.policy)
-        if isinstance(self.auditor, AuditLogAuditor | DeferredAuditor):
-            register_audit_admin(admin, self.auditor)
         self._admin_server = grpclib.server.Server([admin, health])
         await bind_unix_socket_server(self._admin_server, self.cfg.admin_socket_path, 0o600)
         self._admin_bound = True
@@ -268,9 +273,10 @@ class TrustdServer:
             self._admin_server.close()
             await self._admin_server.wait_closed()
         await self._health.stop()
-        close = getattr(self.auditor, "close", None)
-        if close is not None:
-            await asyncio.get_running_loop().run_in_executor(self.executor, close)
+        if self._server_audit is not None:
+            await asyncio.get_running_loop().run_in_executor(
+                self.executor, self._server_audit.close
+            )
         self.executor.shutdown(wait=True)
         if self.upstream is not None:
             self.upstream.close()

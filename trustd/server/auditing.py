@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from trustd.audit import AuditEvent, AuditLog
 from trustd.audit.syslog import SyslogConfig, SyslogForwarder, tls_client_context
@@ -11,125 +11,53 @@ from trustd.ca.kms.base import KeyManager
 from trustd.clock import Clock
 from trustd.config import ServerConfig
 from trustd.errors import ConfigError, UnavailableError
-from trustd.server.audit_hook import Actor
 from trustd.telemetry.metrics import AuditMetrics
 
 
-class AuditLogAuditor:
-    """The server's Auditor over an AuditLog: every record is appended before the call returns."""
+class ServerAudit:
+    """The server's AuditSink: its audit log, once that is open.
 
-    def __init__(self, log: AuditLog, forwarder: SyslogForwarder | None = None) -> None:
-        self.log = log
-        self.forwarder = forwarder
+    The log's key lives in the KMS, which may be down at start. Until ``open``
+    succeeds every write and check fails with UnavailableError, so nothing happens
+    unrecorded; after that it writes straight to the log (and its syslog forwarder,
+    if one is configured, follows the log).
+    """
 
-    def record(
-        self,
-        *,
-        type: str,
-        actor: Actor,
-        action: str,
-        resource: str,
-        outcome: str,
-        reason: str = "",
-        details: dict[str, Any] | None = None,
-    ) -> int:
-        return self.log.append(
-            AuditEvent(
-                type=type,
-                actor=actor,
-                action=action,
-                resource=resource,
-                outcome=outcome,  # type: ignore[arg-type]
-                reason=reason,
-                details=details or {},
+    def __init__(self) -> None:
+        self._log: AuditLog | None = None
+        self._forwarder: SyslogForwarder | None = None
+        self.reason = "starting"  # why the log is not open yet
+
+    @property
+    def is_open(self) -> bool:
+        return self._log is not None
+
+    def open(self, log: AuditLog, forwarder: SyslogForwarder | None = None) -> None:
+        self._log, self._forwarder = log, forwarder
+
+    @property
+    def log(self) -> AuditLog:
+        if self._log is None:
+            raise UnavailableError(
+                f"the audit log is not open yet ({self.reason}); nothing is done unrecorded"
             )
-        )
+        return self._log
 
-    def record_many(self, events: list[dict[str, Any]]) -> list[int]:
-        """Several events in one write (batch issuance): all recorded, or none."""
-        return self.log.append_many(
-            [
-                AuditEvent(
-                    type=e["type"],
-                    actor=e["actor"],
-                    action=e["action"],
-                    resource=e["resource"],
-                    outcome=e.get("outcome", "success"),
-                    reason=e.get("reason", ""),
-                    details=e.get("details") or {},
-                )
-                for e in events
-            ]
-        )
+    def append_many(self, events: Sequence[AuditEvent]) -> list[int]:
+        return self.log.append_many(events)
 
     def check(self) -> None:
         self.log.check()
 
     def checkpoint_if_due(self) -> None:
-        self.log.checkpoint_if_due()
+        if self._log is not None:
+            self._log.checkpoint_if_due()
 
     def close(self) -> None:
-        if self.forwarder is not None:
-            self.forwarder.stop()
-        self.log.close()
-
-
-class DeferredAuditor:
-    """Stands in until the audit log is open (its key lives in the KMS, which may be down).
-
-    Until then every record and check fails with UnavailableError, so nothing
-    happens unrecorded; once ``open`` succeeds it forwards to the real log.
-    """
-
-    def __init__(self) -> None:
-        self.target: AuditLogAuditor | None = None
-        self.reason = "starting"
-
-    def _need(self) -> AuditLogAuditor:
-        if self.target is None:
-            raise UnavailableError(
-                f"the audit log is not open yet ({self.reason}); nothing is done unrecorded"
-            )
-        return self.target
-
-    @property
-    def log(self) -> AuditLog:
-        return self._need().log
-
-    def record(
-        self,
-        *,
-        type: str,
-        actor: Actor,
-        action: str,
-        resource: str,
-        outcome: str,
-        reason: str = "",
-        details: dict[str, Any] | None = None,
-    ) -> int:
-        return self._need().record(
-            type=type,
-            actor=actor,
-            action=action,
-            resource=resource,
-            outcome=outcome,
-            reason=reason,
-            details=details,
-        )
-
-    def record_many(self, events: list[dict[str, Any]]) -> list[int]:
-        return self._need().record_many(events)
-
-    def check(self) -> None:
-        self._need().check()
-
-    def checkpoint_if_due(self) -> None:
-        if self.target is not None:
-            self.target.checkpoint_if_due()
-
-    def close(self) -> None:
-        if self.target is not None:
-            self.target.close()
+        if self._forwarder is not None:
+            self._forwarder.stop()
+        if self._log is not None:
+            self._log.close()
 
 
 def audit_directory(cfg: ServerConfig) -> Path:
@@ -142,7 +70,7 @@ def open_audit_log(
     clock: Clock,
     *,
     metrics: AuditMetrics | None = None,
-) -> AuditLogAuditor:
+) -> tuple[AuditLog, SyslogForwarder | None]:
     log = AuditLog(
         audit_directory(cfg),
         key_manager=key_manager,
@@ -169,4 +97,4 @@ def open_audit_log(
             log, SyslogConfig(host=host, port=int(port), tls=tls, app_name=sink.app_name)
         )
         forwarder.start()
-    return AuditLogAuditor(log, forwarder)
+    return log, forwarder

@@ -1,25 +1,27 @@
-"""The server's operations, independent of how they are reached (admin API, agent API, in-process).
+"""The server's issuance and authorities, independent of how they are reached.
 
-Every operation is synchronous and may block on the store or the key
-manager; async edges run them in a bounded thread pool. Each records one
-audit event and fails if that event cannot be written.
+X.509- and JWT-SVIDs (for agents' entries, admins' mints and trustd's own
+identities), the trust bundle, manual and automatic CA rotation, readiness.
+Registration entries, join tokens and agents are the registry's
+(``trustd.registry``), which calls in here to issue. Every operation is
+synchronous and may block on the store or the key manager; async edges run them
+in a bounded thread pool. Each records its audit events through the one audit
+API (``AuditSink.append_many``) and fails if they cannot be written.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import hmac
-import secrets
 import time
-import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import structlog
 
-from trustd import durations
+from trustd.audit import AuditEvent, AuditSink, record_failure
+from trustd.audit import sink as audit_sink
+from trustd.audit.events import Actor
 from trustd.bundle import Bundle
 from trustd.ca.authority import AuthorityManager
 from trustd.ca.errors import InvalidCsrError, InvalidTtlError, ReservedIdError
@@ -36,7 +38,7 @@ from trustd.ca.jwt import JwtKeyRecord, JwtKeyring, JwtSvid, check_audience
 from trustd.ca.kms.base import KeyManager
 from trustd.clock import Clock
 from trustd.dnsnames import check_dns_name
-from trustd.entries import RegistrationEntry
+from trustd.entries import RegistrationEntry, SvidRequest
 from trustd.errors import (
     InvalidArgumentError,
     NotFoundError,
@@ -44,11 +46,10 @@ from trustd.errors import (
     TrustdError,
     UnavailableError,
 )
-from trustd.selectors import Selector
-from trustd.server.audit_hook import SYSTEM, Actor, Auditor
+from trustd.registry.entries import workload_id
 from trustd.server.changes import ChangeHub
-from trustd.spiffeid import SpiffeId, TrustDomain
-from trustd.store.base import AuthorityRecord, JoinTokenRecord, LedgerRecord, Store
+from trustd.spiffeid import TrustDomain
+from trustd.store.base import AuthorityRecord, LedgerRecord, Store
 from trustd.telemetry.metrics import ServerMetrics
 
 log = structlog.get_logger(__name__)
@@ -56,12 +57,6 @@ log = structlog.get_logger(__name__)
 MAX_TOKEN_TTL = dt.timedelta(days=1)
 DEFAULT_JWT_TTL = dt.timedelta(minutes=5)
 MAX_JWT_TTL = dt.timedelta(hours=1)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SvidRequest:
-    entry: RegistrationEntry  # the identity comes from here only
-    csr: bytes  # PEM or DER; only its public key is used
 
 
 class ServerCore:
@@ -73,7 +68,7 @@ class ServerCore:
         key_manager: KeyManager,
         authorities: AuthorityManager,
         issuer: X509Issuer,
-        auditor: Auditor,
+        audit: AuditSink,
         clock: Clock,
         metrics: ServerMetrics,
         hub: ChangeHub | None = None,
@@ -87,7 +82,7 @@ class ServerCore:
         self.key_manager = key_manager
         self.authorities = authorities
         self.issuer = issuer
-        self.auditor = auditor
+        self.audit = audit  # the one audit API: append_many, check
         self.clock = clock
         self.metrics = metrics
         self.jwt_keys = jwt_keys or JwtKeyring(
@@ -95,48 +90,6 @@ class ServerCore:
         )
         self.jwt_ttl = jwt_ttl  # of the JWT-SVIDs agents ask for
         self.jwt_max_ttl = jwt_max_ttl  # the most an admin mint may ask for
-        self._token_key = self._load_token_key()
-
-    # -- helpers -------------------------------------------------------------
-    def _load_token_key(self) -> bytes:
-        existing = self.store.get_doc("token.hmac_key")
-        if existing is None:
-            self.store.put_doc("token.hmac_key", secrets.token_hex(32), expect=None)
-            existing = self.store.get_doc("token.hmac_key")
-        assert existing is not None
-        return bytes.fromhex(existing)
-
-    def token_hash(self, token: str) -> str:
-        """The salted HMAC under which a join token is stored and audited."""
-        return hmac.new(self._token_key, token.encode(), hashlib.sha256).hexdigest()
-
-    def _audit(
-        self,
-        type_: str,
-        actor: Actor,
-        action: str,
-        resource: str,
-        outcome: str = "success",
-        reason: str = "",
-        details: dict[str, Any] | None = None,
-    ) -> None:
-        self.auditor.record(
-            type=type_,
-            actor=actor,
-            action=action,
-            resource=resource,
-            outcome=outcome,
-            reason=reason,
-            details=details or {},
-        )
-
-    def _audit_failure(
-        self, type_: str, actor: Actor, action: str, resource: str, exc: Exception
-    ) -> None:
-        try:
-            self._audit(type_, actor, action, resource, "failure", str(exc))
-        except TrustdError:
-            log.error("audit event could not be written", type=type_, action=action)
 
     def refresh_metrics(self) -> None:
         try:
@@ -152,94 +105,6 @@ class ServerCore:
                     self.metrics.ca_expiry
                 ) else None
         self.metrics.entries.set(len(self.store.list_entries()))
-
-    # -- entries ---------------------------------------------------------------
-    def create_entry(
-        self,
-        actor: Actor,
-        *,
-        spiffe_id: str,
-        selectors: Sequence[str],
-        ttl: dt.timedelta | None = None,
-        dns_names: Sequence[str] = (),
-        agent_id: str | None = None,
-    ) -> RegistrationEntry:
-        try:
-            if agent_id is not None:
-                self.store.get_agent(agent_id)  # NotFoundError names 'trustd agent list'
-            sid = SpiffeId.parse(spiffe_id)
-            if not sid.is_member_of(self.trust_domain):
-                raise InvalidArgumentError(
-                    f"spiffe id {spiffe_id} is not in this server's trust domain "
-                    f"{self.trust_domain}"
-                )
-            if not sid.path:
-                raise InvalidArgumentError(
-                    "a workload spiffe id needs a path, e.g. spiffe://"
-                    f"{self.trust_domain}/ns/default/sa/web"
-                )
-            check_not_reserved(sid)
-            if not selectors:
-                raise InvalidArgumentError(
-                    "at least one --selector is required, e.g. unix:uid:1000"
-                )
-            parsed = tuple(sorted(set(Selector.parse(s) for s in selectors)))
-            if ttl is not None:
-                if ttl <= dt.timedelta(0):
-                    raise InvalidTtlError("ttl must be positive, e.g. 1h or 10m")
-                if ttl > self.issuer.max_ttl:
-                    raise InvalidTtlError(
-                        f"ttl {durations.format(ttl)} is above the server maximum "
-                        f"{durations.format(self.issuer.max_ttl)}"
-                    )
-            dns = tuple(check_dns_name(d) for d in dns_names)
-            entry = RegistrationEntry(
-                id=str(uuid.uuid4()),
-                spiffe_id=sid,
-                selectors=parsed,
-                ttl=ttl,
-                dns_names=dns,
-                created_at=self.clock.now(),
-                agent_id=agent_id,
-            )
-            self.auditor.check()
-            created = self.store.create_entry(entry)
-        except TrustdError as exc:
-            self._audit_failure("admin.entry.create", actor, "create", spiffe_id, exc)
-            raise
-        try:
-            self._audit(
-                "admin.entry.create",
-                actor,
-                "create",
-                f"entry/{created.id}",
-                details={"spiffe_id": str(sid), "selectors": [str(s) for s in parsed]},
-            )
-        except TrustdError:
-            self.store.delete_entry(created.id)  # nothing happens unrecorded
-            raise
-        self.hub.notify("entries")
-        log.info("entry created", entry_id=created.id, spiffe_id=str(sid))
-        return created
-
-    def delete_entry(self, actor: Actor, entry_id: str) -> RegistrationEntry:
-        try:
-            entry = self.store.get_entry(entry_id)
-            self.auditor.check()
-            self._audit(
-                "admin.entry.delete",
-                actor,
-                "delete",
-                f"entry/{entry_id}",
-                details={"spiffe_id": str(entry.spiffe_id)},
-            )
-        except TrustdError as exc:
-            self._audit_failure("admin.entry.delete", actor, "delete", f"entry/{entry_id}", exc)
-            raise
-        self.store.delete_entry(entry_id)
-        self.hub.notify("entries")
-        log.info("entry deleted", entry_id=entry_id)
-        return entry
 
     # -- issuance --------------------------------------------------------------
     def issue_svids(
@@ -304,14 +169,17 @@ class ServerCore:
                     else "invalid_ttl"
                 )
                 self.metrics.svids_denied.labels(reason=reason).inc()
-                self._audit(
-                    "admin.svid.mint" if source == "mint" else "svid.deny",
-                    actor,
-                    "mint" if source == "mint" else "issue",
-                    str(req.entry.spiffe_id),
-                    "failure",
-                    str(exc),
-                    {"entry_id": req.entry.id},
+                audit_sink.record(
+                    self.audit,
+                    audit_sink.event(
+                        "admin.svid.mint" if source == "mint" else "svid.deny",
+                        actor,
+                        "mint" if source == "mint" else "issue",
+                        str(req.entry.spiffe_id),
+                        "failure",
+                        str(exc),
+                        {"entry_id": req.entry.id},
+                    ),
                 )
                 slots.append(exc)
         issued: list[IssuedSvid] = []
@@ -321,32 +189,37 @@ class ServerCore:
             except TrustdError as exc:
                 self.metrics.svids_denied.labels(reason="unavailable").inc(len(templates))
                 if source == "mint":
-                    self._audit_failure("admin.svid.mint", actor, "mint", "batch", exc)
+                    failed = audit_sink.event(
+                        "admin.svid.mint", actor, "mint", "batch", "failure", str(exc)
+                    )
                 else:
-                    self._audit_failure("svid.deny", actor, "issue", "batch", exc)
+                    failed = audit_sink.event(
+                        "svid.deny", actor, "issue", "batch", "failure", str(exc)
+                    )
+                record_failure(self.audit, failed)
                 raise
         it = iter(issued)
         out: list[IssuedSvid | TrustdError] = []
         ledger: list[LedgerRecord] = []
-        events: list[dict[str, Any]] = []
+        events: list[AuditEvent] = []
         for req, slot in zip(requests, slots, strict=True):
             if slot is not None:
                 out.append(slot)
                 continue
             svid = next(it)
             events.append(
-                {
-                    "type": "admin.svid.mint" if source == "mint" else "svid.issue",
-                    "actor": actor,
-                    "action": "mint" if source == "mint" else "issue",
-                    "resource": str(svid.spiffe_id),
-                    "details": {
+                AuditEvent(
+                    type="admin.svid.mint" if source == "mint" else "svid.issue",
+                    actor=actor,
+                    action="mint" if source == "mint" else "issue",
+                    resource=str(svid.spiffe_id),
+                    details={
                         "serial": svid.serial,
                         "not_after": svid.not_after.isoformat().replace("+00:00", "Z"),
                         "authority_id": svid.authority_id,
                         "entry_id": req.entry.id,
                     },
-                }
+                )
             )
             ledger.append(
                 LedgerRecord(
@@ -359,14 +232,10 @@ class ServerCore:
                     issued_at=now,
                 )
             )
-            out.append(svid)
+            out.append(replace(svid, entry_id=req.entry.id))
         # Recorded before anything is handed out; a batch is one write of the audit log.
-        record_many = getattr(self.auditor, "record_many", None)
-        if record_many is not None and len(events) > 1:
-            record_many(events)
-        else:
-            for e in events:
-                self._audit(e["type"], actor, e["action"], e["resource"], details=e["details"])
+        if events:
+            self.audit.append_many(events)
         if ledger:
             self.store.record_issued_many(ledger)
             self.metrics.svids_issued.labels(source=source).inc(len(ledger))
@@ -384,15 +253,16 @@ class ServerCore:
     ) -> IssuedSvid:
         """An admin asks for an SVID directly (SPIRE's ``x509 mint``); the key stays with the CLI."""
         try:
-            sid = SpiffeId.parse(spiffe_id)
-            if not sid.is_member_of(self.trust_domain):
-                raise InvalidArgumentError(
-                    f"spiffe id {spiffe_id} is not in this server's trust domain {self.trust_domain}"
-                )
+            sid = workload_id(spiffe_id, self.trust_domain)
             dns = tuple(check_dns_name(d) for d in dns_names)
         except TrustdError as exc:
             self.metrics.svids_denied.labels(reason="invalid_request").inc()
-            self._audit_failure("admin.svid.mint", actor, "mint", spiffe_id[:200], exc)
+            record_failure(
+                self.audit,
+                audit_sink.event(
+                    "admin.svid.mint", actor, "mint", spiffe_id[:200], "failure", str(exc)
+                ),
+            )
             raise
         entry = RegistrationEntry(
             id="", spiffe_id=sid, selectors=(), ttl=ttl, dns_names=dns, created_at=self.clock.now()
@@ -430,35 +300,30 @@ class ServerCore:
                 raise InvalidTtlError(
                     f"ttl {ttl} is above the server maximum for jwt-svids {self.jwt_max_ttl}"
                 )
-            self.auditor.check()
+            self.audit.check()
             svid = self.jwt_keys.sign(
                 spiffe_id=sid, audience=aud, ttl=ttl or self.jwt_ttl, now=self.clock.now()
             )
         except TrustdError as exc:
             self.metrics.svids_denied.labels(reason=_jwt_deny_reason(exc)).inc()
             denied = event_type if mint else "svid.deny"
-            try:
-                self._audit(
-                    denied,
-                    actor,
-                    action,
-                    str(sid),
-                    "failure",
-                    str(exc),
-                    {"jwt": True} if mint else {"jwt": True, "entry_id": entry.id},
-                )
-            except TrustdError:
-                log.error("audit event could not be written", type=denied, action=action)
+            details = {"jwt": True} if mint else {"jwt": True, "entry_id": entry.id}
+            record_failure(
+                self.audit,
+                audit_sink.event(denied, actor, action, str(sid), "failure", str(exc), details),
+            )
             raise
-        details: dict[str, Any] = {
+        issued: dict[str, Any] = {
             "jwt": True,
             "jti": svid.jti,
             "kid": svid.key_id,
             "exp": svid.expires_at.isoformat().replace("+00:00", "Z"),
         }
         if not mint:
-            details["entry_id"] = entry.id
-        self._audit(event_type, actor, action, str(sid), details=details)
+            issued["entry_id"] = entry.id
+        audit_sink.record(
+            self.audit, audit_sink.event(event_type, actor, action, str(sid), details=issued)
+        )
         log.info(
             "jwt-svid issued",
             spiffe_id=str(sid),
@@ -479,25 +344,16 @@ class ServerCore:
     ) -> JwtSvid:
         """An admin asks for a JWT-SVID directly (SPIRE's ``jwt mint``)."""
         try:
-            sid = SpiffeId.parse(spiffe_id)
-            if not sid.is_member_of(self.trust_domain):
-                raise InvalidArgumentError(
-                    f"spiffe id {spiffe_id} is not in this server's trust domain {self.trust_domain}"
-                )
+            sid = workload_id(spiffe_id, self.trust_domain)
         except TrustdError as exc:
             self.metrics.svids_denied.labels(reason="invalid_request").inc()
-            try:
-                self._audit(
-                    "admin.svid.mint",
-                    actor,
-                    "mint",
-                    spiffe_id[:200],
-                    "failure",
-                    str(exc),
+            record_failure(
+                self.audit,
+                audit_sink.event(
+                    "admin.svid.mint", actor, "mint", spiffe_id[:200], "failure", str(exc),
                     {"jwt": True},
-                )
-            except TrustdError:
-                log.error("audit event could not be written", type="admin.svid.mint", action="mint")
+                ),
+            )  # fmt: skip
             raise
         entry = RegistrationEntry(id="", spiffe_id=sid, selectors=(), created_at=self.clock.now())
         return self.issue_jwt_svid(actor, entry=entry, audience=audience, ttl=ttl, source="mint")
@@ -514,16 +370,16 @@ class ServerCore:
         resource = f"authority/{authority_id}" if authority_id else "authority"
 
         def record(event: str, rec: AuthorityRecord) -> None:
-            self._audit(
-                f"admin.authority.{op}",
-                actor,
-                op,
-                f"authority/{rec.id}",
-                details={"event": event, "not_after": rec.not_after.isoformat(), "state": rec.state},
+            details = {"event": event, "not_after": rec.not_after.isoformat(), "state": rec.state}
+            audit_sink.record(
+                self.audit,
+                audit_sink.event(
+                    f"admin.authority.{op}", actor, op, f"authority/{rec.id}", details=details
+                ),
             )
 
         try:
-            self.auditor.check()
+            self.audit.check()
             with self.authorities.audited(record):
                 if op == "prepare":
                     rec = self.authorities.prepare()
@@ -536,33 +392,35 @@ class ServerCore:
                 else:
                     raise InvalidArgumentError(f"unknown authority operation {op!r}")
         except TrustdError as exc:
-            self._audit_failure(f"admin.authority.{op}", actor, op, resource, exc)
+            record_failure(
+                self.audit,
+                audit_sink.event(f"admin.authority.{op}", actor, op, resource, "failure", str(exc)),
+            )
             raise
         self.metrics.ca_rotations.labels(event=op).inc()
         self.refresh_metrics()
         return rec
 
     def _record_automatic(self, event: str, rec: AuthorityRecord) -> None:
-        self._audit(
-            f"authority.{event}",
-            SYSTEM,
-            event,
-            f"authority/{rec.id}",
-            details={"automatic": True, "not_after": rec.not_after.isoformat()},
+        details = {"automatic": True, "not_after": rec.not_after.isoformat()}
+        audit_sink.record(
+            self.audit,
+            audit_sink.event(
+                f"authority.{event}", SYSTEM, event, f"authority/{rec.id}", details=details
+            ),
         )
 
     def _record_jwt_key(self, event: str, rec: JwtKeyRecord) -> None:
-        self._audit(
-            f"authority.{event}",
-            SYSTEM,
-            event,
-            f"jwt-authority/{rec.key_id}",
-            details={
-                "automatic": True,
-                "jwt": True,
-                "kid": rec.key_id,
-                "not_after": rec.not_after.isoformat(),
-            },
+        details = {
+            "automatic": True,
+            "jwt": True,
+            "kid": rec.key_id,
+            "not_after": rec.not_after.isoformat(),
+        }
+        resource = f"jwt-authority/{rec.key_id}"
+        audit_sink.record(
+            self.audit,
+            audit_sink.event(f"authority.{event}", SYSTEM, event, resource, details=details),
         )
 
     def ensure_ca(self) -> AuthorityRecord:
@@ -591,45 +449,6 @@ class ServerCore:
             self.refresh_metrics()
         return did
 
-    # -- join tokens and agents ------------------------------------------------
-    def create_token(self, actor: Actor, ttl: dt.timedelta) -> tuple[str, dt.datetime]:
-        if ttl <= dt.timedelta(0) or ttl > MAX_TOKEN_TTL:
-            exc = InvalidTtlError(
-                f"token ttl must be between 1s and {durations.format(MAX_TOKEN_TTL)}"
-            )
-            self._audit_failure("admin.token.create", actor, "create", "token", exc)
-            raise exc
-        token = secrets.token_urlsafe(32)
-        digest = self.token_hash(token)
-        now = self.clock.now()
-        self.auditor.check()
-        self.store.create_token(
-            JoinTokenRecord(token_hash=digest, expires_at=now + ttl, created_at=now)
-        )
-        self._audit(
-            "admin.token.create",
-            actor,
-            "create",
-            f"token/{digest[:16]}",
-            details={"token_hmac": digest, "expires_at": (now + ttl).isoformat()},
-        )
-        return token, now + ttl
-
-    def evict_agent(self, actor: Actor, agent_id: str) -> None:
-        try:
-            rec = self.store.get_agent(agent_id)
-            self.auditor.check()
-        except TrustdError as exc:
-            self._audit_failure("admin.agent.evict", actor, "evict", f"agent/{agent_id}", exc)
-            raise
-        from dataclasses import replace
-
-        self.store.save_agent(replace(rec, evicted=True))
-        self.hub.notify("agents")
-        self._audit(
-            "admin.agent.evict", actor, "evict", f"agent/{agent_id}", details={"spiffe_id": rec.spiffe_id}
-        )
-
     # -- health ----------------------------------------------------------------
     def readiness(self) -> tuple[bool, str]:
         try:
@@ -645,6 +464,9 @@ class ServerCore:
         except TrustdError as exc:
             return False, str(exc)
         return True, "ok"
+
+
+SYSTEM = Actor.system()
 
 
 def _jwt_deny_reason(exc: TrustdError) -> str:

@@ -1,7 +1,8 @@
 """``trustd up``: the server and one node agent in one process, wired in-process.
 
 The agent is the same ``AgentService`` that ``trustd agent`` runs; only its
-upstream differs (direct calls into the server instead of the agent API).
+upstream differs: the registry and the policy plane called directly
+(``RegistryUpstream``, ``PolicyPlane.upstream_for``) instead of through the agent API.
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ import structlog
 from trustd import envoy_bootstrap
 from trustd.agent.metrics import AgentMetrics
 from trustd.agent.service import AgentService
+from trustd.audit.events import Actor
 from trustd.config import ServerConfig
+from trustd.registry.upstream import RegistryUpstream
 from trustd.server.app import TrustdServer
-from trustd.server.audit_hook import Actor
-from trustd.server.inprocess import PolicyUpstreamInProcess, ServerUpstream
 
 log = structlog.get_logger(__name__)
 
@@ -37,8 +38,8 @@ class Embedded:
         # A sealed or unreachable KMS may hold the first CA back for long: the server
         # retries with backoff and says why on /readyz, so `up` waits as long as it takes.
         await self.server.wait_ready(timeout=math.inf)
-        upstream = ServerUpstream(
-            self.server.core, self.server.hub, self.server.executor, self.agent_actor
+        upstream = RegistryUpstream(
+            self.server.registry, self.server.hub, self.server.executor, self.agent_actor
         )
         self.agent = AgentService(
             upstream=upstream,
@@ -46,9 +47,7 @@ class Embedded:
             trust_domain=self.server.trust_domain,
             clock=self.server.clock,
             metrics=AgentMetrics(self.server.metrics.registry),
-            policy_upstream=PolicyUpstreamInProcess(
-                self.server.policy, self.server.hub, self.agent_actor
-            ),
+            policy_upstream=self.server.policy.upstream_for(self.agent_actor),
         )
         await self.agent.start()
         await self.agent.wait_ready()

@@ -14,27 +14,36 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 import structlog
 
+from trustd.api.agent.v1 import agent_pb2
+from trustd.api.convert import denial_of, policy_set_message, proxy_status_of
+from trustd.api.policy.v1 import policy_pb2
+from trustd.audit import AuditEvent, AuditSink
+from trustd.audit.events import Actor, Outcome
 from trustd.clock import Clock
+from trustd.dataplane.proxy import DenialEvent
 from trustd.errors import FailedPreconditionError, InvalidArgumentError, TrustdError
 from trustd.policy.effective import PolicySet
 from trustd.policy.hub import ApplyResult, PolicyHub
 from trustd.policy.model import PolicyObject, dump
 from trustd.policy.rollout import ACTIVE_STATES, RolloutEngine, RolloutEvent, RolloutStatus
 from trustd.policy.status import ProxyStatus
-from trustd.server.audit_hook import SYSTEM, Actor, Auditor
 from trustd.server.changes import ChangeHub
 from trustd.store.base import Store
 
 log = structlog.get_logger(__name__)
 
+SYSTEM = Actor.system()
+
 POLICY_DOC = "policy.current"
 ROLLOUT_DOC = "rollout.state"
 TICK_SECONDS = 1.0
 STATUS_MAX_AGE = dt.timedelta(minutes=2)  # a proxy silent this long no longer counts
+FALLBACK_RECHECK = 5.0  # seconds: catches a policy written by another server
 
 
 class StoreRolloutStore:
@@ -55,13 +64,13 @@ class PolicyPlane:
         *,
         store: Store,
         clock: Clock,
-        auditor: Auditor,
+        audit: AuditSink,
         changes: ChangeHub,
         settle_period: dt.timedelta = dt.timedelta(seconds=30),
     ) -> None:
         self._store = store
         self._clock = clock
-        self._auditor = auditor
+        self._audit_sink = audit
         self._changes = changes
         text = store.get_doc(POLICY_DOC)
         initial = PolicySet.from_json(json.loads(text)) if text else None
@@ -84,12 +93,13 @@ class PolicyPlane:
     def current(self) -> PolicySet:
         return self.hub.current()
 
-    def _audit(self, type_: str, actor: Actor, action: str, resource: str, outcome: str = "success",
-               reason: str = "", details: dict[str, Any] | None = None) -> None:
-        self._auditor.record(
+    def _audit(self, type_: str, actor: Actor, action: str, resource: str,
+               outcome: Outcome = "success", reason: str = "",
+               details: dict[str, Any] | None = None) -> None:
+        self._audit_sink.append_many([AuditEvent(
             type=type_, actor=actor, action=action, resource=resource, outcome=outcome,
-            reason=reason, details=details or {},
-        )
+            reason=reason[:4000], details=details or {},
+        )])  # fmt: skip
 
     def apply(
         self,
@@ -102,7 +112,7 @@ class PolicyPlane:
     ) -> ApplyResult:
         names = [f"{o.kind}/{o.metadata.namespace}/{o.metadata.name}" for o in objects]
         if not dry_run:
-            self._auditor.check()
+            self._audit_sink.check()
         try:
             if not force:
                 self._refuse_during_rollout(objects, prune=prune)
@@ -154,7 +164,7 @@ class PolicyPlane:
             )
 
     def client_tls_off(self, actor: Actor, off: bool, *, force: bool) -> ApplyResult:
-        self._auditor.check()
+        self._audit_sink.check()
         result = self.hub.set_client_tls_off_global(off, force=force)
         self._audit(
             "admin.policy.client_tls",
@@ -188,7 +198,7 @@ class PolicyPlane:
     def rollout(self, actor: Actor, command: str, **kwargs: Any) -> RolloutStatus:
         if command == "status":
             return self.engine.status()
-        self._auditor.check()
+        self._audit_sink.check()
         statuses = self.hub.statuses(max_age=STATUS_MAX_AGE)
         try:
             if command == "start":
@@ -232,30 +242,45 @@ class PolicyPlane:
     def report(self, status: ProxyStatus) -> None:
         self.hub.report(status)
 
-    def denial(self, agent: Actor, event: dict[str, Any]) -> None:
+    def denial(self, agent: Actor, event: DenialEvent) -> None:
         """A proxy refused a connection: one audit event, actor = the proxy's peer as seen."""
-        peer = event.get("peer_spiffe_id")
+        addr = event.peer_address or None
         actor = (
-            Actor(kind="spiffe", id=str(peer), addr=str(event.get("peer_address") or "") or None)
-            if peer
-            else Actor(kind="unix", id=f"peer:{event.get('peer_address', 'unknown')}"[:200],
-                       addr=str(event.get("peer_address") or "") or None)
+            Actor(kind="spiffe", id=event.peer_spiffe_id, addr=addr)
+            if event.peer_spiffe_id
+            else Actor(kind="unix", id=f"peer:{event.peer_address or 'unknown'}"[:200], addr=addr)
         )
         self._audit(
             "proxy.connection.deny",
             actor,
             "connect",
-            str(event.get("listener", ""))[:200],
+            event.listener[:200],
             "failure",
-            str(event.get("detail", ""))[:500],
+            event.detail[:500],
             {
-                "proxy_id": str(event.get("proxy_id", ""))[:200],
-                "reason_code": str(event.get("reason", ""))[:100],
-                "local_spiffe_id": str(event.get("local_spiffe_id") or ""),
-                "policy_version": int(event.get("policy_version") or 0),
+                "proxy_id": event.proxy_id[:200],
+                "reason_code": event.reason[:100],
+                "local_spiffe_id": event.local_spiffe_id or "",
+                "policy_version": event.policy_version,
                 "reported_by": agent.id,
             },
         )
+
+    def apply_reports(self, agent: Actor, reports: agent_pb2.ReportPolicyRequest) -> None:
+        """What an agent relays from its proxies: ACKs, statuses and denials."""
+        for ack in reports.acks:
+            self.ack(ack.proxy_id[:200], ack.version)
+        for status in reports.statuses:
+            try:
+                self.report(proxy_status_of(status))
+            except (ValueError, TrustdError):
+                continue  # a malformed report is dropped, never fatal
+        for denial in reports.denials:
+            self.denial(agent, denial_of(denial))
+
+    def upstream_for(self, agent: Actor) -> PlaneUpstream:
+        """The agent's PolicyUpstream, served from this plane (in-process or the agent API)."""
+        return PlaneUpstream(self, self._changes, agent)
 
     # -- lifecycle -----------------------------------------------------------
     async def _loop(self) -> None:
@@ -271,3 +296,25 @@ class PolicyPlane:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+
+
+class PlaneUpstream:
+    """One agent's view of the policy plane: its ``PolicyUpstream``."""
+
+    def __init__(self, plane: PolicyPlane, changes: ChangeHub, agent: Actor) -> None:
+        self._plane = plane
+        self._changes = changes
+        self._agent = agent
+
+    async def watch_policy(self) -> AsyncIterator[policy_pb2.PolicySet]:
+        seen = self._changes.version("policy")
+        last = -1
+        while True:
+            current = self._plane.current()
+            if current.version != last:
+                last = current.version
+                yield policy_set_message(current)
+            seen = await self._changes.wait("policy", seen, FALLBACK_RECHECK)
+
+    async def send_policy_reports(self, reports: agent_pb2.ReportPolicyRequest) -> None:
+        self._plane.apply_reports(self._agent, reports)

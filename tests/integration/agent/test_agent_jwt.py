@@ -24,13 +24,14 @@ from agent_fakes import run_async, wait_until
 from trustd.agent.cache import workload_key
 from trustd.agent.metrics import AgentMetrics
 from trustd.agent.service import AgentService
+from trustd.audit import Actor
 from trustd.clock import FakeClock
 from trustd.config import load_server_config
+from trustd.registry import CreateEntry
+from trustd.registry.upstream import RegistryUpstream
 from trustd.selectors import Caller
 from trustd.server.app import TrustdServer
-from trustd.server.audit_hook import Actor
 from trustd.server.embedded import Embedded
-from trustd.server.inprocess import ServerUpstream
 
 pytestmark = pytest.mark.integration
 
@@ -61,9 +62,7 @@ def _audit_text(data_dir: Path) -> str:
 
 
 async def _entry_for_me(srv: TrustdServer, agent: AgentService) -> None:
-    await asyncio.to_thread(
-        srv.core.create_entry, ADMIN, spiffe_id=ME, selectors=[f"unix:uid:{os.getuid()}"]
-    )
+    await asyncio.to_thread(srv.registry.entries.create, ADMIN, CreateEntry(spiffe_id=ME, selectors=[f"unix:uid:{os.getuid()}"]))
     me = workload_key(Caller(uid=os.getuid(), gid=os.getgid(), pid=0))
     await wait_until(
         lambda: any(str(e.spiffe_id) == ME for e in agent.cache.matching_entries(me)),
@@ -146,8 +145,8 @@ async def _server_and_agent(
     try:
         await srv.wait_ready()
         agent = AgentService(
-            upstream=ServerUpstream(
-                srv.core, srv.hub, srv.executor,
+            upstream=RegistryUpstream(
+                srv.registry, srv.hub, srv.executor,
                 Actor(kind="spiffe", id=f"spiffe://{TD}/trustd/agent/embedded"),
             ),
             socket_path=cfg.agent_socket_path,

@@ -18,10 +18,11 @@ import pytest
 
 from trustd.agent.server_link import ServerLink
 from trustd.agent.upstream import JwtSvidRequest
+from trustd.audit import Actor
 from trustd.config import load_server_config
 from trustd.errors import InvalidArgumentError, PermissionDeniedError
+from trustd.registry import CreateEntry, CreateToken
 from trustd.server.app import TrustdServer
-from trustd.server.audit_hook import Actor
 from trustd.spiffeid import TrustDomain
 
 pytestmark = pytest.mark.integration
@@ -182,7 +183,7 @@ def test_agent_api_signs_jwt_svids_only_for_the_agents_own_entries(tmp_path: Pat
         try:
             await srv.wait_ready()
             for name in ("one", "two"):
-                token, _ = srv.core.create_token(ADMIN, dt.timedelta(minutes=5))
+                token = srv.registry.tokens.create(ADMIN, CreateToken(ttl=dt.timedelta(minutes=5))).token
                 link = ServerLink(
                     address=f"127.0.0.1:{srv.agent_api_port}",
                     trust_domain=TrustDomain.parse(TD),
@@ -193,10 +194,9 @@ def test_agent_api_signs_jwt_svids_only_for_the_agents_own_entries(tmp_path: Pat
                 await link.start()
                 links.append(link)
             one, two = links
-            mine = srv.core.create_entry(ADMIN, spiffe_id=ME, selectors=["unix:uid:1000"])
-            pinned = srv.core.create_entry(
-                ADMIN, spiffe_id=TOOL, selectors=["unix:uid:1001"], agent_id=two.agent_id
-            )
+            mine = srv.registry.entries.create(ADMIN, CreateEntry(spiffe_id=ME, selectors=["unix:uid:1000"]))
+            pinned = srv.registry.entries.create(
+                ADMIN, CreateEntry(spiffe_id=TOOL, selectors=["unix:uid:1001"], agent_id=two.agent_id))
             signed = await one.sign_jwt_svid(
                 JwtSvidRequest(entry_id=mine.id, audience=("backend",))
             )

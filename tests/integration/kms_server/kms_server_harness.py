@@ -49,11 +49,11 @@ from envoy.service.discovery.v3.discovery_pb2 import DiscoveryRequest, Discovery
 from kms_peers import BAO, SOFTHSM_MODULE, _port_pair
 
 from trustd.agent.service import AgentService
+from trustd.audit import Actor
 from trustd.clock import Clock
 from trustd.config import ServerConfig, load_server_config
+from trustd.registry.upstream import RegistryUpstream
 from trustd.server.app import TrustdServer
-from trustd.server.audit_hook import Actor
-from trustd.server.inprocess import ServerUpstream
 
 VENV_BIN = Path(sys.executable).parent
 TRUSTD = VENV_BIN / "trustd"
@@ -550,8 +550,8 @@ async def running(
         if wait:
             await srv.wait_ready(timeout=PEER_WAIT)
         if agent:
-            upstream = ServerUpstream(
-                srv.core,
+            upstream = RegistryUpstream(
+                srv.registry,
                 srv.hub,
                 srv.executor,
                 Actor(kind="spiffe", id=f"spiffe://{TD}/trustd/agent/embedded"),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import datetime as dt
 import json
 import threading
@@ -16,20 +15,21 @@ import structlog.testing
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from google.protobuf.wrappers_pb2 import BytesValue
-from grpclib.client import Channel, UnaryUnaryMethod
+from grpclib.client import Channel
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
 from trustd import tlsutil
 from trustd.agent.server_link import ServerLink
 from trustd.agent.upstream import SvidRequest
+from trustd.api.agent.v1 import agent_pb2
+from trustd.api.agent.v1.agent_grpc import AgentAPIStub
+from trustd.audit import Actor
 from trustd.ca.errors import SigningError
 from trustd.config import load_server_config
 from trustd.errors import PermissionDeniedError, UnavailableError
-from trustd.server.agent_api import SERVICE
+from trustd.registry import CreateEntry, CreateToken
 from trustd.server.app import TrustdServer
-from trustd.server.audit_hook import Actor
 from trustd.spiffeid import SpiffeId, TrustDomain
 
 pytestmark = pytest.mark.integration
@@ -76,16 +76,15 @@ async def _next(it: AsyncIterator[Any], timeout: float = 10.0) -> Any:
     return await asyncio.wait_for(it.__anext__(), timeout)
 
 
-async def _join_status(srv: TrustdServer, doc: dict[str, Any]) -> tuple[Status, str]:
+async def _join_status(srv: TrustdServer, request: agent_pb2.JoinRequest) -> tuple[Status, str]:
     """Call Join with a hand-made request; return the gRPC status and message it fails with."""
     ctx = tlsutil.client_context(
         srv.core.bundle().to_pem(), SpiffeId.parse(f"spiffe://{TD}/trustd/server")
     )
     channel = Channel("127.0.0.1", srv.agent_api_port, ssl=ctx)
     try:
-        stub = UnaryUnaryMethod(channel, f"/{SERVICE}/Join", BytesValue, BytesValue)
         with pytest.raises(GRPCError) as err:
-            await stub(BytesValue(value=json.dumps(doc).encode()), timeout=10)
+            await AgentAPIStub(channel).Join(request, timeout=10)
     finally:
         channel.close()
     return err.value.status, err.value.message or ""
@@ -100,10 +99,6 @@ def _signed_csr(key: Any, algorithm: Any = None) -> bytes:
     )
 
 
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
-
-
 def _audit_text(tmp: Path) -> str:
     return "".join(p.read_text() for p in (tmp / "server" / "audit").glob("audit-*.jsonl"))
 
@@ -112,10 +107,9 @@ def test_join_sync_sign_and_deltas(tmp_path: Path) -> None:
     async def main() -> None:
         srv = await _server(tmp_path)
         try:
-            token, _ = srv.core.create_token(ADMIN, dt.timedelta(minutes=5))
-            entry = srv.core.create_entry(
-                ADMIN, spiffe_id="spiffe://trustd.local/ns/a/sa/b", selectors=["unix:uid:1000"]
-            )
+            token = srv.registry.tokens.create(ADMIN, CreateToken(ttl=dt.timedelta(minutes=5))).token
+            entry = srv.registry.entries.create(
+                ADMIN, CreateEntry(spiffe_id="spiffe://trustd.local/ns/a/sa/b", selectors=["unix:uid:1000"]))
             link = _link(srv, tmp_path, token)
             await link.start()
             assert link.agent_id
@@ -128,21 +122,17 @@ def test_join_sync_sign_and_deltas(tmp_path: Path) -> None:
             assert first.full and [e.id for e in first.upserted] == [entry.id]
 
             [signed] = await link.sign_x509_svids([SvidRequest(entry_id=entry.id, csr_der=_csr())])
-            leaf = x509.load_der_x509_certificate(signed.cert_chain_der[0])
+            leaf = x509.load_der_x509_certificate(signed.chain_der[0])
             san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
             assert san.get_values_for_type(x509.UniformResourceIdentifier) == [
                 "spiffe://trustd.local/ns/a/sa/b"
             ]
 
-            second = await asyncio.to_thread(
-                srv.core.create_entry,
-                ADMIN,
-                spiffe_id="spiffe://trustd.local/ns/a/sa/c",
-                selectors=["unix:uid:1001"],
-            )
+            second = await asyncio.to_thread(srv.registry.entries.create, ADMIN, CreateEntry(spiffe_id="spiffe://trustd.local/ns/a/sa/c",
+                selectors=["unix:uid:1001"]))
             delta = await _next(entries)
             assert not delta.full and [e.id for e in delta.upserted] == [second.id]
-            await asyncio.to_thread(srv.core.delete_entry, ADMIN, second.id)
+            await asyncio.to_thread(srv.registry.entries.delete, ADMIN, second.id)
             gone = await _next(entries)
             assert gone.removed == (second.id,)
 
@@ -163,7 +153,7 @@ def test_join_token_is_single_use_even_when_joins_race(tmp_path: Path) -> None:
     async def main() -> None:
         srv = await _server(tmp_path)
         try:
-            token, _ = srv.core.create_token(ADMIN, dt.timedelta(minutes=5))
+            token = srv.registry.tokens.create(ADMIN, CreateToken(ttl=dt.timedelta(minutes=5))).token
             links = [_link(srv, tmp_path, token, f"agent{i}") for i in range(4)]
             results = await asyncio.gather(*(lk.start() for lk in links), return_exceptions=True)
             ok = [r for r in results if r is None]
@@ -178,18 +168,20 @@ def test_join_token_is_single_use_even_when_joins_race(tmp_path: Path) -> None:
     asyncio.run(main())
 
 
-def test_join_with_a_csr_that_is_not_base64_is_invalid_and_logs_no_traceback(
+def test_join_with_bytes_that_are_no_csr_is_invalid_and_logs_no_traceback(
     tmp_path: Path,
 ) -> None:
     async def main() -> None:
         srv = await _server(tmp_path)
         try:
-            token, _ = srv.core.create_token(ADMIN, dt.timedelta(minutes=5))
+            token = srv.registry.tokens.create(ADMIN, CreateToken(ttl=dt.timedelta(minutes=5))).token
             with structlog.testing.capture_logs() as logs:
-                for bad in ("not base64 at all!", "QUJD=x", "@@@@"):
-                    status, message = await _join_status(srv, {"token": token, "csr_der": bad})
+                for bad in (b"not a csr at all!", b"\x30\x03ABC", b"@@@@"):
+                    status, message = await _join_status(
+                        srv, agent_pb2.JoinRequest(token=token, csr_der=bad)
+                    )
                     assert status is Status.INVALID_ARGUMENT, message
-                    assert "base64" in message and "\n" not in message
+                    assert "csr" in message and "\n" not in message
                     assert token not in message
             assert not [e for e in logs if e.get("exc_info") or e["log_level"] == "error"], logs
             assert token not in repr(logs)
@@ -208,11 +200,11 @@ def test_join_with_a_malformed_csr_leaves_the_token_for_a_retry(tmp_path: Path) 
     async def main() -> None:
         srv = await _server(tmp_path)
         try:
-            token, _ = srv.core.create_token(ADMIN, dt.timedelta(minutes=5))
+            token = srv.registry.tokens.create(ADMIN, CreateToken(ttl=dt.timedelta(minutes=5))).token
             with structlog.testing.capture_logs() as logs:
                 for bad in (b"garbage", _csr()[:-7], b""):
                     status, message = await _join_status(
-                        srv, {"token": token, "csr_der": _b64(bad), "hostname": "h"}
+                        srv, agent_pb2.JoinRequest(token=token, csr_der=bad, hostname="h")
                     )
                     assert status is Status.INVALID_ARGUMENT, message
                     assert "csr" in message and "\n" not in message
@@ -223,7 +215,9 @@ def test_join_with_a_malformed_csr_leaves_the_token_for_a_retry(tmp_path: Path) 
             await link.start()
             assert [a.id for a in srv.store.list_agents()] == [link.agent_id]
             await link.close()
-            status, message = await _join_status(srv, {"token": token, "csr_der": _b64(_csr())})
+            status, message = await _join_status(
+                srv, agent_pb2.JoinRequest(token=token, csr_der=_csr())
+            )
             assert status is Status.PERMISSION_DENIED, message  # spent by the good join only
             events = [json.loads(line) for line in _audit_text(tmp_path).splitlines()]
             joins = [e for e in events if e["type"] == "agent.join"]
@@ -241,33 +235,30 @@ def test_join_with_a_wrong_key_type_or_bad_signature_keeps_the_token(tmp_path: P
     async def main() -> None:
         srv = await _server(tmp_path)
         try:
-            token, _ = srv.core.create_token(ADMIN, dt.timedelta(minutes=5))
+            token = srv.registry.tokens.create(ADMIN, CreateToken(ttl=dt.timedelta(minutes=5))).token
             tampered = bytearray(_csr())
             tampered[-3] ^= 0x55
-            cases: list[tuple[Any, str]] = [
-                (_b64(_signed_csr(ed25519.Ed25519PrivateKey.generate())), "not supported"),
+            cases: list[tuple[bytes, str]] = [
+                (_signed_csr(ed25519.Ed25519PrivateKey.generate()), "not supported"),
+                (_signed_csr(ec.generate_private_key(ec.SECP521R1()), hashes.SHA256()), "curve"),
                 (
-                    _b64(_signed_csr(ec.generate_private_key(ec.SECP521R1()), hashes.SHA256())),
-                    "curve",
-                ),
-                (
-                    _b64(
-                        _signed_csr(
-                            rsa.generate_private_key(public_exponent=65537, key_size=1024),
-                            hashes.SHA256(),
-                        )
+                    _signed_csr(
+                        rsa.generate_private_key(public_exponent=65537, key_size=1024),
+                        hashes.SHA256(),
                     ),
                     "bits",
                 ),
-                (_b64(bytes(tampered)), "csr"),
-                (12345, "csr"),
+                (bytes(tampered), "csr"),
+                (b"", "csr"),
             ]
             for csr_der, words in cases:
-                status, message = await _join_status(srv, {"token": token, "csr_der": csr_der})
+                status, message = await _join_status(
+                    srv, agent_pb2.JoinRequest(token=token, csr_der=csr_der)
+                )
                 assert status is Status.INVALID_ARGUMENT, message
                 assert words in message, message
             status, message = await _join_status(
-                srv, {"token": token, "csr_der": _b64(_csr()), "hostname": {"x": 1}}
+                srv, agent_pb2.JoinRequest(token=token, csr_der=_csr(), hostname="h\x00st")
             )
             assert status is Status.INVALID_ARGUMENT and "hostname" in message, message
             assert srv.store.list_agents() == []
@@ -287,14 +278,16 @@ def test_a_join_whose_issuance_fails_gives_the_token_back(
     async def main() -> None:
         srv = await _server(tmp_path)
         try:
-            token, _ = srv.core.create_token(ADMIN, dt.timedelta(minutes=5))
+            token = srv.registry.tokens.create(ADMIN, CreateToken(ttl=dt.timedelta(minutes=5))).token
             real_sign = srv.core.issuer.sign
 
             def failing(*args: Any, **kwargs: Any) -> Any:
                 raise SigningError("the key manager is unavailable")
 
             monkeypatch.setattr(srv.core.issuer, "sign", failing)
-            status, message = await _join_status(srv, {"token": token, "csr_der": _b64(_csr())})
+            status, message = await _join_status(
+                srv, agent_pb2.JoinRequest(token=token, csr_der=_csr())
+            )
             assert status is Status.UNAVAILABLE, message
             assert srv.store.list_agents() == []
             monkeypatch.setattr(srv.core.issuer, "sign", real_sign)
@@ -312,8 +305,8 @@ def test_consume_token_races_across_threads(tmp_path: Path) -> None:
     async def main() -> None:
         srv = await _server(tmp_path)
         try:
-            token, _ = srv.core.create_token(ADMIN, dt.timedelta(minutes=5))
-            digest = srv.core.token_hash(token)
+            token = srv.registry.tokens.create(ADMIN, CreateToken(ttl=dt.timedelta(minutes=5))).token
+            digest = srv.registry.tokens.hmac(token)
             barrier = threading.Barrier(8)
             wins: list[bool] = []
 
@@ -337,16 +330,15 @@ def test_evicted_agent_is_cut_off(tmp_path: Path) -> None:
     async def main() -> None:
         srv = await _server(tmp_path)
         try:
-            token, _ = srv.core.create_token(ADMIN, dt.timedelta(minutes=5))
-            entry = srv.core.create_entry(
-                ADMIN, spiffe_id="spiffe://trustd.local/ns/a/sa/b", selectors=["unix:uid:1000"]
-            )
+            token = srv.registry.tokens.create(ADMIN, CreateToken(ttl=dt.timedelta(minutes=5))).token
+            entry = srv.registry.entries.create(
+                ADMIN, CreateEntry(spiffe_id="spiffe://trustd.local/ns/a/sa/b", selectors=["unix:uid:1000"]))
             link = _link(srv, tmp_path, token)
             await link.start()
             entries = link.watch_entries(since_revision=None).__aiter__()
             await _next(entries)
             assert link.agent_id is not None
-            await asyncio.to_thread(srv.core.evict_agent, ADMIN, link.agent_id)
+            await asyncio.to_thread(srv.registry.agents.evict, ADMIN, link.agent_id)
             with pytest.raises(PermissionDeniedError, match="evicted"):
                 await _next(entries)
             with pytest.raises(PermissionDeniedError, match="evicted"):
@@ -387,21 +379,18 @@ def test_each_agent_gets_only_the_entries_it_may_serve(tmp_path: Path) -> None:
         try:
             links = []
             for name in ("a", "b"):
-                token, _ = srv.core.create_token(ADMIN, dt.timedelta(minutes=5))
+                token = srv.registry.tokens.create(ADMIN, CreateToken(ttl=dt.timedelta(minutes=5))).token
                 link = _link(srv, tmp_path, token, name)
                 await link.start()
                 links.append(link)
             a, b = links
             assert a.agent_id and b.agent_id
-            everywhere = srv.core.create_entry(
-                ADMIN, spiffe_id="spiffe://trustd.local/ns/x/sa/all", selectors=["unix:uid:1"]
-            )
-            only_a = srv.core.create_entry(
-                ADMIN,
-                spiffe_id="spiffe://trustd.local/ns/x/sa/a",
+            everywhere = srv.registry.entries.create(
+                ADMIN, CreateEntry(spiffe_id="spiffe://trustd.local/ns/x/sa/all", selectors=["unix:uid:1"]))
+            only_a = srv.registry.entries.create(
+                ADMIN, CreateEntry(spiffe_id="spiffe://trustd.local/ns/x/sa/a",
                 selectors=["unix:uid:2"],
-                agent_id=a.agent_id,
-            )
+                agent_id=a.agent_id))
             snap_a = await _next(a.watch_entries(since_revision=None).__aiter__())
             b_entries = b.watch_entries(since_revision=None).__aiter__()
             snap_b = await _next(b_entries)
@@ -412,13 +401,9 @@ def test_each_agent_gets_only_the_entries_it_may_serve(tmp_path: Path) -> None:
             [ok] = await a.sign_x509_svids([SvidRequest(entry_id=only_a.id, csr_der=_csr())])
             assert ok.entry_id == only_a.id
             # a later entry for a: b's delta does not carry it
-            await asyncio.to_thread(
-                srv.core.create_entry,
-                ADMIN,
-                spiffe_id="spiffe://trustd.local/ns/x/sa/a2",
+            await asyncio.to_thread(srv.registry.entries.create, ADMIN, CreateEntry(spiffe_id="spiffe://trustd.local/ns/x/sa/a2",
                 selectors=["unix:uid:3"],
-                agent_id=a.agent_id,
-            )
+                agent_id=a.agent_id))
             delta_b = await _next(b_entries)
             assert delta_b.upserted == ()
             for link in links:
@@ -444,7 +429,7 @@ def test_agent_svid_is_renewed_at_half_life(tmp_path: Path) -> None:
         await srv.start()
         await srv.wait_ready()
         try:
-            token, _ = srv.core.create_token(ADMIN, dt.timedelta(minutes=5))
+            token = srv.registry.tokens.create(ADMIN, CreateToken(ttl=dt.timedelta(minutes=5))).token
             link = _link(srv, tmp_path, token)
             await link.start()
             assert link.agent_id is not None

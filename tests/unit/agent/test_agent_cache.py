@@ -15,7 +15,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from trustd.agent.cache import AgentCache, AgentSettings
 from trustd.agent.errors import BadSvidError, NoIdentityError, SigningFailedError
 from trustd.agent.metrics import AgentMetrics
-from trustd.agent.upstream import SignedSvid, SvidRequest
+from trustd.agent.upstream import SvidRequest
+from trustd.ca.issuer import IssuedSvid
 from trustd.clock import FakeClock
 from trustd.entries import RegistrationEntry
 from trustd.selectors import Selector
@@ -76,7 +77,7 @@ async def test_only_a_csr_leaves_the_agent() -> None:
     seen: list[SvidRequest] = []
     orig = up.sign_x509_svids
 
-    async def spy(requests: Sequence[SvidRequest]) -> list[SignedSvid]:
+    async def spy(requests: Sequence[SvidRequest]) -> list[IssuedSvid]:
         seen.extend(requests)
         return await orig(requests)
 
@@ -260,7 +261,7 @@ async def test_svid_for_another_identity_from_server_is_refused() -> None:
     _up, clock, _a, _ = _setup()
 
     class Liar(FakeUpstream):
-        async def sign_x509_svids(self, requests: Sequence[SvidRequest]) -> list[SignedSvid]:
+        async def sign_x509_svids(self, requests: Sequence[SvidRequest]) -> list[IssuedSvid]:
             swapped = [SvidRequest(entry_id=r.entry_id, csr_der=r.csr_der) for r in requests]
             for e in self.entries.values():
                 self.entries[e.id] = RegistrationEntry(

@@ -14,7 +14,6 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 from audit_helpers import (
@@ -33,6 +32,7 @@ from trustd.audit import (
     GENESIS_HASH,
     Actor,
     AuditEvent,
+    AuditSink,
     AuditWriteError,
     Checkpoint,
     tail,
@@ -174,18 +174,21 @@ def test_concurrent_appends_get_unique_seqs_and_one_chain(open_log: OpenLog) -> 
     assert report.events_checked == 900
 
 
-def test_record_takes_keyword_fields_and_any_actor_shape(open_log: OpenLog) -> None:
+def test_the_log_is_the_audit_sink_and_append_many_returns_the_seqs_in_order(
+    open_log: OpenLog,
+) -> None:
     log = open_log()
-    actor = SimpleNamespace(kind="unix", id="uid:0", uid=0, addr="/tmp/admin.sock")
-    seq = log.record(
-        type="admin.entry.delete",
-        actor=actor,
-        action="delete",
-        resource="entry-1",
-        outcome="success",
+    sink: AuditSink = log
+    actor = Actor(kind="unix", id="uid:0", uid=0, addr="/tmp/admin.sock")
+    seqs = sink.append_many(
+        [
+            AuditEvent(type="admin.entry.delete", actor=actor, action="delete", resource="e-1"),
+            AuditEvent(type="admin.entry.delete", actor=actor, action="delete", resource="e-2"),
+        ]
     )
-    (rec,) = list(log.iter_events())
-    assert rec.seq == seq and rec.actor.uid == 0 and rec.type == "admin.entry.delete"
+    recs = list(log.iter_events())
+    assert [r.seq for r in recs] == seqs == [seqs[0], seqs[0] + 1]
+    assert [r.resource for r in recs] == ["e-1", "e-2"] and recs[0].actor.uid == 0
 
 
 # ------------------------------------------------------------------ segments

@@ -22,13 +22,13 @@ import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from trustd.audit import MemoryAuditSink
 from trustd.cli import main as cli_main
 from trustd.cli.client import ServerError
 from trustd.cli.main import main
 from trustd.cli.output import Format, emit
 from trustd.config import ServerConfig
 from trustd.server.app import TrustdServer
-from trustd.server.audit_hook import MemoryAuditor
 from trustd.telemetry import logging as tlog
 
 
@@ -51,7 +51,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrustdServer]:
 
     def run() -> None:
         asyncio.set_event_loop(loop)
-        srv = TrustdServer(cfg, auditor=MemoryAuditor())
+        srv = TrustdServer(cfg, audit=MemoryAuditSink())
         holder["server"] = srv
         try:
             loop.run_until_complete(srv.start())

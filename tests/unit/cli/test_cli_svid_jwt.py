@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 import structlog
 
+from trustd.audit import MemoryAuditSink
 from trustd.ca.jwt import validate_jwt_svid
 from trustd.cli.main import main
 from trustd.config import ServerConfig
 from trustd.server.app import TrustdServer
-from trustd.server.audit_hook import MemoryAuditor
 from trustd.telemetry import logging as tlog
 
 TOOL = "spiffe://trustd.local/ns/ops/sa/tool"
@@ -45,7 +45,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrustdServer]:
 
     def run() -> None:
         asyncio.set_event_loop(loop)
-        srv = TrustdServer(cfg, auditor=MemoryAuditor())
+        srv = TrustdServer(cfg, audit=MemoryAuditSink())
         holder["server"] = srv
         try:
             loop.run_until_complete(srv.start())
@@ -89,8 +89,8 @@ def _claims(token: str) -> dict[str, Any]:
 
 
 def _events(server: TrustdServer) -> list[dict[str, Any]]:
-    assert isinstance(server.auditor, MemoryAuditor)
-    return [e for e in server.auditor.events if e["type"] == "admin.svid.mint"]
+    assert isinstance(server.audit, MemoryAuditSink)
+    return [e for e in server.audit.events if e.type == "admin.svid.mint"]
 
 
 def test_mint_jwt_prints_only_the_token(
@@ -108,9 +108,9 @@ def test_mint_jwt_prints_only_the_token(
                               now=server.clock.now())
     assert str(found.spiffe_id) == TOOL
     event = _events(server)[-1]
-    assert event["outcome"] == "success" and event["details"]["jwt"] is True
-    assert event["details"]["jti"] == claims["jti"]
-    assert token not in json.dumps(server.auditor.events, default=str)  # type: ignore[attr-defined]
+    assert event.outcome == "success" and event.details["jwt"] is True
+    assert event.details["jti"] == claims["jti"]
+    assert token not in json.dumps(server.audit.events, default=str)  # type: ignore[attr-defined]
 
 
 def test_mint_jwt_json_names_the_token_by_jti_kid_and_expiry(

@@ -14,6 +14,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, utils
 
+from trustd.audit import Actor, AuditEvent, MemoryAuditSink
 from trustd.ca.authority import AuthorityManager, RotationSchedule
 from trustd.ca.errors import InvalidCsrError, InvalidTtlError, NoActiveAuthorityError, SigningError
 from trustd.ca.issuer import IssuedSvid, X509Issuer
@@ -28,8 +29,8 @@ from trustd.errors import (
     TrustdError,
     UnavailableError,
 )
+from trustd.registry import CreateEntry, CreateToken, Registry
 from trustd.selectors import InvalidSelectorError, Selector
-from trustd.server.audit_hook import Actor, MemoryAuditor
 from trustd.server.core import ServerCore, SvidRequest
 from trustd.spiffeid import InvalidSpiffeIdError, SpiffeId, TrustDomain
 from trustd.store.sqlite import SqliteStore
@@ -44,8 +45,9 @@ START = dt.datetime(2026, 3, 1, 12, 0, 0, tzinfo=dt.UTC)
 @dataclass
 class Rig:
     core: ServerCore
+    registry: Registry
     store: SqliteStore
-    auditor: MemoryAuditor
+    audit: MemoryAuditSink
     metrics: ServerMetrics
     clock: FakeClock
     km: MemoryKeyManager
@@ -69,7 +71,7 @@ def make_rig(*, km: Any = None, activate: bool = True) -> Rig:
         default_ttl=dt.timedelta(hours=1),
         max_ttl=dt.timedelta(hours=24),
     )
-    auditor = MemoryAuditor()
+    auditor = MemoryAuditSink()
     metrics = ServerMetrics()
     core = ServerCore(
         trust_domain=TrustDomain.parse("trustd.local"),
@@ -77,11 +79,40 @@ def make_rig(*, km: Any = None, activate: bool = True) -> Rig:
         key_manager=real_km,
         authorities=authorities,
         issuer=issuer,
-        auditor=auditor,
+        audit=auditor,
         clock=clock,
         metrics=metrics,
     )
-    return Rig(core=core, store=store, auditor=auditor, metrics=metrics, clock=clock, km=real_km)
+    registry = Registry(
+        store=store,
+        audit=auditor,
+        clock=clock,
+        issuance=core,
+        max_ttl=issuer.max_ttl,
+        notify=core.hub.notify,
+    )
+    return Rig(
+        core=core,
+        registry=registry,
+        store=store,
+        audit=auditor,
+        metrics=metrics,
+        clock=clock,
+        km=real_km,
+    )
+
+
+def replace_audit(rig: Rig, audit: MemoryAuditSink) -> Registry:
+    """The rig's registry, writing to ``audit`` instead."""
+    rig.core.audit = audit
+    return Registry(
+        store=rig.store,
+        audit=audit,
+        clock=rig.clock,
+        issuance=rig.core,
+        max_ttl=rig.core.issuer.max_ttl,
+        notify=rig.core.hub.notify,
+    )
 
 
 @pytest.fixture
@@ -104,38 +135,36 @@ def _sample(rig: Rig, name: str, labels: dict[str, str] | None = None) -> float:
     return 0.0 if value is None else value
 
 
-def _events(rig: Rig, type_: str) -> list[dict[str, Any]]:
-    return [e for e in rig.auditor.events if e["type"] == type_]
+def _events(rig: Rig, type_: str) -> list[AuditEvent]:
+    return [e for e in rig.audit.events if e.type == type_]
 
 
 # -- entries ----------------------------------------------------------------------------
 
 
 def test_create_entry_stores_it_and_records_who_did_it(rig: Rig) -> None:
-    entry = rig.core.create_entry(
-        ADMIN,
-        spiffe_id=WEB,
+    entry = rig.registry.entries.create(
+        ADMIN, CreateEntry(spiffe_id=WEB,
         selectors=["unix:uid:1000", "unix:path:/usr/bin/web", "unix:uid:1000"],
         ttl=dt.timedelta(minutes=30),
-        dns_names=["Web.Shop.svc."],
-    )
+        dns_names=["Web.Shop.svc."]))
     assert rig.store.get_entry(entry.id) == entry
     assert entry.selectors == tuple(
         sorted({Selector.parse("unix:uid:1000"), Selector.parse("unix:path:/usr/bin/web")})
     )
     assert entry.dns_names == ("web.shop.svc",)
     [event] = _events(rig, "admin.entry.create")
-    assert event["actor"] == ADMIN
-    assert event["outcome"] == "success"
-    assert event["resource"] == f"entry/{entry.id}"
+    assert event.actor == ADMIN
+    assert event.outcome == "success"
+    assert event.resource == f"entry/{entry.id}"
 
 
 def test_duplicate_entry_is_already_exists_and_audited(rig: Rig) -> None:
-    rig.core.create_entry(ADMIN, spiffe_id=WEB, selectors=["unix:uid:1000"])
+    rig.registry.entries.create(ADMIN, CreateEntry(spiffe_id=WEB, selectors=["unix:uid:1000"]))
     with pytest.raises(AlreadyExistsError, match="exists already"):
-        rig.core.create_entry(ADMIN, spiffe_id=WEB, selectors=["unix:uid:1000"])
+        rig.registry.entries.create(ADMIN, CreateEntry(spiffe_id=WEB, selectors=["unix:uid:1000"]))
     assert len(rig.store.list_entries()) == 1
-    assert [e["outcome"] for e in _events(rig, "admin.entry.create")] == ["success", "failure"]
+    assert [e.outcome for e in _events(rig, "admin.entry.create")] == ["success", "failure"]
 
 
 @pytest.mark.parametrize(
@@ -155,10 +184,10 @@ def test_invalid_entries_are_refused_and_nothing_is_stored(
     rig: Rig, spiffe_id: str, selectors: list[str], error: type[TrustdError], why: str
 ) -> None:
     with pytest.raises(error, match=why):
-        rig.core.create_entry(ADMIN, spiffe_id=spiffe_id, selectors=selectors)
+        rig.registry.entries.create(ADMIN, CreateEntry(spiffe_id=spiffe_id, selectors=selectors))
     assert rig.store.list_entries() == []
     [event] = _events(rig, "admin.entry.create")
-    assert event["outcome"] == "failure"
+    assert event.outcome == "failure"
 
 
 @pytest.mark.parametrize(
@@ -172,7 +201,7 @@ def test_invalid_entries_are_refused_and_nothing_is_stored(
 )
 def test_entry_ttl_out_of_range_is_refused(rig: Rig, ttl: dt.timedelta, why: str) -> None:
     with pytest.raises(InvalidTtlError, match=why):
-        rig.core.create_entry(ADMIN, spiffe_id=WEB, selectors=["unix:uid:1"], ttl=ttl)
+        rig.registry.entries.create(ADMIN, CreateEntry(spiffe_id=WEB, selectors=["unix:uid:1"], ttl=ttl))
     assert rig.store.list_entries() == []
 
 
@@ -182,46 +211,46 @@ def test_entry_ttl_out_of_range_is_refused(rig: Rig, ttl: dt.timedelta, why: str
 )
 def test_bad_dns_names_are_refused(rig: Rig, name: str) -> None:
     with pytest.raises(InvalidArgumentError, match="invalid dns name"):
-        rig.core.create_entry(ADMIN, spiffe_id=WEB, selectors=["unix:uid:1"], dns_names=[name])
+        rig.registry.entries.create(ADMIN, CreateEntry(spiffe_id=WEB, selectors=["unix:uid:1"], dns_names=[name]))
 
 
 def test_entry_is_not_created_when_the_audit_log_is_down(rig: Rig) -> None:
-    rig.auditor.fail_with = UnavailableError("audit log unavailable")
+    rig.audit.fail_with = UnavailableError("audit log unavailable")
     with pytest.raises(UnavailableError):
-        rig.core.create_entry(ADMIN, spiffe_id=WEB, selectors=["unix:uid:1"])
+        rig.registry.entries.create(ADMIN, CreateEntry(spiffe_id=WEB, selectors=["unix:uid:1"]))
     assert rig.store.list_entries() == []
 
 
-class RecordFailsAuditor(MemoryAuditor):
+class RecordFailsAuditor(MemoryAuditSink):
     """The audit log passes its check, then fails to write the success event."""
 
-    def record(self, **kw: Any) -> int:
-        if kw["outcome"] == "success":
+    def append_many(self, events: Sequence[AuditEvent]) -> list[int]:
+        if any(e.outcome == "success" for e in events):
             raise UnavailableError("audit disk full")
-        return super().record(**kw)
+        return super().append_many(events)
 
 
 def test_entry_is_undone_when_its_audit_event_cannot_be_written(rig: Rig) -> None:
-    rig.core.auditor = RecordFailsAuditor()
+    rig.registry = replace_audit(rig, RecordFailsAuditor())
     with pytest.raises(UnavailableError):
-        rig.core.create_entry(ADMIN, spiffe_id=WEB, selectors=["unix:uid:1"])
+        rig.registry.entries.create(ADMIN, CreateEntry(spiffe_id=WEB, selectors=["unix:uid:1"]))
     assert rig.store.list_entries() == []
 
 
 def test_delete_entry(rig: Rig) -> None:
-    entry = rig.core.create_entry(ADMIN, spiffe_id=WEB, selectors=["unix:uid:1"])
-    assert rig.core.delete_entry(ADMIN, entry.id) == entry
+    entry = rig.registry.entries.create(ADMIN, CreateEntry(spiffe_id=WEB, selectors=["unix:uid:1"]))
+    assert rig.registry.entries.delete(ADMIN, entry.id) == entry
     assert rig.store.list_entries() == []
     with pytest.raises(NotFoundError):
-        rig.core.delete_entry(ADMIN, entry.id)
-    assert [e["outcome"] for e in _events(rig, "admin.entry.delete")] == ["success", "failure"]
+        rig.registry.entries.delete(ADMIN, entry.id)
+    assert [e.outcome for e in _events(rig, "admin.entry.delete")] == ["success", "failure"]
 
 
 # -- issuance ---------------------------------------------------------------------------
 
 
 def _entry(rig: Rig, spiffe_id: str = WEB, ttl: dt.timedelta | None = None) -> RegistrationEntry:
-    return rig.core.create_entry(ADMIN, spiffe_id=spiffe_id, selectors=["unix:uid:1000"], ttl=ttl)
+    return rig.registry.entries.create(ADMIN, CreateEntry(spiffe_id=spiffe_id, selectors=["unix:uid:1000"], ttl=ttl))
 
 
 def test_a_batch_signs_the_good_requests_and_fails_the_bad_alone(rig: Rig) -> None:
@@ -248,7 +277,7 @@ def test_a_batch_signs_the_good_requests_and_fails_the_bad_alone(rig: Rig) -> No
     assert _sample(rig, "trustd_signing_duration_seconds_count") == 1
     assert len(_events(rig, "svid.issue")) == 2
     [deny] = _events(rig, "svid.deny")
-    assert deny["outcome"] == "failure" and "csr" in deny["reason"]
+    assert deny.outcome == "failure" and "csr" in deny.reason
 
 
 def test_an_entry_ttl_above_the_maximum_is_denied(rig: Rig) -> None:
@@ -443,7 +472,7 @@ def test_authority_operations_are_audited_and_counted(rig: Rig) -> None:
     assert activated.id == prepared.id
     rig.core.authority_op(ADMIN, "taint", old)
     assert rig.core.bundle().tainted_key_ids == frozenset({old})
-    assert [e["type"] for e in rig.auditor.events] == [
+    assert [e.type for e in rig.audit.events] == [
         "admin.authority.prepare",
         "admin.authority.activate",
         "admin.authority.taint",
@@ -460,24 +489,25 @@ def test_refused_authority_operations_are_audited_as_failures(rig: Rig) -> None:
     active = rig.core.authorities.active_signer().id
     with pytest.raises(TrustdError, match="is active"):
         rig.core.authority_op(ADMIN, "taint", active)
-    [event] = rig.auditor.events
-    assert event["outcome"] == "failure" and event["type"] == "admin.authority.taint"
+    [event] = rig.audit.events
+    assert event.outcome == "failure" and event.type == "admin.authority.taint"
 
 
 # -- join tokens ------------------------------------------------------------------------
 
 
 def test_join_token_is_stored_and_audited_only_as_an_hmac(rig: Rig) -> None:
-    token, expires = rig.core.create_token(ADMIN, dt.timedelta(minutes=10))
+    created = rig.registry.tokens.create(ADMIN, CreateToken(ttl=dt.timedelta(minutes=10)))
+    token, expires = created.token, created.expires_at
     assert expires == START + dt.timedelta(minutes=10)
-    digest = rig.core.token_hash(token)
+    digest = rig.registry.tokens.hmac(token)
     key = bytes.fromhex(rig.store.get_doc("token.hmac_key") or "")
     assert digest == hmac.new(key, token.encode(), hashlib.sha256).hexdigest()
     with rig.store._tx() as run:
         rows = run("SELECT * FROM join_tokens").fetchall()
     assert [r[0] for r in rows] == [digest]
     assert token not in repr(rows)
-    assert token not in repr(rig.auditor.events)
+    assert token not in repr(rig.audit.events)
     assert rig.store.consume_token(digest, "agent-1", START)
     assert not rig.store.consume_token(digest, "agent-2", START)
 
@@ -487,7 +517,7 @@ def test_join_token_is_stored_and_audited_only_as_an_hmac(rig: Rig) -> None:
 )
 def test_join_token_ttl_out_of_range_is_refused(rig: Rig, ttl: dt.timedelta) -> None:
     with pytest.raises(InvalidTtlError):
-        rig.core.create_token(ADMIN, ttl)
+        rig.registry.tokens.create(ADMIN, CreateToken(ttl=ttl))
     with rig.store._tx() as run:
         assert run("SELECT COUNT(*) FROM join_tokens").fetchone()[0] == 0
 

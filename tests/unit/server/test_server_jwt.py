@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from trustd.audit import Actor, MemoryAuditSink
 from trustd.audit.events import check_no_secrets
 from trustd.ca.authority import AuthorityManager, RotationSchedule
 from trustd.ca.errors import InvalidTtlError, ReservedIdError
@@ -18,7 +19,6 @@ from trustd.clock import FakeClock
 from trustd.entries import RegistrationEntry
 from trustd.errors import InvalidArgumentError, UnavailableError
 from trustd.selectors import Selector
-from trustd.server.audit_hook import Actor, MemoryAuditor
 from trustd.server.core import ServerCore
 from trustd.spiffeid import SpiffeId, TrustDomain
 from trustd.store.sqlite import SqliteStore
@@ -34,7 +34,7 @@ START = dt.datetime(2026, 3, 1, 12, 0, 0, tzinfo=dt.UTC)
 @dataclass
 class Rig:
     core: ServerCore
-    auditor: MemoryAuditor
+    audit: MemoryAuditSink
     clock: FakeClock
     metrics: ServerMetrics
 
@@ -50,7 +50,7 @@ def make_rig() -> Rig:
         schedule=RotationSchedule(ca_ttl=dt.timedelta(hours=24)),
         clock=clock,
     )
-    auditor = MemoryAuditor()
+    auditor = MemoryAuditSink()
     metrics = ServerMetrics()
     core = ServerCore(
         trust_domain=TD,
@@ -60,12 +60,12 @@ def make_rig() -> Rig:
         issuer=X509Issuer(
             key_manager=km, default_ttl=dt.timedelta(hours=1), max_ttl=dt.timedelta(hours=24)
         ),
-        auditor=auditor,
+        audit=auditor,
         clock=clock,
         metrics=metrics,
     )
     core.ensure_ca()
-    return Rig(core=core, auditor=auditor, clock=clock, metrics=metrics)
+    return Rig(core=core, audit=auditor, clock=clock, metrics=metrics)
 
 
 def _entry(spiffe_id: str = WEB) -> RegistrationEntry:
@@ -86,10 +86,10 @@ def _validate(rig: Rig, token: str, audience: str) -> SpiffeId:
 
 def test_ensure_ca_makes_an_active_jwt_key_too_and_audits_it() -> None:
     rig = make_rig()
-    kinds = [(e["type"], e["resource"].split("/")[0]) for e in rig.auditor.events]
+    kinds = [(e.type, e.resource.split("/")[0]) for e in rig.audit.events]
     assert ("authority.activated", "jwt-authority") in kinds
-    [jwt_event] = [e for e in rig.auditor.events if e["resource"].startswith("jwt-authority/")]
-    assert jwt_event["details"]["jwt"] is True and jwt_event["details"]["automatic"] is True
+    [jwt_event] = [e for e in rig.audit.events if e.resource.startswith("jwt-authority/")]
+    assert jwt_event.details["jwt"] is True and jwt_event.details["automatic"] is True
     bundle = rig.core.bundle()
     assert len(bundle.jwt_authorities) == 1 and len(bundle.x509_authorities) == 1
     uses = [k["use"] for k in bundle.to_spiffe_json()["keys"]]  # type: ignore[union-attr]
@@ -101,17 +101,17 @@ def test_agent_jwt_svid_takes_the_identity_from_the_entry_and_is_audited_without
     svid = rig.core.issue_jwt_svid(AGENT, entry=_entry(), audience=["backend"])
     assert _validate(rig, svid.token, "backend") == SpiffeId.parse(WEB)
     assert svid.expires_at - svid.issued_at == dt.timedelta(minutes=5)  # the default
-    [event] = [e for e in rig.auditor.events if e["type"] == "svid.issue"]
-    assert event["actor"] == AGENT and event["resource"] == WEB and event["outcome"] == "success"
-    assert event["details"] == {
+    [event] = [e for e in rig.audit.events if e.type == "svid.issue"]
+    assert event.actor == AGENT and event.resource == WEB and event.outcome == "success"
+    assert event.details == {
         "jwt": True,
         "jti": svid.jti,
         "kid": svid.key_id,
         "exp": svid.expires_at.isoformat().replace("+00:00", "Z"),
         "entry_id": "e1",
     }
-    check_no_secrets(event["details"])  # what the real audit log would accept
-    assert svid.token not in json.dumps(rig.auditor.events, default=str)
+    check_no_secrets(event.details)  # what the real audit log would accept
+    assert svid.token not in json.dumps(rig.audit.events, default=str)
 
 
 def test_admin_mint_is_audited_as_admin_svid_mint_with_jwt_true() -> None:
@@ -121,11 +121,11 @@ def test_admin_mint_is_audited_as_admin_svid_mint_with_jwt_true() -> None:
     )
     assert svid.expires_at - svid.issued_at == dt.timedelta(minutes=10)
     assert _validate(rig, svid.token, "b") == SpiffeId.parse(WEB)
-    [event] = [e for e in rig.auditor.events if e["type"] == "admin.svid.mint"]
-    assert event["action"] == "mint" and event["actor"] == ADMIN
-    assert event["details"]["jwt"] is True and event["details"]["jti"] == svid.jti
-    assert set(event["details"]) == {"jwt", "jti", "kid", "exp"}
-    assert svid.token not in json.dumps(rig.auditor.events, default=str)
+    [event] = [e for e in rig.audit.events if e.type == "admin.svid.mint"]
+    assert event.action == "mint" and event.actor == ADMIN
+    assert event.details["jwt"] is True and event.details["jti"] == svid.jti
+    assert set(event.details) == {"jwt", "jti", "kid", "exp"}
+    assert svid.token not in json.dumps(rig.audit.events, default=str)
 
 
 @pytest.mark.parametrize(
@@ -147,13 +147,13 @@ def test_mint_refusals_are_audited_as_failures(
     with pytest.raises(error) as err:
         rig.core.mint_jwt(ADMIN, **args)  # type: ignore[arg-type]
     assert why in str(err.value)
-    [event] = [e for e in rig.auditor.events if e["type"] == "admin.svid.mint"]
-    assert event["outcome"] == "failure" and event["details"] == {"jwt": True}
+    [event] = [e for e in rig.audit.events if e.type == "admin.svid.mint"]
+    assert event.outcome == "failure" and event.details == {"jwt": True}
 
 
 def test_nothing_is_signed_when_audit_cannot_be_written() -> None:
     rig = make_rig()
-    rig.auditor.fail_with = UnavailableError("audit log is full")
+    rig.audit.fail_with = UnavailableError("audit log is full")
     with pytest.raises(UnavailableError):
         rig.core.issue_jwt_svid(AGENT, entry=_entry(), audience=["backend"])
 
@@ -169,7 +169,7 @@ def test_rotate_tick_publishes_the_next_jwt_key_and_wakes_bundle_watchers() -> N
     assert after.sequence > before.sequence
     assert rig.core.hub.version("bundle") > seen
     prepared = [
-        e for e in rig.auditor.events
-        if e["type"] == "authority.prepared" and e["resource"].startswith("jwt-authority/")
+        e for e in rig.audit.events
+        if e.type == "authority.prepared" and e.resource.startswith("jwt-authority/")
     ]
     assert len(prepared) == 1

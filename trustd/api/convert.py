@@ -1,0 +1,249 @@
+"""Between trustd's messages (``trustd.api.*.v1``) and its domain values.
+
+Both ends of every API translate here, so each field is mapped once: the server's
+edges from domain values to messages, the agent, the proxy and the CLI back.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+from cryptography import x509
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from trustd.api.policy.v1 import policy_pb2
+from trustd.api.types.v1 import types_pb2
+from trustd.bundle import Bundle
+from trustd.ca.issuer import IssuedSvid
+from trustd.ca.jwt import JwtSvid
+from trustd.dataplane.proxy import DenialEvent
+from trustd.entries import RegistrationEntry
+from trustd.errors import InvalidArgumentError
+from trustd.policy.effective import PolicySet
+from trustd.policy.status import Destination, InboundStats, ProxyStatus
+from trustd.selectors import Selector
+from trustd.spiffeid import SpiffeId, TrustDomain
+
+# -- time ----------------------------------------------------------------------------
+
+
+def timestamp(when: dt.datetime) -> Timestamp:
+    ts = Timestamp()
+    ts.FromDatetime(when.astimezone(dt.UTC))
+    return ts
+
+
+def time_of(ts: Timestamp) -> dt.datetime:
+    """A timestamp as a timezone-aware UTC datetime."""
+    return ts.ToDatetime(tzinfo=dt.UTC)
+
+
+def optional_timestamp(when: dt.datetime | None) -> Timestamp | None:
+    """``None`` (the field stays unset) for no time."""
+    return None if when is None else timestamp(when)
+
+
+def optional_time(ts: Timestamp | None) -> dt.datetime | None:
+    """``None`` for an unset (or absent) timestamp field."""
+    return None if ts is None or ts.ByteSize() == 0 else time_of(ts)
+
+
+# -- entries -------------------------------------------------------------------------
+
+
+def entry_message(e: RegistrationEntry) -> types_pb2.Entry:
+    return types_pb2.Entry(
+        id=e.id,
+        spiffe_id=str(e.spiffe_id),
+        selectors=[str(s) for s in e.selectors],
+        ttl_seconds=None if e.ttl is None else int(e.ttl.total_seconds()),
+        dns_names=list(e.dns_names),
+        revision=e.revision,
+        agent_id=e.agent_id,
+        created_at=timestamp(e.created_at),
+    )
+
+
+def entry_of(msg: types_pb2.Entry) -> RegistrationEntry:
+    return RegistrationEntry(
+        id=msg.id,
+        spiffe_id=SpiffeId.parse(msg.spiffe_id),
+        selectors=tuple(Selector.parse(s) for s in msg.selectors),
+        ttl=dt.timedelta(seconds=msg.ttl_seconds) if msg.HasField("ttl_seconds") else None,
+        dns_names=tuple(msg.dns_names),
+        revision=msg.revision,
+        agent_id=msg.agent_id if msg.HasField("agent_id") and msg.agent_id else None,
+        created_at=time_of(msg.created_at),
+    )
+
+
+# -- SVIDs ---------------------------------------------------------------------------
+
+
+def x509_svid_message(s: IssuedSvid) -> types_pb2.X509Svid:
+    return types_pb2.X509Svid(
+        entry_id=s.entry_id,
+        spiffe_id=str(s.spiffe_id),
+        cert_chain_der=list(s.chain_der),
+        serial=s.serial,
+        not_after=timestamp(s.not_after),
+        authority_id=s.authority_id,
+    )
+
+
+def x509_svid_of(msg: types_pb2.X509Svid) -> IssuedSvid:
+    if not msg.cert_chain_der:
+        raise InvalidArgumentError("the server sent an svid without a certificate")
+    return IssuedSvid(
+        spiffe_id=SpiffeId.parse(msg.spiffe_id),
+        certificate=x509.load_der_x509_certificate(msg.cert_chain_der[0]),
+        chain_der=tuple(msg.cert_chain_der),
+        serial=msg.serial,
+        not_after=time_of(msg.not_after),
+        authority_id=msg.authority_id,
+        entry_id=msg.entry_id,
+    )
+
+
+def jwt_svid_message(s: JwtSvid, *, entry_id: str = "") -> types_pb2.JwtSvid:
+    return types_pb2.JwtSvid(
+        entry_id=entry_id,
+        spiffe_id=str(s.spiffe_id),
+        audience=list(s.audience),
+        token=s.token,
+        key_id=s.key_id,
+        jti=s.jti,
+        issued_at=timestamp(s.issued_at),
+        expires_at=timestamp(s.expires_at),
+    )
+
+
+# -- bundles -------------------------------------------------------------------------
+
+
+def bundle_message(b: Bundle) -> types_pb2.Bundle:
+    return types_pb2.Bundle(
+        trust_domain=str(b.trust_domain),
+        sequence=b.sequence,
+        spiffe_bundle=json.dumps(b.to_spiffe_json()).encode(),
+    )
+
+
+def bundle_of(msg: types_pb2.Bundle) -> Bundle:
+    return Bundle.from_spiffe(TrustDomain.parse(msg.trust_domain), msg.spiffe_bundle)
+
+
+# -- policy --------------------------------------------------------------------------
+
+
+def policy_set_message(p: PolicySet) -> policy_pb2.PolicySet:
+    return policy_pb2.PolicySet(
+        version=p.version,
+        content_hash=p.content_hash,
+        document=json.dumps(p.to_json(), separators=(",", ":")).encode(),
+    )
+
+
+def policy_set_of(msg: policy_pb2.PolicySet) -> PolicySet:
+    return PolicySet.from_json(json.loads(msg.document))
+
+
+def proxy_status_message(s: ProxyStatus) -> policy_pb2.ProxyStatus:
+    return policy_pb2.ProxyStatus(
+        proxy_id=s.proxy_id,
+        spiffe_id=str(s.spiffe_id),
+        acked_version=s.acked_version,
+        inbound=[_inbound_message(i) for i in s.inbound],
+        destinations=[_destination_message(d) for d in s.destinations],
+        reported_at=optional_timestamp(s.reported_at),
+    )
+
+
+def proxy_status_of(msg: policy_pb2.ProxyStatus) -> ProxyStatus:
+    return ProxyStatus(
+        proxy_id=msg.proxy_id,
+        spiffe_id=SpiffeId.parse(msg.spiffe_id),
+        acked_version=msg.acked_version,
+        inbound=tuple(_inbound_of(i) for i in msg.inbound),
+        destinations=tuple(_destination_of(d) for d in msg.destinations),
+        reported_at=optional_time(msg.reported_at if msg.HasField("reported_at") else None),
+    )
+
+
+def _inbound_message(i: InboundStats) -> policy_pb2.InboundStats:
+    return policy_pb2.InboundStats(
+        port=i.port,
+        mode=i.mode,
+        mode_version=i.mode_version,
+        plaintext_since_mode=i.plaintext_since_mode,
+        plaintext_active=i.plaintext_active,
+        plaintext_total=i.plaintext_total,
+        tls_active=i.tls_active,
+        tls_total=i.tls_total,
+        last_plaintext_at=optional_timestamp(i.last_plaintext_at),
+    )
+
+
+def _inbound_of(msg: policy_pb2.InboundStats) -> InboundStats:
+    return InboundStats(
+        port=msg.port,
+        plaintext_active=msg.plaintext_active,
+        plaintext_total=msg.plaintext_total,
+        tls_active=msg.tls_active,
+        tls_total=msg.tls_total,
+        last_plaintext_at=optional_time(
+            msg.last_plaintext_at if msg.HasField("last_plaintext_at") else None
+        ),
+        mode=msg.mode if msg.HasField("mode") and msg.mode else None,
+        mode_version=msg.mode_version if msg.HasField("mode_version") else None,
+        plaintext_since_mode=msg.plaintext_since_mode,
+    )
+
+
+def _destination_message(d: Destination) -> policy_pb2.Destination:
+    return policy_pb2.Destination(
+        spiffe_id=str(d.spiffe_id),
+        port=d.port,
+        transport=d.transport,
+        mtls_total=d.mtls_total,
+        plaintext_total=d.plaintext_total,
+    )
+
+
+def _destination_of(msg: policy_pb2.Destination) -> Destination:
+    return Destination(
+        spiffe_id=SpiffeId.parse(msg.spiffe_id),
+        port=msg.port,
+        transport=msg.transport if msg.HasField("transport") and msg.transport else None,
+        mtls_total=msg.mtls_total,
+        plaintext_total=msg.plaintext_total,
+    )
+
+
+def denial_message(d: DenialEvent) -> policy_pb2.Denial:
+    return policy_pb2.Denial(
+        time=timestamp(d.time),
+        proxy_id=d.proxy_id,
+        listener=d.listener,
+        reason=d.reason,
+        detail=d.detail,
+        peer_address=d.peer_address,
+        peer_spiffe_id=d.peer_spiffe_id,
+        local_spiffe_id=d.local_spiffe_id,
+        policy_version=d.policy_version,
+    )
+
+
+def denial_of(msg: policy_pb2.Denial) -> DenialEvent:
+    return DenialEvent(
+        time=time_of(msg.time),
+        proxy_id=msg.proxy_id,
+        listener=msg.listener,
+        reason=msg.reason,
+        detail=msg.detail,
+        peer_address=msg.peer_address,
+        peer_spiffe_id=msg.peer_spiffe_id if msg.HasField("peer_spiffe_id") else None,
+        local_spiffe_id=msg.local_spiffe_id if msg.HasField("local_spiffe_id") else None,
+        policy_version=msg.policy_version,
+    )

@@ -1,0 +1,158 @@
+"""What the CLI prints for each admin API message: the rows ``-o table|wide|json|yaml``
+render (``trustd.cli.output.emit``). Keys and their order are the CLI's output
+format, kept exactly as scripts know it; the values come from the typed messages.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from trustd.api.admin.v1 import admin_pb2 as pb
+from trustd.api.convert import entry_of, time_of
+from trustd.api.types.v1 import types_pb2
+
+
+def iso(ts: Timestamp) -> str:
+    """RFC 3339 UTC with a ``Z``, as every CLI time is printed."""
+    return time_of(ts).astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+def entry(msg: types_pb2.Entry) -> dict[str, Any]:
+    return dict(entry_of(msg).to_json())
+
+
+def entries(msg: pb.ListEntriesResponse) -> dict[str, Any]:
+    return {"entries": [entry(e) for e in msg.entries]}
+
+
+def authority(a: pb.Authority) -> dict[str, Any]:
+    return {
+        "id": a.id,
+        "state": a.state,
+        "tainted": a.tainted,
+        "revoked": a.revoked,
+        "not_before": iso(a.not_before),
+        "not_after": iso(a.not_after),
+        "key_backend": a.key_backend,
+        "key_algorithm": a.key_algorithm,
+        "subject": a.subject,
+        "upstream": a.upstream,
+    }
+
+
+def authorities(msg: pb.ListAuthoritiesResponse) -> dict[str, Any]:
+    return {"authorities": [authority(a) for a in msg.authorities]}
+
+
+def blockers(msg: pb.ListBlockersResponse) -> dict[str, Any]:
+    return {
+        "certificates": [
+            {
+                "serial": b.serial,
+                "spiffe_id": b.spiffe_id,
+                "not_after": iso(b.not_after),
+                "holder": b.holder,
+                "entry_id": b.entry_id if b.HasField("entry_id") else None,
+                "issued_at": iso(b.issued_at),
+                "reissued_by_agents": b.HasField("entry_id"),
+            }
+            for b in msg.certificates
+        ]
+    }
+
+
+def agent(a: pb.Agent) -> dict[str, Any]:
+    return {
+        "id": a.id,
+        "spiffe_id": a.spiffe_id,
+        "serial": a.serial,
+        "not_after": iso(a.not_after),
+        "joined_at": iso(a.joined_at),
+        "last_seen": iso(a.last_seen),
+        "evicted": a.evicted,
+        "hostname": a.hostname,
+    }
+
+
+def agents(msg: pb.ListAgentsResponse) -> dict[str, Any]:
+    return {"agents": [agent(a) for a in msg.agents]}
+
+
+def evicted(msg: pb.EvictAgentResponse) -> dict[str, Any]:
+    return {"id": msg.id, "evicted": msg.evicted}
+
+
+def token(msg: pb.CreateTokenResponse) -> dict[str, Any]:
+    return {"token": msg.token, "expires_at": iso(msg.expires_at)}
+
+
+def minted_x509(msg: pb.MintX509SvidResponse) -> dict[str, Any]:
+    s = msg.svid
+    return {
+        "spiffe_id": s.spiffe_id,
+        "serial": s.serial,
+        "not_after": iso(s.not_after),
+        "authority_id": s.authority_id,
+    }
+
+
+def minted_jwt(msg: pb.MintJwtSvidResponse) -> dict[str, Any]:
+    s = msg.svid
+    return {
+        "spiffe_id": s.spiffe_id,
+        "audience": list(s.audience),
+        "token": s.token,
+        "kid": s.key_id,
+        "jti": s.jti,
+        "issued_at": iso(s.issued_at),
+        "expires_at": iso(s.expires_at),
+    }
+
+
+def bundle(msg: pb.BundleResponse) -> dict[str, Any]:
+    return {
+        "trust_domain": msg.bundle.trust_domain,
+        "sequence": msg.bundle.sequence,
+        "pem": msg.pem.decode(),
+        "spiffe": json.loads(msg.bundle.spiffe_bundle),
+    }
+
+
+def applied(msg: pb.ApplyPolicyResponse) -> dict[str, Any]:
+    return {
+        "version": msg.version,
+        "hash": msg.hash,
+        "published": msg.published,
+        "forcedReasons": list(msg.forced_reasons),
+        "diff": list(msg.diff),
+    }
+
+
+def policy_diff(msg: pb.DiffPolicyResponse) -> dict[str, Any]:
+    return {"empty": msg.empty, "lines": list(msg.lines), **json.loads(msg.changes or b"{}")}
+
+
+def report(msg: pb.PolicyReport) -> Any:
+    """A policy engine report (effective policy, status, rollout state), as it wrote it."""
+    return json.loads(msg.document)
+
+
+def verified(msg: pb.VerifyAuditResponse) -> dict[str, Any]:
+    def opt(name: str) -> int | None:
+        return getattr(msg, name) if msg.HasField(name) else None
+
+    return {
+        "ok": msg.ok,
+        "first_bad_seq": opt("first_bad_seq"),
+        "problem": msg.problem,
+        "events_checked": msg.events_checked,
+        "first_seq": opt("first_seq"),
+        "last_seq": opt("last_seq"),
+        "checkpoints_checked": msg.checkpoints_checked,
+        "last_checkpoint_seq": opt("last_checkpoint_seq"),
+        "head_seq": opt("head_seq"),
+    }
