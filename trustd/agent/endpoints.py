@@ -10,8 +10,8 @@ context. Nothing the caller sends (request fields, metadata) takes part in
 deciding who it is. The per-connection hook itself is the one private grpclib
 seam, kept in :mod:`trustd.agent.grpclib_internals`.
 
-Also here: the one place where trustd errors become gRPC status codes for the
-agent socket.
+Errors become gRPC statuses through trustd.api.edge, the one table for every
+trustd API.
 """
 
 from __future__ import annotations
@@ -27,23 +27,15 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from grpclib.const import Status
 from grpclib.encoding.proto import ProtoCodec
-from grpclib.exceptions import GRPCError
 from grpclib.server import Server, Stream
 
 from trustd.agent import errors
 from trustd.agent.attestation import Attestor, attest
 from trustd.agent.grpclib_internals import slim_per_stream, wrap_protocol_factory
+from trustd.api.edge import to_grpc_error
 from trustd.errors import (
-    AlreadyExistsError,
-    FailedPreconditionError,
-    InvalidArgumentError,
-    NotFoundError,
-    PermissionDeniedError,
     TrustdError,
-    UnauthenticatedError,
-    UnavailableError,
 )
 from trustd.selectors import Caller
 
@@ -201,32 +193,13 @@ def prepare_socket_path(path: Path) -> None:
     )
 
 
-def status_of(exc: TrustdError) -> Status:
-    """The gRPC status for a trustd error raised while serving the agent socket."""
-    for cls, code in _STATUS_BY_CLASS:
-        if isinstance(exc, cls):
-            return code
-    return Status.INTERNAL
-
-
-_STATUS_BY_CLASS: tuple[tuple[type[TrustdError], Status], ...] = (
-    (UnauthenticatedError, Status.UNAUTHENTICATED),
-    (PermissionDeniedError, Status.PERMISSION_DENIED),
-    (NotFoundError, Status.NOT_FOUND),
-    (InvalidArgumentError, Status.INVALID_ARGUMENT),
-    (AlreadyExistsError, Status.ALREADY_EXISTS),
-    (FailedPreconditionError, Status.FAILED_PRECONDITION),
-    (UnavailableError, Status.UNAVAILABLE),
-)
-
-
 @contextlib.contextmanager
 def grpc_errors() -> Iterator[None]:
     """Turn trustd errors into gRPC statuses (message kept: it never holds a secret)."""
     try:
         yield
     except TrustdError as exc:
-        raise GRPCError(status_of(exc), str(exc)) from exc
+        raise to_grpc_error(exc) from exc
 
 
 CallerOf = Callable[[Stream[Any, Any]], Caller]
