@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import re
 import sys
 from typing import Annotated
 
@@ -101,71 +102,78 @@ def completion(
     typer.echo(get_completion_script(prog_name=PROG, complete_var=COMPLETE_VAR, shell=shell.value))
 
 
+# The options of the long-running commands; each also reads its TRUSTD_* variable.
+ConfigFileOpt = Annotated[str | None, typer.Option("--config", help="YAML config file")]
+DataDirOpt = Annotated[str | None, typer.Option("--data-dir", envvar="TRUSTD_DATA_DIR")]
+TrustDomainOpt = Annotated[
+    str | None, typer.Option("--trust-domain", envvar="TRUSTD_TRUST_DOMAIN")
+]
+AdminSocketOpt = Annotated[
+    str | None, typer.Option("--admin-socket", envvar="TRUSTD_ADMIN_SOCKET")
+]
+AgentSocketOpt = Annotated[
+    str | None, typer.Option("--agent-socket", envvar="TRUSTD_AGENT_SOCKET")
+]
+ServerAddressOpt = Annotated[
+    str | None, typer.Option("--server-address", envvar="TRUSTD_SERVER_ADDRESS")
+]
+MetricsAddressOpt = Annotated[
+    str | None, typer.Option("--metrics-address", envvar="TRUSTD_METRICS_ADDRESS")
+]
+
+
+def _overrides(**flags: str | None) -> dict[str, str | None]:
+    """Command-line values under their config-file keys (``data_dir`` -> ``dataDir``)."""
+    return {re.sub(r"_(\w)", lambda m: m.group(1).upper(), k): v for k, v in flags.items()}
+
+
 @app.command("up")
 def up(
-    config: Annotated[str | None, typer.Option("--config", help="YAML config file")] = None,
-    data_dir: Annotated[str | None, typer.Option("--data-dir", envvar="TRUSTD_DATA_DIR")] = None,
-    trust_domain: Annotated[
-        str | None, typer.Option("--trust-domain", envvar="TRUSTD_TRUST_DOMAIN")
-    ] = None,
-    admin_socket: Annotated[
-        str | None, typer.Option("--admin-socket", envvar="TRUSTD_ADMIN_SOCKET")
-    ] = None,
-    agent_socket: Annotated[
-        str | None, typer.Option("--agent-socket", envvar="TRUSTD_AGENT_SOCKET")
-    ] = None,
-    server_address: Annotated[
-        str | None, typer.Option("--server-address", envvar="TRUSTD_SERVER_ADDRESS")
-    ] = None,
-    metrics_address: Annotated[
-        str | None, typer.Option("--metrics-address", envvar="TRUSTD_METRICS_ADDRESS")
-    ] = None,
+    config: ConfigFileOpt = None,
+    data_dir: DataDirOpt = None,
+    trust_domain: TrustDomainOpt = None,
+    admin_socket: AdminSocketOpt = None,
+    agent_socket: AgentSocketOpt = None,
+    server_address: ServerAddressOpt = None,
+    metrics_address: MetricsAddressOpt = None,
 ) -> None:
     """Server and node agent in one process, with embedded defaults (SQLite, local key file)."""
     from trustd.cli.run import run_up
 
     run_up(
         config,
-        {
-            "dataDir": data_dir,
-            "trustDomain": trust_domain,
-            "adminSocket": admin_socket,
-            "agentSocket": agent_socket,
-            "serverAddress": server_address,
-            "metricsAddress": metrics_address,
-        },
+        _overrides(
+            data_dir=data_dir,
+            trust_domain=trust_domain,
+            admin_socket=admin_socket,
+            agent_socket=agent_socket,
+            server_address=server_address,
+            metrics_address=metrics_address,
+        ),
     )
 
 
 @app.command("server")
 def server(
-    config: Annotated[str | None, typer.Option("--config", help="YAML config file")] = None,
-    data_dir: Annotated[str | None, typer.Option("--data-dir", envvar="TRUSTD_DATA_DIR")] = None,
-    trust_domain: Annotated[
-        str | None, typer.Option("--trust-domain", envvar="TRUSTD_TRUST_DOMAIN")
-    ] = None,
-    admin_socket: Annotated[
-        str | None, typer.Option("--admin-socket", envvar="TRUSTD_ADMIN_SOCKET")
-    ] = None,
-    server_address: Annotated[
-        str | None, typer.Option("--server-address", envvar="TRUSTD_SERVER_ADDRESS")
-    ] = None,
-    metrics_address: Annotated[
-        str | None, typer.Option("--metrics-address", envvar="TRUSTD_METRICS_ADDRESS")
-    ] = None,
+    config: ConfigFileOpt = None,
+    data_dir: DataDirOpt = None,
+    trust_domain: TrustDomainOpt = None,
+    admin_socket: AdminSocketOpt = None,
+    server_address: ServerAddressOpt = None,
+    metrics_address: MetricsAddressOpt = None,
 ) -> None:
     """CA, KMS bridge, registry, policy, audit, admin API and agent API."""
     from trustd.cli.run import run_server
 
     run_server(
         config,
-        {
-            "dataDir": data_dir,
-            "trustDomain": trust_domain,
-            "adminSocket": admin_socket,
-            "serverAddress": server_address,
-            "metricsAddress": metrics_address,
-        },
+        _overrides(
+            data_dir=data_dir,
+            trust_domain=trust_domain,
+            admin_socket=admin_socket,
+            server_address=server_address,
+            metrics_address=metrics_address,
+        ),
     )
 
 

@@ -89,30 +89,10 @@ class Step:
 
 
 def steps_for(target: Target) -> tuple[Step, Step, Step]:
-    if target is Target.STRICT:
-        return (
-            Step(
-                name="servers-permissive",
-                side="servers",
-                server_mode=PeerMode.PERMISSIVE,
-                client_mode=None,
-                gate=None,
-            ),
-            Step(
-                name="clients-mtls",
-                side="clients",
-                server_mode=PeerMode.PERMISSIVE,
-                client_mode=ClientMode.MUTUAL,
-                gate=None,
-            ),
-            Step(
-                name="servers-strict",
-                side="servers",
-                server_mode=PeerMode.STRICT,
-                client_mode=ClientMode.MUTUAL,
-                gate="plaintext",
-            ),
-        )
+    """Servers accept both first; then clients switch; servers follow once nothing of the
+    old transport is left (the gate)."""
+    strict = target is Target.STRICT
+    client_mode = ClientMode.MUTUAL if strict else ClientMode.DISABLE
     return (
         Step(
             name="servers-permissive",
@@ -122,18 +102,18 @@ def steps_for(target: Target) -> tuple[Step, Step, Step]:
             gate=None,
         ),
         Step(
-            name="clients-plaintext",
+            name="clients-mtls" if strict else "clients-plaintext",
             side="clients",
             server_mode=PeerMode.PERMISSIVE,
-            client_mode=ClientMode.DISABLE,
+            client_mode=client_mode,
             gate=None,
         ),
         Step(
-            name="servers-disable",
+            name="servers-strict" if strict else "servers-disable",
             side="servers",
-            server_mode=PeerMode.DISABLE,
-            client_mode=ClientMode.DISABLE,
-            gate="tls",
+            server_mode=PeerMode.STRICT if strict else PeerMode.DISABLE,
+            client_mode=client_mode,
+            gate="plaintext" if strict else "tls",
         ),
     )
 

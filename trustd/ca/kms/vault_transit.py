@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Required, TypedDict, TypeVar, Unpack
 from urllib.parse import urlsplit
 
 import hvac
@@ -62,7 +62,7 @@ from trustd.errors import (
 from trustd.telemetry.metrics import VaultMetrics
 
 if TYPE_CHECKING:
-    from trustd.config import AppRoleConfig, VaultTransitConfig
+    from trustd.config import AppRoleConfig, VaultPkiConfig, VaultTransitConfig
 
 log = structlog.get_logger(__name__)
 
@@ -130,6 +130,34 @@ def _reason(exc: hvac.exceptions.VaultError) -> str:
     if not text or text == "None":
         return f"http {type(exc).__name__.lower()}"
     return text[:300]
+
+
+class VaultAccess(TypedDict, total=False):
+    """How to reach and log in to OpenBao/Vault: the keywords every Vault-backed component
+    takes and hands to :class:`VaultConnection` as they are."""
+
+    address: Required[str]
+    token: str | None  # exactly one of token, token_file and app_role
+    token_file: str | Path | None
+    app_role: AppRole | None
+    namespace: str | None
+    ca_cert: str | Path | None
+    tls_skip_verify: bool
+    timeout: float
+
+
+def vault_access(cfg: VaultTransitConfig | VaultPkiConfig) -> VaultAccess:
+    """The connection part of a ``vault-transit`` or ``vault-pki`` config block."""
+    return VaultAccess(
+        address=cfg.address,
+        token=cfg.token.get_secret_value() if cfg.token is not None else None,
+        token_file=cfg.token_file,
+        app_role=app_role_from_config(cfg.app_role),
+        namespace=cfg.namespace,
+        ca_cert=cfg.ca_cert,
+        tls_skip_verify=cfg.tls_skip_verify,
+        timeout=cfg.timeout,
+    )
 
 
 class VaultConnection:
@@ -551,18 +579,11 @@ class VaultTransitKeyManager:
     def __init__(
         self,
         *,
-        address: str,
-        token: str | None = None,
-        token_file: str | Path | None = None,
-        app_role: AppRole | None = None,
         mount: str = "transit",
         key_prefix: str = "trustd-",
-        namespace: str | None = None,
-        ca_cert: str | Path | None = None,
-        tls_skip_verify: bool = False,
-        timeout: float = 5.0,
         batch_size: int = 256,
         metrics: VaultMetrics | None = None,
+        **access: Unpack[VaultAccess],
     ) -> None:
         mount = mount.strip("/")
         if not _MOUNT_RE.match(mount):
@@ -571,19 +592,7 @@ class VaultTransitKeyManager:
             raise KmsConfigError(f"key prefix {key_prefix!r} may hold only letters, digits, . _ -")
         if not 1 <= batch_size <= 10_000:
             raise KmsConfigError("the transit batch size must be between 1 and 10000")
-        self._conn = VaultConnection(
-            engine="transit",
-            address=address,
-            token=token,
-            token_file=token_file,
-            app_role=app_role,
-            namespace=namespace,
-            ca_cert=ca_cert,
-            tls_skip_verify=tls_skip_verify,
-            timeout=timeout,
-            errors=KMS_ERRORS,
-            metrics=metrics,
-        )
+        self._conn = VaultConnection(engine="transit", errors=KMS_ERRORS, metrics=metrics, **access)
         self._mount = mount
         self._prefix = key_prefix
         self._batch_size = batch_size
@@ -849,15 +858,5 @@ def from_config(
 ) -> VaultTransitKeyManager:
     """The ``keyManager: {kind: vault-transit, ...}`` block as a key manager."""
     return VaultTransitKeyManager(
-        address=cfg.address,
-        token=cfg.token.get_secret_value() if cfg.token is not None else None,
-        token_file=cfg.token_file,
-        app_role=app_role_from_config(cfg.app_role),
-        mount=cfg.mount,
-        key_prefix=cfg.key_prefix,
-        namespace=cfg.namespace,
-        ca_cert=cfg.ca_cert,
-        tls_skip_verify=cfg.tls_skip_verify,
-        timeout=cfg.timeout,
-        metrics=metrics,
+        mount=cfg.mount, key_prefix=cfg.key_prefix, metrics=metrics, **vault_access(cfg)
     )

@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Unpack
 
 import hvac
 import structlog
@@ -27,11 +26,11 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 
 from trustd.ca.kms.vault_transit import (
-    AppRole,
+    VaultAccess,
     VaultConnection,
     VaultErrorClasses,
-    app_role_from_config,
     response_data,
+    vault_access,
 )
 from trustd.ca.upstream.base import UpstreamResult
 from trustd.ca.upstream.errors import (
@@ -148,18 +147,11 @@ class VaultPkiUpstream:
     def __init__(
         self,
         *,
-        address: str,
-        token: str | None = None,
-        token_file: str | Path | None = None,
-        app_role: AppRole | None = None,
         mount: str = "pki",
         issuer: str | None = None,
         role: str | None = None,
-        namespace: str | None = None,
-        ca_cert: str | Path | None = None,
-        tls_skip_verify: bool = False,
-        timeout: float = 5.0,
         metrics: VaultMetrics | None = None,
+        **access: Unpack[VaultAccess],
     ) -> None:
         mount = mount.strip("/")
         if not _MOUNT_RE.match(mount):
@@ -172,17 +164,7 @@ class VaultPkiUpstream:
                 "remove role, or set issuer to pick the signing issuer"
             )
         self._conn = VaultConnection(
-            engine="pki",
-            address=address,
-            token=token,
-            token_file=token_file,
-            app_role=app_role,
-            namespace=namespace,
-            ca_cert=ca_cert,
-            tls_skip_verify=tls_skip_verify,
-            timeout=timeout,
-            errors=UPSTREAM_ERRORS,
-            metrics=metrics,
+            engine="pki", errors=UPSTREAM_ERRORS, metrics=metrics, **access
         )
         self._mount = mount
         self._issuer = issuer
@@ -314,16 +296,5 @@ class VaultPkiUpstream:
 def from_config(cfg: VaultPkiConfig, metrics: VaultMetrics | None = None) -> VaultPkiUpstream:
     """The ``upstreamAuthority: {kind: vault-pki, ...}`` block as an upstream authority."""
     return VaultPkiUpstream(
-        address=cfg.address,
-        token=cfg.token.get_secret_value() if cfg.token is not None else None,
-        token_file=cfg.token_file,
-        app_role=app_role_from_config(cfg.app_role),
-        mount=cfg.mount,
-        issuer=cfg.issuer,
-        role=cfg.role,
-        namespace=cfg.namespace,
-        ca_cert=cfg.ca_cert,
-        tls_skip_verify=cfg.tls_skip_verify,
-        timeout=cfg.timeout,
-        metrics=metrics,
+        mount=cfg.mount, issuer=cfg.issuer, role=cfg.role, metrics=metrics, **vault_access(cfg)
     )
