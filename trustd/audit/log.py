@@ -14,22 +14,23 @@ set aside at open into a ``.torn`` file beside its segment, recorded by an
 Thread-safe; one writer process per directory (an advisory ``flock`` on
 ``audit.lock`` refuses a second one). Readers (``iter_events``, ``tail``,
 ``verify``, the syslog forwarder) need no lock.
+
+This module writes, checkpoints and retains. The rest of the log lives beside it:
+opening and crash recovery in :mod:`~trustd.audit.recovery`, the signing and HMAC
+keys in :mod:`~trustd.audit.keyring`, durable file primitives in
+:mod:`~trustd.audit.files`, the line format in :mod:`~trustd.audit.record`,
+reading and tailing in :mod:`~trustd.audit.reader`, export formats in
+:mod:`~trustd.audit.export`, verification in :mod:`~trustd.audit.verify`.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import datetime as dt
-import errno
-import fcntl
 import hashlib
-import json
 import os
-import secrets
 import threading
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
@@ -53,30 +54,30 @@ from trustd.audit.export import (
     write_jsonl,
     write_rendered,
 )
+from trustd.audit.files import (
+    errno_name,
+    fsync_dir,
+    lock_directory,
+    write_all,
+    write_error,
+)
+from trustd.audit.keyring import load_or_create_hmac_key, load_or_create_signing_key
 from trustd.audit.reader import EventFilter, count_records, iter_records, iter_rows, tail
 from trustd.audit.record import (
     GENESIS_HASH,
     AuditRecord,
     ChainHead,
-    check_line_hash,
     encode_unhashed,
-    parse_line,
     seal,
 )
+from trustd.audit.recovery import SegInfo, recover
 from trustd.audit.segments import (
     CHECKPOINT_FILE,
-    HMAC_KEY_FILE,
-    KEY_FILE,
-    LOCK_FILE,
-    last_lines,
-    list_segments,
     list_torn_tails,
-    read_first_line,
     segment_path,
-    torn_path,
 )
-from trustd.audit.verify import VerifyReport, load_key_refs, verify
-from trustd.ca.kms.base import KeyAlgorithm, KeyManager, KeyRef, PublicKey
+from trustd.audit.verify import VerifyReport, verify
+from trustd.ca.kms.base import KeyManager, KeyRef, PublicKey
 from trustd.clock import Clock
 from trustd.telemetry.metrics import AuditMetrics
 
@@ -86,30 +87,6 @@ MiB = 1 << 20
 MAX_LINE_BYTES = 1 * MiB
 _MIN_FREE_BYTES = 64 * 1024  # check() reports the disk full below this
 _OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
-@dataclass(slots=True, kw_only=True)
-class _SegInfo:
-    first_seq: int  # from the file name
-    path: Path
-    first_prev_hash: str  # prev_hash of its first event: the anchor if older ones go
-    day: str  # UTC date (YYYY-MM-DD) of its first event
-    last_time: str  # time of its newest event
-
-
-def _errno_name(exc: OSError) -> str:
-    return errno.errorcode.get(exc.errno or 0, "EIO")
-
-
-def _write_error(action: str, where: Path, exc: OSError) -> AuditWriteError:
-    code = exc.errno
-    if code in (errno.ENOSPC, errno.EDQUOT):
-        hint = f"the disk holding {where} is full: free space, then retry"
-    elif code in (errno.EACCES, errno.EPERM, errno.EROFS):
-        hint = f"trustd may not write {where}: fix its permissions or mount it read-write"
-    else:
-        hint = f"check the disk and the filesystem holding {where}"
-    return AuditWriteError(f"cannot {action} ({_errno_name(exc)}): {hint}")
 
 
 class _Ids:
@@ -130,33 +107,6 @@ class _Ids:
         return f"{x[:8]}-{x[8:12]}-4{x[13:16]}-{'89ab'[int(x[16], 16) & 3]}{x[17:20]}-{x[20:]}"
 
 
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_file_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    try:
-        _write_all(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 class AuditLog:
@@ -224,7 +174,7 @@ class AuditLog:
         self._fd: int | None = None  # the current segment, opened on first append
         self._needs_repair = False  # a failed write may have left bytes past _seg_size
         self._dir_dirty = False  # a file was created since the directory was fsynced
-        self._segments: list[_SegInfo] = []
+        self._segments: list[SegInfo] = []
         self._seg_size = 0
         self._seq = 0
         self._hash = GENESIS_HASH
@@ -232,11 +182,18 @@ class AuditLog:
         self._last_cp: Checkpoint | None = None
         self._lock_fd: int | None = None
 
-        self._prepare_directory()
+        self._lock_fd = lock_directory(self._dir)
         try:
-            self._key_ref, self._previous_keys = self._load_or_create_key(key_name)
-            self._hmac_key = self._load_or_create_hmac_key()
-            last_cp = self._recover()
+            self._key_ref, self._previous_keys = load_or_create_signing_key(
+                self._dir, self._km, key_name
+            )
+            self._hmac_key = load_or_create_hmac_key(self._dir)
+            state = recover(self._dir)
+            self._segments = state.segments
+            self._seq, self._hash = state.seq, state.hash
+            self._seg_size = state.segment_size
+            self._anchor = state.anchor
+            last_cp = state.checkpoint
             self._last_cp = last_cp
             now = self._clock.now()
             self._next_cp_at = now + self._interval
@@ -257,185 +214,10 @@ class AuditLog:
 
     # ------------------------------------------------------------------ setup
 
-    def _prepare_directory(self) -> None:
-        try:
-            self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            if self._dir.stat().st_mode & 0o077:
-                os.chmod(self._dir, 0o700)
-            fd = os.open(self._dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        except OSError as exc:
-            raise _write_error("set up the audit directory", self._dir, exc) from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            os.close(fd)
-            raise AuditWriteError(
-                f"audit log {self._dir} is in use by another trustd process: stop it, "
-                "or give this one its own data directory"
-            ) from exc
-        self._lock_fd = fd
-
     def _release_lock_file(self) -> None:
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # closing drops the flock
             self._lock_fd = None
-
-    def _load_or_create_key(self, key_name: str | None) -> tuple[KeyRef, list[KeyRef]]:
-        path = self._dir / KEY_FILE
-        refs = load_key_refs(self._dir)
-        if refs and refs[0].backend == self._km.kind:
-            return refs[0], refs[1:]
-        name = key_name or f"audit-{secrets.token_hex(8)}"
-        ref = self._km.create_key(name, KeyAlgorithm.EC_P256)
-        previous = refs
-        if refs:
-            log.warning(
-                "audit key manager changed: new audit key",
-                old_backend=refs[0].backend,
-                new_backend=ref.backend,
-                key_id=ref.key_id,
-            )
-        body = {"current": ref.to_json(), "previous": [r.to_json() for r in previous]}
-        try:
-            _write_file_atomic(path, (json.dumps(body, indent=2) + "\n").encode())
-        except OSError as exc:
-            raise _write_error("record the audit key reference", path, exc) from exc
-        log.info("audit key created", key_id=ref.key_id, backend=ref.backend)
-        return ref, previous
-
-    def _load_or_create_hmac_key(self) -> bytes:
-        path = self._dir / HMAC_KEY_FILE
-        try:
-            if path.exists():
-                key = base64.b64decode(path.read_text().strip(), validate=True)
-                if len(key) >= 16:
-                    return key
-                raise AuditCorruptError(f"token HMAC key {path} is too short: restore it")
-            key = secrets.token_bytes(32)
-            _write_file_atomic(path, base64.b64encode(key) + b"\n")
-        except OSError as exc:
-            raise _write_error("create the token HMAC key", path, exc) from exc
-        except ValueError as exc:
-            raise AuditCorruptError(f"token HMAC key {path} is not base64: restore it") from exc
-        return key
-
-    def _recover(self) -> Checkpoint | None:
-        """Find the head of the chain and the segments, set a torn last line aside; return
-        the last checkpoint."""
-        segments = list_segments(self._dir)
-        # A segment is created just before its first line is written: a crash in between
-        # leaves an empty file, which holds nothing to keep.
-        while segments and segments[-1].path.stat().st_size == 0:
-            segments.pop().path.unlink()
-        torn: tuple[Path, int, int] | None = None  # (segment, offset, length)
-        if segments:
-            newest = segments[-1].path
-            _, complete = last_lines(newest, 0)
-            size = newest.stat().st_size
-            if size > complete:
-                torn = (newest, complete, size - complete)
-                if complete == 0:
-                    segments.pop()  # nothing in it but the torn line
-        infos: list[_SegInfo] = []
-        for i, seg in enumerate(segments):
-            is_last = i == len(segments) - 1
-            lines, complete = last_lines(seg.path, 1)
-            if is_last and seg.path.stat().st_size > complete and torn and torn[0] != seg.path:
-                raise AuditCorruptError(
-                    f"audit segment {seg.path.name} ends with an unterminated line: run trustd "
-                    "audit verify, keep the directory as evidence and start a new one"
-                )
-            try:
-                first_rec = parse_line(read_first_line(seg.path) or b"")
-                last_rec = parse_line(lines[-1] if lines else b"")
-            except (ValueError, KeyError, TypeError) as exc:
-                raise AuditCorruptError(
-                    f"audit segment {seg.path.name} is damaged: run trustd audit verify, "
-                    "keep the directory as evidence and start a new one"
-                ) from exc
-            infos.append(
-                _SegInfo(
-                    first_seq=seg.first_seq,
-                    path=seg.path,
-                    first_prev_hash=first_rec.prev_hash,
-                    day=first_rec.time[:10],
-                    last_time=last_rec.time,
-                )
-            )
-            if is_last:
-                hashes = check_line_hash(lines[-1])
-                if hashes is None or hashes[0] != hashes[1]:
-                    raise AuditCorruptError(
-                        f"the newest audit event (seq {last_rec.seq}) does not match its hash: "
-                        "run trustd audit verify, keep the directory as evidence and start a new one"
-                    )
-                self._seq, self._hash = last_rec.seq, last_rec.hash
-                self._seg_size = complete
-        self._segments = infos
-        if infos:
-            self._anchor = (infos[0].first_seq, infos[0].first_prev_hash)
-        cp = self._read_last_checkpoint()
-        if cp is None:
-            if infos or torn is not None:
-                # Events are only ever written after the first checkpoint.
-                raise AuditCorruptError(
-                    f"the audit log in {self._dir} has events but no signed checkpoint: the "
-                    "checkpoint file was removed; keep the directory as evidence and start a new one"
-                )
-            return None
-        self._anchor = (cp.first_seq, cp.first_prev_hash)
-        if cp.seq > self._seq:
-            raise AuditCorruptError(
-                f"the audit log ends at seq {self._seq} but checkpoint {cp.time} signed seq "
-                f"{cp.seq}: the tail was cut off; keep the directory as evidence and "
-                "start a new one"
-            )
-        if infos and infos[0].first_seq > cp.first_seq:
-            raise AuditCorruptError(
-                f"the audit log starts at seq {infos[0].first_seq} but checkpoint {cp.time} "
-                f"anchors it at seq {cp.first_seq}: old segments were deleted; keep the "
-                "directory as evidence and start a new one"
-            )
-        if torn is not None:
-            self._set_torn_aside(*torn)
-        return cp
-
-    def _set_torn_aside(self, segment: Path, offset: int, length: int) -> None:
-        """Keep the bytes after the last complete line of ``segment`` in a pending .torn file
-        beside it, then cut the segment back to that line, so that appends continue the
-        chain from the last complete event. ``_record_torn_tails`` records it."""
-        try:
-            with segment.open("rb") as fh:
-                fh.seek(offset)
-                data = fh.read(length)
-            n = 0
-            while True:
-                aside = torn_path(segment, offset, n)
-                if aside.exists() and aside.read_bytes() == data:
-                    break  # set aside already by a start that stopped before the cut
-                if not aside.exists() and not torn_path(segment, offset, n, pending=False).exists():
-                    _write_file_atomic(aside, data)
-                    break
-                n += 1
-            if offset == 0:
-                segment.unlink()
-            else:
-                fd = os.open(segment, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-                try:
-                    os.ftruncate(fd, offset)
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-            _fsync_dir(self._dir)
-        except OSError as exc:
-            raise _write_error("set aside the torn end of the audit segment", segment, exc) from exc
-        log.warning(
-            "audit segment ends with a torn line: set aside",
-            segment=segment.name,
-            offset=offset,
-            bytes=length,
-            file=aside.name,
-        )
 
     def _record_torn_tails(self) -> None:
         """Append an ``audit.torn_tail`` event for each torn end set aside and not yet
@@ -447,7 +229,7 @@ class AuditLog:
             try:
                 data = torn.path.read_bytes()
             except OSError as exc:
-                raise _write_error("read a torn audit line set aside", torn.path, exc) from exc
+                raise write_error("read a torn audit line set aside", torn.path, exc) from exc
             self.append(
                 AuditEvent(
                     type=AUDIT_TORN_TAIL,
@@ -469,31 +251,9 @@ class AuditLog:
         try:
             for torn in pending:
                 os.replace(torn.path, torn.recorded_path)
-            _fsync_dir(self._dir)
+            fsync_dir(self._dir)
         except OSError as exc:
-            raise _write_error("mark a torn audit line recorded", self._dir, exc) from exc
-
-    def _read_last_checkpoint(self) -> Checkpoint | None:
-        path = self._dir / CHECKPOINT_FILE
-        lines, complete = last_lines(path, 1)
-        try:
-            size = path.stat().st_size
-        except FileNotFoundError:
-            return None
-        if size > complete:
-            log.warning("audit checkpoint file ends with a torn line: removing it")
-            try:
-                os.truncate(path, complete)
-            except OSError as exc:
-                raise _write_error("repair the audit checkpoint file", path, exc) from exc
-        if not lines:
-            return None
-        try:
-            return Checkpoint.from_line(lines[-1])
-        except ValueError as exc:
-            raise AuditCorruptError(
-                f"the newest audit checkpoint is damaged ({exc}): run trustd audit verify"
-            ) from exc
+            raise write_error("mark a torn audit line recorded", self._dir, exc) from exc
 
     # ------------------------------------------------------------------ writing
 
@@ -582,12 +342,12 @@ class AuditLog:
                     try:
                         self._fd = os.open(path, _OPEN_FLAGS, 0o600)
                     except OSError as exc:
-                        raise _write_error("open the audit segment", path, exc) from exc
+                        raise write_error("open the audit segment", path, exc) from exc
                 if self._needs_repair:
                     try:
                         os.ftruncate(self._fd, self._seg_size)
                     except OSError as exc:
-                        raise _write_error("repair the audit segment", path, exc) from exc
+                        raise write_error("repair the audit segment", path, exc) from exc
                     self._needs_repair = False
                 stat = os.fstatvfs(self._fd)
             if stat.f_bavail * stat.f_frsize < _MIN_FREE_BYTES:
@@ -614,23 +374,23 @@ class AuditLog:
             try:
                 self._fd = os.open(cur.path, _OPEN_FLAGS, 0o600)
             except OSError as exc:
-                self.metrics.write_failures.labels(_errno_name(exc)).inc()
-                raise _write_error("open the audit segment", cur.path, exc) from exc
+                self.metrics.write_failures.labels(errno_name(exc)).inc()
+                raise write_error("open the audit segment", cur.path, exc) from exc
         assert self._fd is not None
         path = self._segments[-1].path
         try:
             if self._needs_repair:
                 os.ftruncate(self._fd, self._seg_size)
                 self._needs_repair = False
-            _write_all(self._fd, data)
+            write_all(self._fd, data)
         except OSError as exc:
-            self.metrics.write_failures.labels(_errno_name(exc)).inc()
+            self.metrics.write_failures.labels(errno_name(exc)).inc()
             try:  # take back a partly written line so the next append starts clean
                 os.ftruncate(self._fd, self._seg_size)
             except OSError:
                 self._needs_repair = True
-            log.error("audit write failed", segment=path.name, seq=seq, errno=_errno_name(exc))
-            raise _write_error(f"write audit event {seq}", path, exc) from exc
+            log.error("audit write failed", segment=path.name, seq=seq, errno=errno_name(exc))
+            raise write_error(f"write audit event {seq}", path, exc) from exc
         self._seg_size += len(data)
         return rotated
 
@@ -645,14 +405,14 @@ class AuditLog:
                     "run trustd audit verify"
                 )
         except OSError as exc:
-            self.metrics.write_failures.labels(_errno_name(exc)).inc()
-            log.error("audit segment not created", segment=path.name, errno=_errno_name(exc))
-            raise _write_error("start a new audit segment", path, exc) from exc
+            self.metrics.write_failures.labels(errno_name(exc)).inc()
+            log.error("audit segment not created", segment=path.name, errno=errno_name(exc))
+            raise write_error("start a new audit segment", path, exc) from exc
         old_fd = self._fd
         if self._segments and self._segments[-1].first_seq == seq:
             self._segments.pop()  # a segment created earlier whose first write failed
         self._segments.append(
-            _SegInfo(first_seq=seq, path=path, first_prev_hash=self._hash, day=day, last_time="")
+            SegInfo(first_seq=seq, path=path, first_prev_hash=self._hash, day=day, last_time="")
         )
         self._fd = fd
         self._seg_size = 0
@@ -662,7 +422,7 @@ class AuditLog:
             try:
                 os.fsync(old_fd)
             except OSError as exc:
-                log.error("audit segment fsync failed", errno=_errno_name(exc))
+                log.error("audit segment fsync failed", errno=errno_name(exc))
             os.close(old_fd)
 
     # ------------------------------------------------------------------ checkpoints
@@ -694,11 +454,11 @@ class AuditLog:
             if self._fd is not None:
                 os.fsync(self._fd)
             if self._dir_dirty:
-                _fsync_dir(self._dir)
+                fsync_dir(self._dir)
                 self._dir_dirty = False
         except OSError as exc:
             self.metrics.checkpoint_failures.inc()
-            raise _write_error("sync the audit log to disk", self._dir, exc) from exc
+            raise write_error("sync the audit log to disk", self._dir, exc) from exc
         cp = sign_checkpoint(
             self._km,
             self._key_ref,
@@ -714,11 +474,11 @@ class AuditLog:
             fd = os.open(path, _OPEN_FLAGS, 0o600)
         except OSError as exc:
             self.metrics.checkpoint_failures.inc()
-            raise _write_error("write an audit checkpoint", path, exc) from exc
+            raise write_error("write an audit checkpoint", path, exc) from exc
         try:
             size = os.fstat(fd).st_size
             try:
-                _write_all(fd, data)
+                write_all(fd, data)
                 os.fsync(fd)
             except OSError as exc:
                 self.metrics.checkpoint_failures.inc()
@@ -726,14 +486,14 @@ class AuditLog:
                     os.ftruncate(fd, size)
                 except OSError:
                     log.error("audit checkpoint file left with a torn line", path=str(path))
-                raise _write_error("write an audit checkpoint", path, exc) from exc
+                raise write_error("write an audit checkpoint", path, exc) from exc
         finally:
             os.close(fd)
         if size == 0:
             try:
-                _fsync_dir(self._dir)
+                fsync_dir(self._dir)
             except OSError as exc:
-                raise _write_error("sync the audit directory", self._dir, exc) from exc
+                raise write_error("sync the audit directory", self._dir, exc) from exc
         self._last_cp = cp
         self._next_cp_at = now + self._interval
         self.metrics.checkpoints.inc()
@@ -773,7 +533,7 @@ class AuditLog:
     def _apply_retention_locked(self, now: dt.datetime) -> list[Path]:
         assert self._retention is not None
         cutoff = format_time(now - self._retention)
-        doomed: list[_SegInfo] = []
+        doomed: list[SegInfo] = []
         for info in self._segments[:-1]:  # never the segment being written
             if info.last_time and info.last_time < cutoff:
                 doomed.append(info)
@@ -797,9 +557,9 @@ class AuditLog:
             self.metrics.segments_deleted.inc()
         self._segments = self._segments[len(doomed) :]
         try:
-            _fsync_dir(self._dir)
+            fsync_dir(self._dir)
         except OSError as exc:
-            log.error("audit directory fsync failed", errno=_errno_name(exc))
+            log.error("audit directory fsync failed", errno=errno_name(exc))
         log.info(
             "audit segments deleted by retention",
             segments=len(removed),
@@ -1024,7 +784,7 @@ class AuditLog:
                 try:
                     os.fsync(self._fd)
                 except OSError as exc:
-                    log.error("audit segment fsync failed", errno=_errno_name(exc))
+                    log.error("audit segment fsync failed", errno=errno_name(exc))
                 os.close(self._fd)
                 self._fd = None
             self._release_lock_file()

@@ -71,7 +71,7 @@ def _break_writes(srv: TrustdServer, monkeypatch: pytest.MonkeyPatch) -> None:
     def full(fd: int, data: bytes) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(audit_log, "_write_all", full)
+    monkeypatch.setattr(audit_log, "write_all", full)
 
 
 def test_every_action_is_recorded_with_the_kernel_actor(tmp_path: Path) -> None:

@@ -32,7 +32,7 @@ def fail_writes(monkeypatch: pytest.MonkeyPatch, code: int, *, after_bytes: int 
             os.write(fd, data[:after_bytes])
         raise OSError(code, os.strerror(code))
 
-    monkeypatch.setattr(audit_log_module, "_write_all", broken)
+    monkeypatch.setattr(audit_log_module, "write_all", broken)
 
 
 @pytest.mark.parametrize(

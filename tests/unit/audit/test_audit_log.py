@@ -767,7 +767,7 @@ def test_append_many_is_all_or_nothing_when_the_write_fails(
     def full(fd: int, data: bytes) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(audit_log, "_write_all", full)
+    monkeypatch.setattr(audit_log, "write_all", full)
     with pytest.raises(AuditWriteError):
         log.append_many(
             [AuditEvent(type="svid.issue", actor=actor, action="issue") for _ in range(3)]
