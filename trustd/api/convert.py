@@ -20,7 +20,16 @@ from trustd.ca.jwt import JwtSvid
 from trustd.dataplane.proxy import DenialEvent
 from trustd.entries import RegistrationEntry
 from trustd.errors import InvalidArgumentError
-from trustd.policy.effective import PolicySet
+from trustd.policy.effective import (
+    ClientMode,
+    Overlay,
+    PeerMode,
+    PolicyLayer,
+    PolicySet,
+    compile_glob,
+)
+from trustd.policy.loader import parse_object
+from trustd.policy.model import dump
 from trustd.policy.status import Destination, InboundStats, ProxyStatus
 from trustd.selectors import Selector
 from trustd.spiffeid import SpiffeId, TrustDomain
@@ -141,12 +150,88 @@ def policy_set_message(p: PolicySet) -> policy_pb2.PolicySet:
     return policy_pb2.PolicySet(
         version=p.version,
         content_hash=p.content_hash,
-        document=json.dumps(p.to_json(), separators=(",", ":")).encode(),
+        layer=_layer_message(p.layer),
+        pending=[
+            policy_pb2.PendingLayer(version=v, layer=_layer_message(lay)) for v, lay in p.pending
+        ],
     )
 
 
 def policy_set_of(msg: policy_pb2.PolicySet) -> PolicySet:
-    return PolicySet.from_json(json.loads(msg.document))
+    """The policy set; InvalidArgumentError when its layer does not hash to ``content_hash``."""
+    policy = PolicySet(
+        version=msg.version,
+        layer=_layer_of(msg.layer),
+        pending=tuple((p.version, _layer_of(p.layer)) for p in msg.pending),
+    )
+    if msg.content_hash and policy.content_hash != msg.content_hash:
+        raise InvalidArgumentError(
+            f"policy version {msg.version} does not match its content hash: not applied"
+        )
+    return policy
+
+
+def _layer_message(layer: PolicyLayer) -> policy_pb2.PolicyLayer:
+    return policy_pb2.PolicyLayer(
+        objects=[
+            policy_pb2.PolicyObject(ref=o.ref, manifest=json.dumps(dump(o)).encode())
+            for o in layer.objects
+        ],
+        overlays=[_overlay_message(o) for o in layer.overlays],
+        client_tls_off_global=layer.client_tls_off_global,
+        object_versions=dict(layer.object_versions),
+    )
+
+
+def _layer_of(msg: policy_pb2.PolicyLayer) -> PolicyLayer:
+    return PolicyLayer(
+        objects=tuple(
+            parse_object(json.loads(o.manifest), source=f"policy object {o.ref}", index=i + 1)
+            for i, o in enumerate(msg.objects)
+        ),
+        overlays=tuple(_overlay_of(o) for o in msg.overlays),
+        client_tls_off_global=msg.client_tls_off_global,
+        object_versions=tuple(sorted(msg.object_versions.items())),
+    )
+
+
+def _overlay_message(o: Overlay) -> policy_pb2.Overlay:
+    return policy_pb2.Overlay(
+        name=o.name,
+        selector=o.selector,
+        server_mode=_mode(o.server_mode),
+        client_mode=_mode(o.client_mode),
+        hold_clients=o.hold_clients,
+        canary_instances=sorted(o.canary_instances),
+        canary_server_mode=_mode(o.canary_server_mode),
+        canary_client_mode=_mode(o.canary_client_mode),
+        since=o.since,
+    )
+
+
+def _overlay_of(msg: policy_pb2.Overlay) -> Overlay:
+    def peer(name: str) -> PeerMode | None:
+        return PeerMode(getattr(msg, name)) if msg.HasField(name) else None
+
+    def client(name: str) -> ClientMode | None:
+        return ClientMode(getattr(msg, name)) if msg.HasField(name) else None
+
+    compile_glob(msg.selector)
+    return Overlay(
+        name=msg.name,
+        selector=msg.selector,
+        server_mode=peer("server_mode"),
+        client_mode=client("client_mode"),
+        hold_clients=msg.hold_clients,
+        canary_instances=frozenset(msg.canary_instances),
+        canary_server_mode=peer("canary_server_mode"),
+        canary_client_mode=client("canary_client_mode"),
+        since=msg.since,
+    )
+
+
+def _mode(mode: PeerMode | ClientMode | None) -> str | None:
+    return None if mode is None else mode.value
 
 
 def proxy_status_message(s: ProxyStatus) -> policy_pb2.ProxyStatus:

@@ -74,7 +74,7 @@ def show(
 
     SpiffeId.parse(spiffe_id)
     f = fmt(ctx, output)
-    result = views.report(call(ctx, "PolicyShow", pb.ShowPolicyRequest(spiffe_id=spiffe_id, port=port)))
+    result = views.policy_show(call(ctx, "PolicyShow", pb.ShowPolicyRequest(spiffe_id=spiffe_id, port=port)))
     emit(result, Format.yaml if f.tabular else f)
 
 
@@ -100,7 +100,7 @@ def diff(
 @app.command("status")
 def status(ctx: typer.Context, output: OutputOpt = None) -> None:
     """Policy version, and which proxies run it."""
-    result = views.report(call(ctx, "PolicyStatus"))
+    result = views.policy_status(call(ctx, "PolicyStatus"))
     f = fmt(ctx, output)
     if not f.tabular:
         emit(result, f)

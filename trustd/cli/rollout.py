@@ -75,13 +75,13 @@ def start(
     request = pb.StartRolloutRequest(
         selector=selector, target=to.value, canary=canary, step_timeout=step_timeout or ""
     )
-    result = views.report(call(ctx, "RolloutStart", request))
+    result = views.rollout(call(ctx, "RolloutStart", request))
     _show(result, fmt(ctx, output))
 
 
 def _simple(name: str, method: str, doc: str) -> None:
     def cmd(ctx: typer.Context, output: OutputOpt = None) -> None:
-        _show(views.report(call(ctx, method)), fmt(ctx, output))
+        _show(views.rollout(call(ctx, method)), fmt(ctx, output))
 
     cmd.__doc__ = doc
     app.command(name)(cmd)

@@ -12,7 +12,7 @@ from typing import Any
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from trustd.api.admin.v1 import admin_pb2 as pb
-from trustd.api.convert import entry_of, time_of
+from trustd.api.convert import entry_of, proxy_status_of, time_of
 from trustd.api.types.v1 import types_pb2
 
 
@@ -133,26 +133,114 @@ def applied(msg: pb.ApplyPolicyResponse) -> dict[str, Any]:
 
 
 def policy_diff(msg: pb.DiffPolicyResponse) -> dict[str, Any]:
-    return {"empty": msg.empty, "lines": list(msg.lines), **json.loads(msg.changes or b"{}")}
+    return {
+        "empty": msg.empty,
+        "lines": list(msg.lines),
+        "changes": [
+            {"ref": c.ref, "change": c.change, "fields": list(c.fields)} for c in msg.changes
+        ],
+        "clientTlsOffGlobal": list(msg.client_tls_off_global) or None,
+    }
 
 
-def report(msg: pb.PolicyReport) -> Any:
-    """A policy engine report (effective policy, status, rollout state), as it wrote it."""
-    return json.loads(msg.document)
+def policy_show(msg: pb.ShowPolicyResponse) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "spiffeId": msg.spiffe_id,
+        "policyVersion": msg.policy_version,
+        "policyHash": msg.policy_hash,
+        "clientTlsOffGlobal": msg.client_tls_off_global,
+    }
+    if msg.HasField("port"):
+        peer = msg.peer_authentication
+        out["port"] = msg.port
+        out["peerAuthentication"] = {
+            "mode": peer.mode,
+            "source": peer.source,
+            "instanceModes": list(peer.instance_modes),
+        }
+        if peer.HasField("overrides"):
+            out["peerAuthentication"]["overrides"] = peer.overrides
+    out["authorizationPolicies"] = list(msg.authorization_policies)
+    out["clientTlsPolicies"] = list(msg.client_tls_policies)
+    out["overlays"] = list(msg.overlays)
+    return out
+
+
+def _opt(msg: Any, name: str) -> Any:
+    return getattr(msg, name) if msg.HasField(name) else None
+
+
+def _status_row(e: pb.Enforcement) -> dict[str, Any]:
+    head = {"proxyId": e.proxy_id, "spiffeId": e.spiffe_id, "side": e.side}
+    if e.side == "server":
+        return {
+            **head, "port": e.port, "enforced": _opt(e, "enforced"), "policy": _opt(e, "wanted"),
+            "plaintextTotal": e.plaintext_total, "tlsTotal": e.tls_total,
+            "plaintextSinceMode": e.plaintext_since_mode, "agrees": e.agrees,
+        }  # fmt: skip
+    return {
+        **head, "destination": _opt(e, "destination"), "port": e.port,
+        "enforced": _opt(e, "enforced"), "policy": _opt(e, "wanted"),
+        "mtlsTotal": e.mtls_total, "plaintextTotal": e.plaintext_total, "agrees": e.agrees,
+    }  # fmt: skip
+
+
+def policy_status(msg: pb.PolicyStatusResponse) -> dict[str, Any]:
+    return {
+        "version": msg.version,
+        "hash": msg.hash,
+        "objects": list(msg.objects),
+        "clientTlsOffGlobal": msg.client_tls_off_global,
+        "pending": msg.pending,
+        "proxies": [proxy_status_of(p).to_json() for p in msg.proxies],
+        "enforcement": [_status_row(e) for e in msg.enforcement],
+        "converged": msg.converged,
+    }
+
+
+def _rollout_row(e: pb.Enforcement) -> dict[str, Any]:
+    head = {"proxyId": e.proxy_id, "spiffeId": e.spiffe_id, "side": e.side}
+    if e.side == "server":
+        return {
+            **head, "port": e.port, "enforced": _opt(e, "enforced"), "wanted": _opt(e, "wanted"),
+            "plaintextSinceMode": e.plaintext_since_mode, "ok": e.ok, "text": e.text,
+        }  # fmt: skip
+    return {
+        **head, "destination": _opt(e, "destination"), "port": e.port,
+        "enforced": _opt(e, "enforced"), "wanted": _opt(e, "wanted"), "ok": e.ok, "text": e.text,
+    }  # fmt: skip
+
+
+def rollout(msg: pb.RolloutStatusResponse) -> dict[str, Any]:
+    return {
+        "id": msg.id,
+        "state": msg.state,
+        "step": msg.step,
+        "stepIndex": msg.step_index,
+        "phase": msg.phase,
+        "target": msg.target,
+        "selector": msg.selector,
+        "canary": msg.canary,
+        "canaryInstances": list(msg.canary_instances),
+        "policyVersion": _opt(msg, "policy_version"),
+        "waitingFor": list(msg.waiting_for),
+        "notEnforced": list(msg.not_enforced),
+        "enforcement": [_rollout_row(e) for e in msg.enforcement],
+        "reason": _opt(msg, "reason"),
+        "startedAt": time_of(msg.started_at).isoformat(),
+        "updatedAt": time_of(msg.updated_at).isoformat(),
+    }
 
 
 def verified(msg: pb.VerifyAuditResponse) -> dict[str, Any]:
-    def opt(name: str) -> int | None:
-        return getattr(msg, name) if msg.HasField(name) else None
-
     return {
         "ok": msg.ok,
-        "first_bad_seq": opt("first_bad_seq"),
+        "first_bad_seq": _opt(msg, "first_bad_seq"),
         "problem": msg.problem,
         "events_checked": msg.events_checked,
-        "first_seq": opt("first_seq"),
-        "last_seq": opt("last_seq"),
+        "first_seq": _opt(msg, "first_seq"),
+        "last_seq": _opt(msg, "last_seq"),
         "checkpoints_checked": msg.checkpoints_checked,
-        "last_checkpoint_seq": opt("last_checkpoint_seq"),
-        "head_seq": opt("head_seq"),
+        "last_checkpoint_seq": _opt(msg, "last_checkpoint_seq"),
+        "head_seq": _opt(msg, "head_seq"),
     }

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from grpclib.server import Stream
 
 from trustd import durations
 from trustd.api.admin.v1 import admin_pb2 as pb
+from trustd.api.convert import proxy_status_message, timestamp
 from trustd.api.edge import Edge
 from trustd.audit.events import Actor
 from trustd.errors import InvalidArgumentError, UnavailableError
@@ -17,7 +17,8 @@ from trustd.policy.effective import PolicySet
 from trustd.policy.errors import PolicyValidationError
 from trustd.policy.hub import ApplyResult, merge_objects
 from trustd.policy.loader import load_text
-from trustd.policy.safety import diff
+from trustd.policy.rollout import RolloutStatus
+from trustd.policy.safety import PolicyDiff, diff
 from trustd.policy.status import ProxyStatus
 from trustd.server.policy_plane import STATUS_MAX_AGE, PolicyPlane
 from trustd.spiffeid import SpiffeId
@@ -48,38 +49,105 @@ def _applied(result: ApplyResult) -> pb.ApplyPolicyResponse:
     )
 
 
-def _report(doc: Any) -> pb.PolicyReport:
-    return pb.PolicyReport(document=json.dumps(doc, default=str).encode())
-
-
-def enforcement(ps: PolicySet, statuses: Sequence[ProxyStatus]) -> list[dict[str, Any]]:
+def enforcement(ps: PolicySet, statuses: Sequence[ProxyStatus]) -> list[pb.Enforcement]:
     """Per server port and per client destination: what the proxy reports it enforces
     against what the current policy says (``agrees`` False once it has acknowledged the
     current version and still enforces something else: the wire and ``policy show`` differ)."""
-    rows: list[dict[str, Any]] = []
+    rows: list[pb.Enforcement] = []
     for st in statuses:
         current = st.acked_version >= ps.version
         for ib in st.inbound:
             want = ps.peer_mode(st.spiffe_id, ib.port, st.proxy_id).value
-            rows.append({
-                "proxyId": st.proxy_id, "spiffeId": str(st.spiffe_id), "side": "server",
-                "port": ib.port, "enforced": ib.mode, "policy": want,
-                "plaintextTotal": ib.plaintext_total, "tlsTotal": ib.tls_total,
-                "plaintextSinceMode": ib.plaintext_since_mode,
-                "agrees": ib.mode == want or not current,
-            })  # fmt: skip
+            rows.append(pb.Enforcement(
+                proxy_id=st.proxy_id, spiffe_id=str(st.spiffe_id), side="server", port=ib.port,
+                enforced=ib.mode, wanted=want, plaintext_total=ib.plaintext_total,
+                tls_total=ib.tls_total, plaintext_since_mode=ib.plaintext_since_mode,
+                agrees=ib.mode == want or not current,
+            ))  # fmt: skip
         for dest in st.destinations:
             transport = ps.client_transport(
                 st.spiffe_id, dest.spiffe_id, dest.port, st.proxy_id
             ).value
-            rows.append({
-                "proxyId": st.proxy_id, "spiffeId": str(st.spiffe_id), "side": "client",
-                "destination": str(dest.spiffe_id), "port": dest.port,
-                "enforced": dest.transport, "policy": transport,
-                "mtlsTotal": dest.mtls_total, "plaintextTotal": dest.plaintext_total,
-                "agrees": dest.transport == transport or not current,
-            })  # fmt: skip
+            rows.append(pb.Enforcement(
+                proxy_id=st.proxy_id, spiffe_id=str(st.spiffe_id), side="client",
+                destination=str(dest.spiffe_id), port=dest.port, enforced=dest.transport,
+                wanted=transport, mtls_total=dest.mtls_total,
+                plaintext_total=dest.plaintext_total,
+                agrees=dest.transport == transport or not current,
+            ))  # fmt: skip
     return rows
+
+
+def _rollout_row(row: Mapping[str, Any]) -> pb.Enforcement:
+    """One row of the rollout engine's enforcement table."""
+    return pb.Enforcement(
+        proxy_id=str(row.get("proxyId", "")),
+        spiffe_id=str(row.get("spiffeId", "")),
+        side=str(row.get("side", "")),
+        port=int(row.get("port") or 0),
+        destination=row.get("destination"),
+        enforced=row.get("enforced"),
+        wanted=row.get("wanted"),
+        plaintext_since_mode=int(row.get("plaintextSinceMode") or 0),
+        ok=bool(row.get("ok")),
+        text=str(row.get("text", "")),
+    )
+
+
+def rollout_message(st: RolloutStatus) -> pb.RolloutStatusResponse:
+    return pb.RolloutStatusResponse(
+        id=st.id,
+        state=st.state.value,
+        step=st.step,
+        step_index=st.step_index,
+        phase=st.phase,
+        target=st.target.value,
+        selector=st.selector,
+        canary=st.canary,
+        canary_instances=list(st.canary_instances),
+        policy_version=st.policy_version,
+        waiting_for=list(st.waiting_for),
+        not_enforced=list(st.not_enforced),
+        enforcement=[_rollout_row(e) for e in st.enforcement],
+        reason=st.reason,
+        started_at=timestamp(st.started_at),
+        updated_at=timestamp(st.updated_at),
+    )
+
+
+def diff_message(change: PolicyDiff) -> pb.DiffPolicyResponse:
+    return pb.DiffPolicyResponse(
+        empty=change.is_empty,
+        lines=change.lines(),
+        changes=[
+            pb.PolicyChange(ref=c.ref, change=c.change, fields=list(c.fields))
+            for c in change.objects
+        ],
+        client_tls_off_global=list(change.client_tls_off_global or ()),
+    )
+
+
+def show_message(shown: Mapping[str, Any]) -> pb.ShowPolicyResponse:
+    """``PolicySet.show``'s answer as its message."""
+    peer = shown.get("peerAuthentication")
+    return pb.ShowPolicyResponse(
+        spiffe_id=shown["spiffeId"],
+        policy_version=shown["policyVersion"],
+        policy_hash=shown["policyHash"],
+        client_tls_off_global=shown["clientTlsOffGlobal"],
+        port=shown.get("port"),
+        peer_authentication=None
+        if peer is None
+        else pb.PeerAuthenticationDecision(
+            mode=peer["mode"],
+            source=peer["source"],
+            instance_modes=peer["instanceModes"],
+            overrides=peer.get("overrides"),
+        ),
+        authorization_policies=shown["authorizationPolicies"],
+        client_tls_policies=shown["clientTlsPolicies"],
+        overlays=shown["overlays"],
+    )
 
 
 class PolicyAdmin(Edge):
@@ -110,11 +178,11 @@ class PolicyAdmin(Edge):
 
         await self.unary(stream, "PolicyApply", apply)
 
-    async def PolicyShow(self, stream: Stream[pb.ShowPolicyRequest, pb.PolicyReport]) -> None:
-        async def show(s: Stream[Any, Any], req: pb.ShowPolicyRequest) -> pb.PolicyReport:
+    async def PolicyShow(self, stream: Stream[pb.ShowPolicyRequest, pb.ShowPolicyResponse]) -> None:
+        async def show(s: Stream[Any, Any], req: pb.ShowPolicyRequest) -> pb.ShowPolicyResponse:
             sid = SpiffeId.parse(req.spiffe_id)
             port = req.port if req.HasField("port") else None
-            return _report(self._plane().current().show(sid, port))
+            return show_message(self._plane().current().show(sid, port))
 
         await self.unary(stream, "PolicyShow", show)
 
@@ -124,32 +192,27 @@ class PolicyAdmin(Edge):
             objects = _documents(req.files)
             proposed = objects if req.prune else list(merge_objects(current.objects, objects))
             change = diff(current, proposed)
-            return pb.DiffPolicyResponse(
-                empty=change.is_empty,
-                lines=change.lines(),
-                changes=json.dumps(change.to_json(), default=str).encode(),
-            )
+            return diff_message(change)
 
         await self.unary(stream, "PolicyDiff", diff_)
 
-    async def PolicyStatus(self, stream: Stream[pb.Empty, pb.PolicyReport]) -> None:
-        async def status(s: Stream[Any, Any], req: pb.Empty) -> pb.PolicyReport:
+    async def PolicyStatus(self, stream: Stream[pb.Empty, pb.PolicyStatusResponse]) -> None:
+        async def status(s: Stream[Any, Any], req: pb.Empty) -> pb.PolicyStatusResponse:
             plane = self._plane()
             ps = plane.current()
             statuses = plane.hub.statuses(max_age=STATUS_MAX_AGE)
-            proxies = [st.to_json() for st in statuses]
             rows = enforcement(ps, statuses)
-            return _report({
-                "version": ps.version,
-                "hash": ps.content_hash,
-                "objects": [o.ref for o in ps.objects],
-                "clientTlsOffGlobal": ps.client_tls_off_global,
-                "pending": bool(ps.pending),
-                "proxies": proxies,
-                "enforcement": rows,
-                "converged": all(p.get("ackedVersion", 0) >= ps.version for p in proxies)
-                and all(r["agrees"] for r in rows),
-            })  # fmt: skip
+            return pb.PolicyStatusResponse(
+                version=ps.version,
+                hash=ps.content_hash,
+                objects=[o.ref for o in ps.objects],
+                client_tls_off_global=ps.client_tls_off_global,
+                pending=bool(ps.pending),
+                proxies=[proxy_status_message(st) for st in statuses],
+                enforcement=rows,
+                converged=all(st.acked_version >= ps.version for st in statuses)
+                and all(r.agrees for r in rows),
+            )
 
         await self.unary(stream, "PolicyStatus", status)
 
@@ -161,8 +224,8 @@ class PolicyAdmin(Edge):
 
         await self.unary(stream, "PolicyClientTls", switch)
 
-    async def _rollout(self, stream: Stream[Any, pb.PolicyReport], command: str) -> None:
-        async def step(s: Stream[Any, Any], req: Any) -> pb.PolicyReport:
+    async def _rollout(self, stream: Stream[Any, pb.RolloutStatusResponse], command: str) -> None:
+        async def step(s: Stream[Any, Any], req: Any) -> pb.RolloutStatusResponse:
             kwargs: dict[str, Any] = {}
             if isinstance(req, pb.StartRolloutRequest):
                 kwargs = {"selector": req.selector, "target": req.target, "canary": req.canary}
@@ -171,21 +234,23 @@ class PolicyAdmin(Edge):
                         kwargs["step_timeout"] = durations.parse(req.step_timeout)
                     except ValueError as exc:
                         raise InvalidArgumentError(str(exc)) from None
-            return _report(self._plane().rollout(self.actor(s), command, **kwargs).to_json())
+            return rollout_message(self._plane().rollout(self.actor(s), command, **kwargs))
 
         await self.unary(stream, f"Rollout{command.capitalize()}", step)
 
-    async def RolloutStart(self, stream: Stream[pb.StartRolloutRequest, pb.PolicyReport]) -> None:
+    async def RolloutStart(
+        self, stream: Stream[pb.StartRolloutRequest, pb.RolloutStatusResponse]
+    ) -> None:
         await self._rollout(stream, "start")
 
-    async def RolloutStatus(self, stream: Stream[pb.Empty, pb.PolicyReport]) -> None:
+    async def RolloutStatus(self, stream: Stream[pb.Empty, pb.RolloutStatusResponse]) -> None:
         await self._rollout(stream, "status")
 
-    async def RolloutPause(self, stream: Stream[pb.Empty, pb.PolicyReport]) -> None:
+    async def RolloutPause(self, stream: Stream[pb.Empty, pb.RolloutStatusResponse]) -> None:
         await self._rollout(stream, "pause")
 
-    async def RolloutResume(self, stream: Stream[pb.Empty, pb.PolicyReport]) -> None:
+    async def RolloutResume(self, stream: Stream[pb.Empty, pb.RolloutStatusResponse]) -> None:
         await self._rollout(stream, "resume")
 
-    async def RolloutAbort(self, stream: Stream[pb.Empty, pb.PolicyReport]) -> None:
+    async def RolloutAbort(self, stream: Stream[pb.Empty, pb.RolloutStatusResponse]) -> None:
         await self._rollout(stream, "abort")

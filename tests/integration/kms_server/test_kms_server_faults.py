@@ -39,6 +39,7 @@ from kms_server_harness import (
     write_config,
 )
 
+from trustd.api.admin.v1 import admin_pb2
 from trustd.cli.client import ServerError, call
 from trustd.errors import PermissionDeniedError, UnavailableError
 from trustd.registry import CreateEntry
@@ -80,7 +81,7 @@ async def _admin_mint_status(srv: TrustdServer) -> Status | None:
             call,
             srv.cfg.admin_socket_path,
             "SvidMint",
-            {"spiffe_id": SPIFFE_ID, "csr_pem": csr.decode()},
+            admin_pb2.MintX509SvidRequest(spiffe_id=SPIFFE_ID, csr=csr),
         )
     except ServerError as exc:
         return exc.status

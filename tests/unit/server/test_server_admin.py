@@ -455,10 +455,6 @@ def _pa_file(
     return pb.ApplyPolicyRequest(files=[pb.PolicyFile(name="pa.yaml", text=text)], force=force)
 
 
-def _report(msg: pb.PolicyReport) -> Any:
-    return json.loads(msg.document)
-
-
 @with_server
 async def test_policy_changes_inside_an_active_rollout_are_refused_naming_it(
     server: TrustdServer, sock: Path
@@ -476,14 +472,14 @@ async def test_policy_changes_inside_an_active_rollout_are_refused_naming_it(
         proxy_id="web-1", spiffe_id=SpiffeId.parse(WEB), acked_version=1,
         destinations=(Destination(spiffe_id=backend, port=16006, transport="plaintext"),),
     ))  # fmt: skip
-    started = _report(await call(
+    started = await call(
         sock, "RolloutStart", pb.StartRolloutRequest(selector="spiffe://trustd.local/ns/shop/**", target="STRICT")
-    ))
-    assert started["state"] == "running"
+    )
+    assert started.state == "running" and started.target == "STRICT"
     code, text = await status_of(sock, "PolicyApply", _pa_file("PERMISSIVE", "shop", "n"))
     assert code is Status.FAILED_PRECONDITION
-    assert started["id"] in text and "PeerAuthentication/shop/n" in text and "--force" in text
-    assert _report(await call(sock, "PolicyStatus"))["objects"] == ["PeerAuthentication/trustd-system/default"]
+    assert started.id in text and "PeerAuthentication/shop/n" in text and "--force" in text
+    assert list((await call(sock, "PolicyStatus")).objects) == ["PeerAuthentication/trustd-system/default"]
     # an AuthorizationPolicy does not touch the modes: the rollout does not stand in its way
     # (the proxies have not acknowledged step 1 yet, so the usual safety check needs --force)
     authz = (
@@ -495,16 +491,19 @@ async def test_policy_changes_inside_an_active_rollout_are_refused_naming_it(
     assert "still run a version older" in text and "rollout" not in text
     await call(sock, "PolicyApply", pb.ApplyPolicyRequest(files=files, force=True))
     # policy status shows what each proxy enforces against what the policy says
-    status = _report(await call(sock, "PolicyStatus"))
-    rows = {(r["proxyId"], r["side"]): r for r in status["enforcement"]}
-    assert rows[("backend-1", "server")]["enforced"] == "DISABLE"
-    assert rows[("backend-1", "server")]["policy"] == "PERMISSIVE"  # step 1 published, not acked
-    assert rows[("web-1", "client")]["enforced"] == "plaintext"
-    assert status["converged"] is False
+    status = await call(sock, "PolicyStatus")
+    rows = {(r.proxy_id, r.side): r for r in status.enforcement}
+    assert rows[("backend-1", "server")].enforced == "DISABLE"
+    assert rows[("backend-1", "server")].wanted == "PERMISSIVE"  # step 1 published, not acked
+    assert rows[("web-1", "client")].enforced == "plaintext"
+    assert rows[("web-1", "client")].destination == str(backend)
+    assert [p.proxy_id for p in status.proxies] == ["backend-1", "web-1"]
+    assert status.converged is False
     server.policy.tick()
-    rollout = _report(await call(sock, "RolloutStatus"))
-    assert rollout["waitingFor"] == ["backend-1", "web-1"]
-    assert any("backend-1 port 16006 enforces DISABLE" in t for t in rollout["notEnforced"])
+    rollout = await call(sock, "RolloutStatus")
+    assert list(rollout.waiting_for) == ["backend-1", "web-1"]
+    assert any("backend-1 port 16006 enforces DISABLE" in t for t in rollout.not_enforced)
+    assert {(e.proxy_id, e.side) for e in rollout.enforcement} == set(rows)
 
 
 @with_server

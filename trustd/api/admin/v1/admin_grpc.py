@@ -10,6 +10,7 @@ if typing.TYPE_CHECKING:
     import grpclib.server
 
 import google.protobuf.timestamp_pb2
+import trustd.api.policy.v1.policy_pb2
 import trustd.api.types.v1.types_pb2
 import trustd.api.admin.v1.admin_pb2
 
@@ -89,7 +90,7 @@ class AdminBase(abc.ABC):
         pass
 
     @abc.abstractmethod
-    async def PolicyShow(self, stream: 'grpclib.server.Stream[trustd.api.admin.v1.admin_pb2.ShowPolicyRequest, trustd.api.admin.v1.admin_pb2.PolicyReport]') -> None:
+    async def PolicyShow(self, stream: 'grpclib.server.Stream[trustd.api.admin.v1.admin_pb2.ShowPolicyRequest, trustd.api.admin.v1.admin_pb2.ShowPolicyResponse]') -> None:
         pass
 
     @abc.abstractmethod
@@ -97,7 +98,7 @@ class AdminBase(abc.ABC):
         pass
 
     @abc.abstractmethod
-    async def PolicyStatus(self, stream: 'grpclib.server.Stream[trustd.api.admin.v1.admin_pb2.Empty, trustd.api.admin.v1.admin_pb2.PolicyReport]') -> None:
+    async def PolicyStatus(self, stream: 'grpclib.server.Stream[trustd.api.admin.v1.admin_pb2.Empty, trustd.api.admin.v1.admin_pb2.PolicyStatusResponse]') -> None:
         pass
 
     @abc.abstractmethod
@@ -105,23 +106,23 @@ class AdminBase(abc.ABC):
         pass
 
     @abc.abstractmethod
-    async def RolloutStart(self, stream: 'grpclib.server.Stream[trustd.api.admin.v1.admin_pb2.StartRolloutRequest, trustd.api.admin.v1.admin_pb2.PolicyReport]') -> None:
+    async def RolloutStart(self, stream: 'grpclib.server.Stream[trustd.api.admin.v1.admin_pb2.StartRolloutRequest, trustd.api.admin.v1.admin_pb2.RolloutStatusResponse]') -> None:
         pass
 
     @abc.abstractmethod
-    async def RolloutStatus(self, stream: 'grpclib.server.Stream[trustd.api.admin.v1.admin_pb2.Empty, trustd.api.admin.v1.admin_pb2.PolicyReport]') -> None:
+    async def RolloutStatus(self, stream: 'grpclib.server.Stream[trustd.api.admin.v1.admin_pb2.Empty, trustd.api.admin.v1.admin_pb2.RolloutStatusResponse]') -> None:
         pass
 
     @abc.abstractmethod
-    async def RolloutPause(self, stream: 'grpclib.server.Stream[trustd.api.admin.v1.admin_pb2.Empty, trustd.api.admin.v1.admin_pb2.PolicyReport]') -> None:
+    async def RolloutPause(self, stream: 'grpclib.server.Stream[trustd.api.admin.v1.admin_pb2.Empty, trustd.api.admin.v1.admin_pb2.RolloutStatusResponse]') -> None:
         pass
 
     @abc.abstractmethod
-    async def RolloutResume(self, stream: 'grpclib.server.Stream[trustd.api.admin.v1.admin_pb2.Empty, trustd.api.admin.v1.admin_pb2.PolicyReport]') -> None:
+    async def RolloutResume(self, stream: 'grpclib.server.Stream[trustd.api.admin.v1.admin_pb2.Empty, trustd.api.admin.v1.admin_pb2.RolloutStatusResponse]') -> None:
         pass
 
     @abc.abstractmethod
-    async def RolloutAbort(self, stream: 'grpclib.server.Stream[trustd.api.admin.v1.admin_pb2.Empty, trustd.api.admin.v1.admin_pb2.PolicyReport]') -> None:
+    async def RolloutAbort(self, stream: 'grpclib.server.Stream[trustd.api.admin.v1.admin_pb2.Empty, trustd.api.admin.v1.admin_pb2.RolloutStatusResponse]') -> None:
         pass
 
     @abc.abstractmethod
@@ -254,7 +255,7 @@ class AdminBase(abc.ABC):
                 self.PolicyShow,
                 grpclib.const.Cardinality.UNARY_UNARY,
                 trustd.api.admin.v1.admin_pb2.ShowPolicyRequest,
-                trustd.api.admin.v1.admin_pb2.PolicyReport,
+                trustd.api.admin.v1.admin_pb2.ShowPolicyResponse,
             ),
             '/trustd.admin.v1.Admin/PolicyDiff': grpclib.const.Handler(
                 self.PolicyDiff,
@@ -266,7 +267,7 @@ class AdminBase(abc.ABC):
                 self.PolicyStatus,
                 grpclib.const.Cardinality.UNARY_UNARY,
                 trustd.api.admin.v1.admin_pb2.Empty,
-                trustd.api.admin.v1.admin_pb2.PolicyReport,
+                trustd.api.admin.v1.admin_pb2.PolicyStatusResponse,
             ),
             '/trustd.admin.v1.Admin/PolicyClientTls': grpclib.const.Handler(
                 self.PolicyClientTls,
@@ -278,31 +279,31 @@ class AdminBase(abc.ABC):
                 self.RolloutStart,
                 grpclib.const.Cardinality.UNARY_UNARY,
                 trustd.api.admin.v1.admin_pb2.StartRolloutRequest,
-                trustd.api.admin.v1.admin_pb2.PolicyReport,
+                trustd.api.admin.v1.admin_pb2.RolloutStatusResponse,
             ),
             '/trustd.admin.v1.Admin/RolloutStatus': grpclib.const.Handler(
                 self.RolloutStatus,
                 grpclib.const.Cardinality.UNARY_UNARY,
                 trustd.api.admin.v1.admin_pb2.Empty,
-                trustd.api.admin.v1.admin_pb2.PolicyReport,
+                trustd.api.admin.v1.admin_pb2.RolloutStatusResponse,
             ),
             '/trustd.admin.v1.Admin/RolloutPause': grpclib.const.Handler(
                 self.RolloutPause,
                 grpclib.const.Cardinality.UNARY_UNARY,
                 trustd.api.admin.v1.admin_pb2.Empty,
-                trustd.api.admin.v1.admin_pb2.PolicyReport,
+                trustd.api.admin.v1.admin_pb2.RolloutStatusResponse,
             ),
             '/trustd.admin.v1.Admin/RolloutResume': grpclib.const.Handler(
                 self.RolloutResume,
                 grpclib.const.Cardinality.UNARY_UNARY,
                 trustd.api.admin.v1.admin_pb2.Empty,
-                trustd.api.admin.v1.admin_pb2.PolicyReport,
+                trustd.api.admin.v1.admin_pb2.RolloutStatusResponse,
             ),
             '/trustd.admin.v1.Admin/RolloutAbort': grpclib.const.Handler(
                 self.RolloutAbort,
                 grpclib.const.Cardinality.UNARY_UNARY,
                 trustd.api.admin.v1.admin_pb2.Empty,
-                trustd.api.admin.v1.admin_pb2.PolicyReport,
+                trustd.api.admin.v1.admin_pb2.RolloutStatusResponse,
             ),
             '/trustd.admin.v1.Admin/AuditVerify': grpclib.const.Handler(
                 self.AuditVerify,
@@ -446,7 +447,7 @@ class AdminStub:
             channel,
             '/trustd.admin.v1.Admin/PolicyShow',
             trustd.api.admin.v1.admin_pb2.ShowPolicyRequest,
-            trustd.api.admin.v1.admin_pb2.PolicyReport,
+            trustd.api.admin.v1.admin_pb2.ShowPolicyResponse,
         )
         self.PolicyDiff = grpclib.client.UnaryUnaryMethod(
             channel,
@@ -458,7 +459,7 @@ class AdminStub:
             channel,
             '/trustd.admin.v1.Admin/PolicyStatus',
             trustd.api.admin.v1.admin_pb2.Empty,
-            trustd.api.admin.v1.admin_pb2.PolicyReport,
+            trustd.api.admin.v1.admin_pb2.PolicyStatusResponse,
         )
         self.PolicyClientTls = grpclib.client.UnaryUnaryMethod(
             channel,
@@ -470,31 +471,31 @@ class AdminStub:
             channel,
             '/trustd.admin.v1.Admin/RolloutStart',
             trustd.api.admin.v1.admin_pb2.StartRolloutRequest,
-            trustd.api.admin.v1.admin_pb2.PolicyReport,
+            trustd.api.admin.v1.admin_pb2.RolloutStatusResponse,
         )
         self.RolloutStatus = grpclib.client.UnaryUnaryMethod(
             channel,
             '/trustd.admin.v1.Admin/RolloutStatus',
             trustd.api.admin.v1.admin_pb2.Empty,
-            trustd.api.admin.v1.admin_pb2.PolicyReport,
+            trustd.api.admin.v1.admin_pb2.RolloutStatusResponse,
         )
         self.RolloutPause = grpclib.client.UnaryUnaryMethod(
             channel,
             '/trustd.admin.v1.Admin/RolloutPause',
             trustd.api.admin.v1.admin_pb2.Empty,
-            trustd.api.admin.v1.admin_pb2.PolicyReport,
+            trustd.api.admin.v1.admin_pb2.RolloutStatusResponse,
         )
         self.RolloutResume = grpclib.client.UnaryUnaryMethod(
             channel,
             '/trustd.admin.v1.Admin/RolloutResume',
             trustd.api.admin.v1.admin_pb2.Empty,
-            trustd.api.admin.v1.admin_pb2.PolicyReport,
+            trustd.api.admin.v1.admin_pb2.RolloutStatusResponse,
         )
         self.RolloutAbort = grpclib.client.UnaryUnaryMethod(
             channel,
             '/trustd.admin.v1.Admin/RolloutAbort',
             trustd.api.admin.v1.admin_pb2.Empty,
-            trustd.api.admin.v1.admin_pb2.PolicyReport,
+            trustd.api.admin.v1.admin_pb2.RolloutStatusResponse,
         )
         self.AuditVerify = grpclib.client.UnaryUnaryMethod(
             channel,

@@ -1,6 +1,7 @@
 import datetime
 
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from trustd.api.policy.v1 import policy_pb2 as _policy_pb2
 from trustd.api.types.v1 import types_pb2 as _types_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
@@ -258,15 +259,113 @@ class DiffPolicyRequest(_message.Message):
     prune: bool
     def __init__(self, files: _Optional[_Iterable[_Union[PolicyFile, _Mapping]]] = ..., prune: _Optional[bool] = ...) -> None: ...
 
+class PolicyChange(_message.Message):
+    __slots__ = ("ref", "change", "fields")
+    REF_FIELD_NUMBER: _ClassVar[int]
+    CHANGE_FIELD_NUMBER: _ClassVar[int]
+    FIELDS_FIELD_NUMBER: _ClassVar[int]
+    ref: str
+    change: str
+    fields: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, ref: _Optional[str] = ..., change: _Optional[str] = ..., fields: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class DiffPolicyResponse(_message.Message):
-    __slots__ = ("empty", "lines", "changes")
+    __slots__ = ("empty", "lines", "changes", "client_tls_off_global")
     EMPTY_FIELD_NUMBER: _ClassVar[int]
     LINES_FIELD_NUMBER: _ClassVar[int]
     CHANGES_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_TLS_OFF_GLOBAL_FIELD_NUMBER: _ClassVar[int]
     empty: bool
     lines: _containers.RepeatedScalarFieldContainer[str]
-    changes: bytes
-    def __init__(self, empty: _Optional[bool] = ..., lines: _Optional[_Iterable[str]] = ..., changes: _Optional[bytes] = ...) -> None: ...
+    changes: _containers.RepeatedCompositeFieldContainer[PolicyChange]
+    client_tls_off_global: _containers.RepeatedScalarFieldContainer[bool]
+    def __init__(self, empty: _Optional[bool] = ..., lines: _Optional[_Iterable[str]] = ..., changes: _Optional[_Iterable[_Union[PolicyChange, _Mapping]]] = ..., client_tls_off_global: _Optional[_Iterable[bool]] = ...) -> None: ...
+
+class ShowPolicyResponse(_message.Message):
+    __slots__ = ("spiffe_id", "policy_version", "policy_hash", "client_tls_off_global", "port", "peer_authentication", "authorization_policies", "client_tls_policies", "overlays")
+    SPIFFE_ID_FIELD_NUMBER: _ClassVar[int]
+    POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    POLICY_HASH_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_TLS_OFF_GLOBAL_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    PEER_AUTHENTICATION_FIELD_NUMBER: _ClassVar[int]
+    AUTHORIZATION_POLICIES_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_TLS_POLICIES_FIELD_NUMBER: _ClassVar[int]
+    OVERLAYS_FIELD_NUMBER: _ClassVar[int]
+    spiffe_id: str
+    policy_version: int
+    policy_hash: str
+    client_tls_off_global: bool
+    port: int
+    peer_authentication: PeerAuthenticationDecision
+    authorization_policies: _containers.RepeatedScalarFieldContainer[str]
+    client_tls_policies: _containers.RepeatedScalarFieldContainer[str]
+    overlays: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, spiffe_id: _Optional[str] = ..., policy_version: _Optional[int] = ..., policy_hash: _Optional[str] = ..., client_tls_off_global: _Optional[bool] = ..., port: _Optional[int] = ..., peer_authentication: _Optional[_Union[PeerAuthenticationDecision, _Mapping]] = ..., authorization_policies: _Optional[_Iterable[str]] = ..., client_tls_policies: _Optional[_Iterable[str]] = ..., overlays: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class PeerAuthenticationDecision(_message.Message):
+    __slots__ = ("mode", "source", "instance_modes", "overrides")
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_MODES_FIELD_NUMBER: _ClassVar[int]
+    OVERRIDES_FIELD_NUMBER: _ClassVar[int]
+    mode: str
+    source: str
+    instance_modes: _containers.RepeatedScalarFieldContainer[str]
+    overrides: str
+    def __init__(self, mode: _Optional[str] = ..., source: _Optional[str] = ..., instance_modes: _Optional[_Iterable[str]] = ..., overrides: _Optional[str] = ...) -> None: ...
+
+class Enforcement(_message.Message):
+    __slots__ = ("proxy_id", "spiffe_id", "side", "port", "destination", "enforced", "wanted", "plaintext_total", "tls_total", "mtls_total", "plaintext_since_mode", "agrees", "ok", "text")
+    PROXY_ID_FIELD_NUMBER: _ClassVar[int]
+    SPIFFE_ID_FIELD_NUMBER: _ClassVar[int]
+    SIDE_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    DESTINATION_FIELD_NUMBER: _ClassVar[int]
+    ENFORCED_FIELD_NUMBER: _ClassVar[int]
+    WANTED_FIELD_NUMBER: _ClassVar[int]
+    PLAINTEXT_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    TLS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    MTLS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    PLAINTEXT_SINCE_MODE_FIELD_NUMBER: _ClassVar[int]
+    AGREES_FIELD_NUMBER: _ClassVar[int]
+    OK_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    proxy_id: str
+    spiffe_id: str
+    side: str
+    port: int
+    destination: str
+    enforced: str
+    wanted: str
+    plaintext_total: int
+    tls_total: int
+    mtls_total: int
+    plaintext_since_mode: int
+    agrees: bool
+    ok: bool
+    text: str
+    def __init__(self, proxy_id: _Optional[str] = ..., spiffe_id: _Optional[str] = ..., side: _Optional[str] = ..., port: _Optional[int] = ..., destination: _Optional[str] = ..., enforced: _Optional[str] = ..., wanted: _Optional[str] = ..., plaintext_total: _Optional[int] = ..., tls_total: _Optional[int] = ..., mtls_total: _Optional[int] = ..., plaintext_since_mode: _Optional[int] = ..., agrees: _Optional[bool] = ..., ok: _Optional[bool] = ..., text: _Optional[str] = ...) -> None: ...
+
+class PolicyStatusResponse(_message.Message):
+    __slots__ = ("version", "hash", "objects", "client_tls_off_global", "pending", "proxies", "enforcement", "converged")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    HASH_FIELD_NUMBER: _ClassVar[int]
+    OBJECTS_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_TLS_OFF_GLOBAL_FIELD_NUMBER: _ClassVar[int]
+    PENDING_FIELD_NUMBER: _ClassVar[int]
+    PROXIES_FIELD_NUMBER: _ClassVar[int]
+    ENFORCEMENT_FIELD_NUMBER: _ClassVar[int]
+    CONVERGED_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    hash: str
+    objects: _containers.RepeatedScalarFieldContainer[str]
+    client_tls_off_global: bool
+    pending: bool
+    proxies: _containers.RepeatedCompositeFieldContainer[_policy_pb2.ProxyStatus]
+    enforcement: _containers.RepeatedCompositeFieldContainer[Enforcement]
+    converged: bool
+    def __init__(self, version: _Optional[int] = ..., hash: _Optional[str] = ..., objects: _Optional[_Iterable[str]] = ..., client_tls_off_global: _Optional[bool] = ..., pending: _Optional[bool] = ..., proxies: _Optional[_Iterable[_Union[_policy_pb2.ProxyStatus, _Mapping]]] = ..., enforcement: _Optional[_Iterable[_Union[Enforcement, _Mapping]]] = ..., converged: _Optional[bool] = ...) -> None: ...
 
 class ClientTlsRequest(_message.Message):
     __slots__ = ("off", "force")
@@ -288,11 +387,41 @@ class StartRolloutRequest(_message.Message):
     step_timeout: str
     def __init__(self, selector: _Optional[str] = ..., target: _Optional[str] = ..., canary: _Optional[int] = ..., step_timeout: _Optional[str] = ...) -> None: ...
 
-class PolicyReport(_message.Message):
-    __slots__ = ("document",)
-    DOCUMENT_FIELD_NUMBER: _ClassVar[int]
-    document: bytes
-    def __init__(self, document: _Optional[bytes] = ...) -> None: ...
+class RolloutStatusResponse(_message.Message):
+    __slots__ = ("id", "state", "step", "step_index", "phase", "target", "selector", "canary", "canary_instances", "policy_version", "waiting_for", "not_enforced", "enforcement", "reason", "started_at", "updated_at")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    STEP_INDEX_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    SELECTOR_FIELD_NUMBER: _ClassVar[int]
+    CANARY_FIELD_NUMBER: _ClassVar[int]
+    CANARY_INSTANCES_FIELD_NUMBER: _ClassVar[int]
+    POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    WAITING_FOR_FIELD_NUMBER: _ClassVar[int]
+    NOT_ENFORCED_FIELD_NUMBER: _ClassVar[int]
+    ENFORCEMENT_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    state: str
+    step: str
+    step_index: int
+    phase: str
+    target: str
+    selector: str
+    canary: int
+    canary_instances: _containers.RepeatedScalarFieldContainer[str]
+    policy_version: int
+    waiting_for: _containers.RepeatedScalarFieldContainer[str]
+    not_enforced: _containers.RepeatedScalarFieldContainer[str]
+    enforcement: _containers.RepeatedCompositeFieldContainer[Enforcement]
+    reason: str
+    started_at: _timestamp_pb2.Timestamp
+    updated_at: _timestamp_pb2.Timestamp
+    def __init__(self, id: _Optional[str] = ..., state: _Optional[str] = ..., step: _Optional[str] = ..., step_index: _Optional[int] = ..., phase: _Optional[str] = ..., target: _Optional[str] = ..., selector: _Optional[str] = ..., canary: _Optional[int] = ..., canary_instances: _Optional[_Iterable[str]] = ..., policy_version: _Optional[int] = ..., waiting_for: _Optional[_Iterable[str]] = ..., not_enforced: _Optional[_Iterable[str]] = ..., enforcement: _Optional[_Iterable[_Union[Enforcement, _Mapping]]] = ..., reason: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class VerifyAuditResponse(_message.Message):
     __slots__ = ("ok", "first_bad_seq", "problem", "events_checked", "first_seq", "last_seq", "checkpoints_checked", "last_checkpoint_seq", "head_seq")

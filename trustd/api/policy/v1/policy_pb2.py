@@ -25,37 +25,49 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!trustd/api/policy/v1/policy.proto\x12\x10trustd.policy.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"D\n\tPolicySet\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x14\n\x0c\x63ontent_hash\x18\x02 \x01(\t\x12\x10\n\x08\x64ocument\x18\x03 \x01(\x0c\"\x93\x02\n\x0cInboundStats\x12\x0c\n\x04port\x18\x01 \x01(\x05\x12\x11\n\x04mode\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x19\n\x0cmode_version\x18\x03 \x01(\x03H\x01\x88\x01\x01\x12\x1c\n\x14plaintext_since_mode\x18\x04 \x01(\x03\x12\x18\n\x10plaintext_active\x18\x05 \x01(\x03\x12\x17\n\x0fplaintext_total\x18\x06 \x01(\x03\x12\x12\n\ntls_active\x18\x07 \x01(\x03\x12\x11\n\ttls_total\x18\x08 \x01(\x03\x12\x35\n\x11last_plaintext_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x07\n\x05_modeB\x0f\n\r_mode_version\"\x81\x01\n\x0b\x44\x65stination\x12\x11\n\tspiffe_id\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\x05\x12\x16\n\ttransport\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\x12\n\nmtls_total\x18\x04 \x01(\x03\x12\x17\n\x0fplaintext_total\x18\x05 \x01(\x03\x42\x0c\n\n_transport\"\xe0\x01\n\x0bProxyStatus\x12\x10\n\x08proxy_id\x18\x01 \x01(\t\x12\x11\n\tspiffe_id\x18\x02 \x01(\t\x12\x15\n\racked_version\x18\x03 \x01(\x03\x12/\n\x07inbound\x18\x04 \x03(\x0b\x32\x1e.trustd.policy.v1.InboundStats\x12\x33\n\x0c\x64\x65stinations\x18\x05 \x03(\x0b\x32\x1d.trustd.policy.v1.Destination\x12/\n\x0breported_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x86\x02\n\x06\x44\x65nial\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08proxy_id\x18\x02 \x01(\t\x12\x10\n\x08listener\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x05 \x01(\t\x12\x14\n\x0cpeer_address\x18\x06 \x01(\t\x12\x1b\n\x0epeer_spiffe_id\x18\x07 \x01(\tH\x00\x88\x01\x01\x12\x1c\n\x0flocal_spiffe_id\x18\x08 \x01(\tH\x01\x88\x01\x01\x12\x16\n\x0epolicy_version\x18\t \x01(\x03\x42\x11\n\x0f_peer_spiffe_idB\x12\n\x10_local_spiffe_id\"(\n\x03\x41\x63k\x12\x10\n\x08proxy_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\" \n\x0cWatchRequest\x12\x10\n\x08proxy_id\x18\x01 \x01(\t\"<\n\rWatchResponse\x12+\n\x06policy\x18\x01 \x01(\x0b\x32\x1b.trustd.policy.v1.PolicySet\"0\n\nAckRequest\x12\"\n\x03\x61\x63k\x18\x01 \x01(\x0b\x32\x15.trustd.policy.v1.Ack\">\n\rReportRequest\x12-\n\x06status\x18\x01 \x01(\x0b\x32\x1d.trustd.policy.v1.ProxyStatus\"7\n\x0b\x44\x65nyRequest\x12(\n\x06\x64\x65nial\x18\x01 \x01(\x0b\x32\x18.trustd.policy.v1.Denial\"\x07\n\x05\x45mpty2\x9b\x02\n\x0bPolicyRelay\x12J\n\x05Watch\x12\x1e.trustd.policy.v1.WatchRequest\x1a\x1f.trustd.policy.v1.WatchResponse0\x01\x12<\n\x03\x41\x63k\x12\x1c.trustd.policy.v1.AckRequest\x1a\x17.trustd.policy.v1.Empty\x12\x42\n\x06Report\x12\x1f.trustd.policy.v1.ReportRequest\x1a\x17.trustd.policy.v1.Empty\x12>\n\x04\x44\x65ny\x12\x1d.trustd.policy.v1.DenyRequest\x1a\x17.trustd.policy.v1.Emptyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!trustd/api/policy/v1/policy.proto\x12\x10trustd.policy.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"-\n\x0cPolicyObject\x12\x0b\n\x03ref\x18\x01 \x01(\t\x12\x10\n\x08manifest\x18\x02 \x01(\x0c\"\xac\x02\n\x07Overlay\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08selector\x18\x02 \x01(\t\x12\x18\n\x0bserver_mode\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\x18\n\x0b\x63lient_mode\x18\x04 \x01(\tH\x01\x88\x01\x01\x12\x14\n\x0chold_clients\x18\x05 \x01(\x08\x12\x18\n\x10\x63\x61nary_instances\x18\x06 \x03(\t\x12\x1f\n\x12\x63\x61nary_server_mode\x18\x07 \x01(\tH\x02\x88\x01\x01\x12\x1f\n\x12\x63\x61nary_client_mode\x18\x08 \x01(\tH\x03\x88\x01\x01\x12\r\n\x05since\x18\t \x01(\x03\x42\x0e\n\x0c_server_modeB\x0e\n\x0c_client_modeB\x15\n\x13_canary_server_modeB\x15\n\x13_canary_client_mode\"\x8d\x02\n\x0bPolicyLayer\x12/\n\x07objects\x18\x01 \x03(\x0b\x32\x1e.trustd.policy.v1.PolicyObject\x12+\n\x08overlays\x18\x02 \x03(\x0b\x32\x19.trustd.policy.v1.Overlay\x12\x1d\n\x15\x63lient_tls_off_global\x18\x03 \x01(\x08\x12J\n\x0fobject_versions\x18\x04 \x03(\x0b\x32\x31.trustd.policy.v1.PolicyLayer.ObjectVersionsEntry\x1a\x35\n\x13ObjectVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"M\n\x0cPendingLayer\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12,\n\x05layer\x18\x02 \x01(\x0b\x32\x1d.trustd.policy.v1.PolicyLayer\"\x91\x01\n\tPolicySet\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x14\n\x0c\x63ontent_hash\x18\x02 \x01(\t\x12,\n\x05layer\x18\x03 \x01(\x0b\x32\x1d.trustd.policy.v1.PolicyLayer\x12/\n\x07pending\x18\x04 \x03(\x0b\x32\x1e.trustd.policy.v1.PendingLayer\"\x93\x02\n\x0cInboundStats\x12\x0c\n\x04port\x18\x01 \x01(\x05\x12\x11\n\x04mode\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x19\n\x0cmode_version\x18\x03 \x01(\x03H\x01\x88\x01\x01\x12\x1c\n\x14plaintext_since_mode\x18\x04 \x01(\x03\x12\x18\n\x10plaintext_active\x18\x05 \x01(\x03\x12\x17\n\x0fplaintext_total\x18\x06 \x01(\x03\x12\x12\n\ntls_active\x18\x07 \x01(\x03\x12\x11\n\ttls_total\x18\x08 \x01(\x03\x12\x35\n\x11last_plaintext_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x07\n\x05_modeB\x0f\n\r_mode_version\"\x81\x01\n\x0b\x44\x65stination\x12\x11\n\tspiffe_id\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\x05\x12\x16\n\ttransport\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\x12\n\nmtls_total\x18\x04 \x01(\x03\x12\x17\n\x0fplaintext_total\x18\x05 \x01(\x03\x42\x0c\n\n_transport\"\xe0\x01\n\x0bProxyStatus\x12\x10\n\x08proxy_id\x18\x01 \x01(\t\x12\x11\n\tspiffe_id\x18\x02 \x01(\t\x12\x15\n\racked_version\x18\x03 \x01(\x03\x12/\n\x07inbound\x18\x04 \x03(\x0b\x32\x1e.trustd.policy.v1.InboundStats\x12\x33\n\x0c\x64\x65stinations\x18\x05 \x03(\x0b\x32\x1d.trustd.policy.v1.Destination\x12/\n\x0breported_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x86\x02\n\x06\x44\x65nial\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08proxy_id\x18\x02 \x01(\t\x12\x10\n\x08listener\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x05 \x01(\t\x12\x14\n\x0cpeer_address\x18\x06 \x01(\t\x12\x1b\n\x0epeer_spiffe_id\x18\x07 \x01(\tH\x00\x88\x01\x01\x12\x1c\n\x0flocal_spiffe_id\x18\x08 \x01(\tH\x01\x88\x01\x01\x12\x16\n\x0epolicy_version\x18\t \x01(\x03\x42\x11\n\x0f_peer_spiffe_idB\x12\n\x10_local_spiffe_id\"(\n\x03\x41\x63k\x12\x10\n\x08proxy_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\" \n\x0cWatchRequest\x12\x10\n\x08proxy_id\x18\x01 \x01(\t\"<\n\rWatchResponse\x12+\n\x06policy\x18\x01 \x01(\x0b\x32\x1b.trustd.policy.v1.PolicySet\"0\n\nAckRequest\x12\"\n\x03\x61\x63k\x18\x01 \x01(\x0b\x32\x15.trustd.policy.v1.Ack\">\n\rReportRequest\x12-\n\x06status\x18\x01 \x01(\x0b\x32\x1d.trustd.policy.v1.ProxyStatus\"7\n\x0b\x44\x65nyRequest\x12(\n\x06\x64\x65nial\x18\x01 \x01(\x0b\x32\x18.trustd.policy.v1.Denial\"\x07\n\x05\x45mpty2\x9b\x02\n\x0bPolicyRelay\x12J\n\x05Watch\x12\x1e.trustd.policy.v1.WatchRequest\x1a\x1f.trustd.policy.v1.WatchResponse0\x01\x12<\n\x03\x41\x63k\x12\x1c.trustd.policy.v1.AckRequest\x1a\x17.trustd.policy.v1.Empty\x12\x42\n\x06Report\x12\x1f.trustd.policy.v1.ReportRequest\x1a\x17.trustd.policy.v1.Empty\x12>\n\x04\x44\x65ny\x12\x1d.trustd.policy.v1.DenyRequest\x1a\x17.trustd.policy.v1.Emptyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'trustd.api.policy.v1.policy_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_POLICYSET']._serialized_start=88
-  _globals['_POLICYSET']._serialized_end=156
-  _globals['_INBOUNDSTATS']._serialized_start=159
-  _globals['_INBOUNDSTATS']._serialized_end=434
-  _globals['_DESTINATION']._serialized_start=437
-  _globals['_DESTINATION']._serialized_end=566
-  _globals['_PROXYSTATUS']._serialized_start=569
-  _globals['_PROXYSTATUS']._serialized_end=793
-  _globals['_DENIAL']._serialized_start=796
-  _globals['_DENIAL']._serialized_end=1058
-  _globals['_ACK']._serialized_start=1060
-  _globals['_ACK']._serialized_end=1100
-  _globals['_WATCHREQUEST']._serialized_start=1102
-  _globals['_WATCHREQUEST']._serialized_end=1134
-  _globals['_WATCHRESPONSE']._serialized_start=1136
-  _globals['_WATCHRESPONSE']._serialized_end=1196
-  _globals['_ACKREQUEST']._serialized_start=1198
-  _globals['_ACKREQUEST']._serialized_end=1246
-  _globals['_REPORTREQUEST']._serialized_start=1248
-  _globals['_REPORTREQUEST']._serialized_end=1310
-  _globals['_DENYREQUEST']._serialized_start=1312
-  _globals['_DENYREQUEST']._serialized_end=1367
-  _globals['_EMPTY']._serialized_start=1369
-  _globals['_EMPTY']._serialized_end=1376
-  _globals['_POLICYRELAY']._serialized_start=1379
-  _globals['_POLICYRELAY']._serialized_end=1662
+  _globals['_POLICYLAYER_OBJECTVERSIONSENTRY']._loaded_options = None
+  _globals['_POLICYLAYER_OBJECTVERSIONSENTRY']._serialized_options = b'8\001'
+  _globals['_POLICYOBJECT']._serialized_start=88
+  _globals['_POLICYOBJECT']._serialized_end=133
+  _globals['_OVERLAY']._serialized_start=136
+  _globals['_OVERLAY']._serialized_end=436
+  _globals['_POLICYLAYER']._serialized_start=439
+  _globals['_POLICYLAYER']._serialized_end=708
+  _globals['_POLICYLAYER_OBJECTVERSIONSENTRY']._serialized_start=655
+  _globals['_POLICYLAYER_OBJECTVERSIONSENTRY']._serialized_end=708
+  _globals['_PENDINGLAYER']._serialized_start=710
+  _globals['_PENDINGLAYER']._serialized_end=787
+  _globals['_POLICYSET']._serialized_start=790
+  _globals['_POLICYSET']._serialized_end=935
+  _globals['_INBOUNDSTATS']._serialized_start=938
+  _globals['_INBOUNDSTATS']._serialized_end=1213
+  _globals['_DESTINATION']._serialized_start=1216
+  _globals['_DESTINATION']._serialized_end=1345
+  _globals['_PROXYSTATUS']._serialized_start=1348
+  _globals['_PROXYSTATUS']._serialized_end=1572
+  _globals['_DENIAL']._serialized_start=1575
+  _globals['_DENIAL']._serialized_end=1837
+  _globals['_ACK']._serialized_start=1839
+  _globals['_ACK']._serialized_end=1879
+  _globals['_WATCHREQUEST']._serialized_start=1881
+  _globals['_WATCHREQUEST']._serialized_end=1913
+  _globals['_WATCHRESPONSE']._serialized_start=1915
+  _globals['_WATCHRESPONSE']._serialized_end=1975
+  _globals['_ACKREQUEST']._serialized_start=1977
+  _globals['_ACKREQUEST']._serialized_end=2025
+  _globals['_REPORTREQUEST']._serialized_start=2027
+  _globals['_REPORTREQUEST']._serialized_end=2089
+  _globals['_DENYREQUEST']._serialized_start=2091
+  _globals['_DENYREQUEST']._serialized_end=2146
+  _globals['_EMPTY']._serialized_start=2148
+  _globals['_EMPTY']._serialized_end=2155
+  _globals['_POLICYRELAY']._serialized_start=2158
+  _globals['_POLICYRELAY']._serialized_end=2441
 # @@protoc_insertion_point(module_scope)

@@ -9,15 +9,74 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class PolicyObject(_message.Message):
+    __slots__ = ("ref", "manifest")
+    REF_FIELD_NUMBER: _ClassVar[int]
+    MANIFEST_FIELD_NUMBER: _ClassVar[int]
+    ref: str
+    manifest: bytes
+    def __init__(self, ref: _Optional[str] = ..., manifest: _Optional[bytes] = ...) -> None: ...
+
+class Overlay(_message.Message):
+    __slots__ = ("name", "selector", "server_mode", "client_mode", "hold_clients", "canary_instances", "canary_server_mode", "canary_client_mode", "since")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SELECTOR_FIELD_NUMBER: _ClassVar[int]
+    SERVER_MODE_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_MODE_FIELD_NUMBER: _ClassVar[int]
+    HOLD_CLIENTS_FIELD_NUMBER: _ClassVar[int]
+    CANARY_INSTANCES_FIELD_NUMBER: _ClassVar[int]
+    CANARY_SERVER_MODE_FIELD_NUMBER: _ClassVar[int]
+    CANARY_CLIENT_MODE_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    selector: str
+    server_mode: str
+    client_mode: str
+    hold_clients: bool
+    canary_instances: _containers.RepeatedScalarFieldContainer[str]
+    canary_server_mode: str
+    canary_client_mode: str
+    since: int
+    def __init__(self, name: _Optional[str] = ..., selector: _Optional[str] = ..., server_mode: _Optional[str] = ..., client_mode: _Optional[str] = ..., hold_clients: _Optional[bool] = ..., canary_instances: _Optional[_Iterable[str]] = ..., canary_server_mode: _Optional[str] = ..., canary_client_mode: _Optional[str] = ..., since: _Optional[int] = ...) -> None: ...
+
+class PolicyLayer(_message.Message):
+    __slots__ = ("objects", "overlays", "client_tls_off_global", "object_versions")
+    class ObjectVersionsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    OBJECTS_FIELD_NUMBER: _ClassVar[int]
+    OVERLAYS_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_TLS_OFF_GLOBAL_FIELD_NUMBER: _ClassVar[int]
+    OBJECT_VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    objects: _containers.RepeatedCompositeFieldContainer[PolicyObject]
+    overlays: _containers.RepeatedCompositeFieldContainer[Overlay]
+    client_tls_off_global: bool
+    object_versions: _containers.ScalarMap[str, int]
+    def __init__(self, objects: _Optional[_Iterable[_Union[PolicyObject, _Mapping]]] = ..., overlays: _Optional[_Iterable[_Union[Overlay, _Mapping]]] = ..., client_tls_off_global: _Optional[bool] = ..., object_versions: _Optional[_Mapping[str, int]] = ...) -> None: ...
+
+class PendingLayer(_message.Message):
+    __slots__ = ("version", "layer")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    LAYER_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    layer: PolicyLayer
+    def __init__(self, version: _Optional[int] = ..., layer: _Optional[_Union[PolicyLayer, _Mapping]] = ...) -> None: ...
+
 class PolicySet(_message.Message):
-    __slots__ = ("version", "content_hash", "document")
+    __slots__ = ("version", "content_hash", "layer", "pending")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     CONTENT_HASH_FIELD_NUMBER: _ClassVar[int]
-    DOCUMENT_FIELD_NUMBER: _ClassVar[int]
+    LAYER_FIELD_NUMBER: _ClassVar[int]
+    PENDING_FIELD_NUMBER: _ClassVar[int]
     version: int
     content_hash: str
-    document: bytes
-    def __init__(self, version: _Optional[int] = ..., content_hash: _Optional[str] = ..., document: _Optional[bytes] = ...) -> None: ...
+    layer: PolicyLayer
+    pending: _containers.RepeatedCompositeFieldContainer[PendingLayer]
+    def __init__(self, version: _Optional[int] = ..., content_hash: _Optional[str] = ..., layer: _Optional[_Union[PolicyLayer, _Mapping]] = ..., pending: _Optional[_Iterable[_Union[PendingLayer, _Mapping]]] = ...) -> None: ...
 
 class InboundStats(_message.Message):
     __slots__ = ("port", "mode", "mode_version", "plaintext_since_mode", "plaintext_active", "plaintext_total", "tls_active", "tls_total", "last_plaintext_at")
