@@ -11,6 +11,7 @@ API (``AuditSink.append_many``) and fails if they cannot be written.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import time
 from collections.abc import Sequence
@@ -101,9 +102,8 @@ class ServerCore:
             if times:
                 self.metrics.ca_expiry.labels(slot=slot).set(min(times))
             else:
-                self.metrics.ca_expiry.remove(slot) if slot in _label_values(
-                    self.metrics.ca_expiry
-                ) else None
+                with contextlib.suppress(KeyError):  # no CA in that slot, and none before
+                    self.metrics.ca_expiry.remove(slot)
         self.metrics.entries.set(len(self.store.list_entries()))
 
     # -- issuance --------------------------------------------------------------
@@ -477,10 +477,6 @@ def _jwt_deny_reason(exc: TrustdError) -> str:
     if isinstance(exc, UnavailableError):
         return "unavailable"
     return "invalid_request"
-
-
-def _label_values(gauge: Any) -> set[str]:
-    return {labels[0] for labels in getattr(gauge, "_metrics", {})}
 
 
 __all__ = [
