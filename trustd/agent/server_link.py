@@ -72,9 +72,10 @@ class ServerLink:
         bootstrap_bundle_pem: bytes | None,
         insecure_bootstrap: bool = False,
     ) -> None:
-        host, _, port = address.rpartition(":")
-        self.host = host or "127.0.0.1"
-        self.port = int(port)
+        # Several servers: "a:8081,b:8081", or one DNS name whose records name them all
+        # (asyncio tries every address of a name when it connects).
+        self.addresses = parse_server_addresses(address)
+        self._current = 0  # the server the channel talks to; moves on when it fails
         self.td = trust_domain
         self.data_dir = data_dir
         self.join_token = join_token
@@ -152,24 +153,65 @@ class ServerLink:
             tlsutil.load_identity(ctx, self._chain, self._key)
         return ctx
 
+    @property
+    def host(self) -> str:
+        return self.addresses[self._current][0]
+
+    @property
+    def port(self) -> int:
+        return self.addresses[self._current][1]
+
+    def _new_channel(self) -> Channel:
+        assert self._ctx is not None
+        return Channel(self.host, self.port, ssl=self._ctx)
+
+    def _fail_over(self, failed: Channel | None) -> None:
+        """The server behind ``failed`` is gone: the next calls go to the next address.
+
+        Every watch and call on the shared channel fails at once when its server dies;
+        only the first of them moves on (the others find a newer channel already).
+        """
+        if failed is not self._channel or self._ctx is None:
+            return
+        before = f"{self.host}:{self.port}"
+        self._current = (self._current + 1) % len(self.addresses)
+        self._channel = self._new_channel()
+        if failed is not None:
+            failed.close()
+        if len(self.addresses) > 1:
+            log.warning(
+                "server unreachable: failing over", failed=before, now=f"{self.host}:{self.port}"
+            )
+
     async def _call(self, call: Callable[[AgentAPIStub], Awaitable[T]], channel: Channel) -> T:
         """One unary call; errors as the trustd error the status stands for."""
         try:
             return await call(AgentAPIStub(channel))
         except GRPCError as exc:
-            raise error_of(exc) from None
+            err = error_of(exc)
+            if isinstance(err, UnavailableError):
+                self._fail_over(channel)
+            raise err from None
         except (TimeoutError, OSError, ssl.SSLError, StreamTerminatedError) as exc:
-            raise UnavailableError(
-                f"cannot reach the server at {self.host}:{self.port}: {exc}"
-            ) from None
+            where = f"{self.host}:{self.port}"
+            self._fail_over(channel)
+            raise UnavailableError(f"cannot reach the server at {where}: {exc}") from None
 
     async def _once(self, ctx: ssl.SSLContext, call: Callable[[AgentAPIStub], Awaitable[T]]) -> T:
-        """One unary call on a channel of its own (join, renewal)."""
-        channel = Channel(self.host, self.port, ssl=ctx)
-        try:
-            return await self._call(call, channel)
-        finally:
-            channel.close()
+        """One unary call on a channel of its own (join, renewal), tried on each server once."""
+        last: UnavailableError | None = None
+        for _ in range(len(self.addresses)):
+            channel = Channel(self.host, self.port, ssl=ctx)
+            try:
+                return await self._call(call, channel)
+            except UnavailableError as exc:
+                last = exc
+                if len(self.addresses) > 1:
+                    self._current = (self._current + 1) % len(self.addresses)
+            finally:
+                channel.close()
+        assert last is not None
+        raise last
 
     async def start(self) -> None:
         """Join (or reuse the saved agent SVID), then keep the agent SVID renewed."""
@@ -194,7 +236,7 @@ class ServerLink:
             self._save()
             log.info("agent joined", agent_id=self.agent_id, spiffe_id=str(svid.spiffe_id))
         self._ctx = self._context(with_identity=True)
-        self._channel = Channel(self.host, self.port, ssl=self._ctx)
+        self._channel = self._new_channel()
         self._renew_task = asyncio.create_task(self._renew_loop())
 
     async def _renew_loop(self) -> None:
@@ -221,7 +263,7 @@ class ServerLink:
                 ]
                 self._save()
                 self._ctx = self._context(with_identity=True)
-                old, self._channel = self._channel, Channel(self.host, self.port, ssl=self._ctx)
+                old, self._channel = self._channel, self._new_channel()
                 if old is not None:
                     old.close()
                 log.info(
@@ -244,15 +286,22 @@ class ServerLink:
 
     async def _stream(self, method: Any, request: Any) -> AsyncIterator[Any]:
         """The messages of one server stream, until the server ends it (UnavailableError)."""
+        channel = self._channel
         try:
             async with method.open() as st:
                 await st.send_message(request, end=True)
                 async for msg in st:
                     yield msg
         except GRPCError as exc:
-            raise error_of(exc) from None
+            err = error_of(exc)
+            if isinstance(err, UnavailableError):
+                self._fail_over(channel)
+            raise err from None
         except (OSError, ssl.SSLError, StreamTerminatedError) as exc:
-            raise UnavailableError(f"lost the server at {self.host}:{self.port}: {exc}") from None
+            where = f"{self.host}:{self.port}"
+            self._fail_over(channel)
+            raise UnavailableError(f"lost the server at {where}: {exc}") from None
+        self._fail_over(channel)  # a server that is shutting down ends its streams
         raise UnavailableError("the server closed the stream")
 
     async def watch_entries(self, *, since_revision: int | None) -> AsyncIterator[EntryUpdate]:
@@ -359,3 +408,21 @@ async def run_remote_agent(cfg: Any, until: Any) -> None:
         await health.stop()
         await agent.stop()
         await link.close()
+
+
+def parse_server_addresses(text: str) -> list[tuple[str, int]]:
+    """``host:port[,host:port...]`` as (host, port) pairs; a ConfigError names a bad one."""
+    out: list[tuple[str, int]] = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        host, sep, port = part.rpartition(":")
+        host = host.strip("[]")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"server address {part!r} is not host:port (several: a:8081,b:8081)")
+        out.append((host, int(port)))
+    if not out:
+        raise ConfigError(
+            "no server address: set serverAddress (host:port, or several a:8081,b:8081)"
+        )
+    return out
