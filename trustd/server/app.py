@@ -116,6 +116,8 @@ class TrustdServer:
             max_ttl=cfg.svid.max_ttl,
         )
         self.hub = ChangeHub()
+        self.server_id = factory.server_id(cfg.data_path)
+        self._change_feed = factory.make_change_feed(cfg, self.server_id, self.hub)
         self.authorities.subscribe(lambda _bundle: self.hub.notify("bundle"))
         self.core = ServerCore(
             trust_domain=self.trust_domain,
@@ -222,6 +224,8 @@ class TrustdServer:
 
     async def start(self) -> None:
         self.hub.bind(asyncio.get_running_loop())
+        if self._change_feed is not None:
+            self._change_feed.start()
         health = Health({})
         admin = AdminService(
             self.core,
@@ -251,6 +255,7 @@ class TrustdServer:
             admin_socket=str(self.cfg.admin_socket_path),
             store=self.store.kind,
             key_manager=self.key_manager.kind,
+            server_id=self.server_id,
         )
         _ = ServiceStatus  # health is SERVING for the overall service
 
@@ -269,6 +274,8 @@ class TrustdServer:
                 await task
         await self.agent_api.stop()
         await self.policy.stop()
+        if self._change_feed is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._change_feed.stop)
         if self._admin_server is not None and self._admin_bound:
             self._admin_server.close()
             await self._admin_server.wait_closed()

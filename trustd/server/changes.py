@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+from collections.abc import Callable
 
 
 class ChangeHub:
@@ -19,6 +20,11 @@ class ChangeHub:
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._conds: dict[str, asyncio.Condition] = {}
+        self._broadcast: Callable[[str], None] | None = None
+
+    def set_broadcast(self, broadcast: Callable[[str], None] | None) -> None:
+        """Where local changes go for the other servers (None: this server only)."""
+        self._broadcast = broadcast
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -27,10 +33,14 @@ class ChangeHub:
         with self._lock:
             return self._versions.get(topic, 0)
 
-    def notify(self, topic: str) -> None:
-        """Thread-safe: callable from worker threads and from the loop."""
+    def notify(self, topic: str, *, remote: bool = False) -> None:
+        """Thread-safe: callable from worker threads and from the loop. ``remote``: the
+        change was made through another server (it is not published again)."""
         with self._lock:
             self._versions[topic] = self._versions.get(topic, 0) + 1
+        broadcast = self._broadcast
+        if broadcast is not None and not remote:
+            broadcast(topic)
         loop = self._loop
         if loop is None or loop.is_closed():
             return

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import re
+import secrets
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from trustd.ca.authority import UpstreamAuthority
 from trustd.ca.kms.base import KeyManager
@@ -15,8 +18,12 @@ from trustd.config import (
     VaultTransitConfig,
 )
 from trustd.errors import ConfigError
+from trustd.server.changes import ChangeHub
 from trustd.store.base import Store
 from trustd.telemetry.metrics import ServerMetrics
+
+if TYPE_CHECKING:
+    from trustd.store.pg_changes import PgChangeFeed
 
 
 def make_store(cfg: ServerConfig) -> Store:
@@ -82,3 +89,35 @@ def prepare_data_dir(path: Path) -> None:
     public = path / "public"
     public.mkdir(exist_ok=True)
     os.chmod(public, 0o755)  # noqa: S103 - any local process may reach the agent socket
+
+
+def server_id(data_dir: Path) -> str:
+    """This server's ID, kept in ``D/server-id`` (made on first start): what names it among
+    several servers sharing one store (change notifications, its audit chain)."""
+    path = data_dir / "server-id"
+    try:
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        text = ""
+    if re.fullmatch(r"srv-[0-9a-f]{16}", text):
+        return text
+    text = f"srv-{secrets.token_hex(8)}"
+    tmp = path.with_name(".server-id.tmp")
+    tmp.write_text(text + "\n")
+    os.replace(tmp, path)
+    return text
+
+
+def make_change_feed(cfg: ServerConfig, server: str, hub: ChangeHub) -> PgChangeFeed | None:
+    """With PostgreSQL, the feed that carries changes between the servers sharing it."""
+    if cfg.store.kind != "postgresql" or cfg.store.dsn is None:
+        return None
+    from trustd.store.pg_changes import PgChangeFeed
+
+    feed = PgChangeFeed(
+        cfg.store.dsn.get_secret_value(),
+        server_id=server,
+        wake=lambda topic: hub.notify(topic, remote=True),
+    )
+    hub.set_broadcast(feed.publish)
+    return feed
