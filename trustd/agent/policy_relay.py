@@ -31,6 +31,7 @@ from trustd.api.agent.v1 import agent_pb2
 from trustd.api.edge import Edge
 from trustd.api.policy.v1 import policy_grpc
 from trustd.api.policy.v1 import policy_pb2 as pb
+from trustd.backoff import Backoff, Retry
 from trustd.errors import PermissionDeniedError, TrustdError
 from trustd.selectors import Caller
 
@@ -127,7 +128,7 @@ class PolicyRelay(policy_grpc.PolicyRelayBase, Edge):
 
     # -- upstream --------------------------------------------------------------
     async def _follow(self) -> None:
-        delay = 0.5
+        retry = Retry(Backoff(initial=0.5, maximum=30.0))
         while True:
             try:
                 async for policy in self._upstream.watch_policy():
@@ -135,11 +136,10 @@ class PolicyRelay(policy_grpc.PolicyRelayBase, Edge):
                         self._current = policy
                         self._version += 1
                         self._changed.notify_all()
-                    delay = 0.5
+                    retry.reset()
             except TrustdError as exc:
-                log.warning("policy watch lost; retrying", error=str(exc), retry_in=delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 30.0)
+                log.warning("policy watch lost; retrying", error=str(exc))
+            await retry.sleep()
 
     async def _send(self) -> None:
         while True:

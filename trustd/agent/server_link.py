@@ -41,6 +41,7 @@ from trustd.api.agent.v1.agent_grpc import AgentAPIStub
 from trustd.api.convert import bundle_of, entry_of, time_of, x509_svid_of
 from trustd.api.edge import error_of
 from trustd.api.policy.v1 import policy_pb2
+from trustd.backoff import Backoff, Retry
 from trustd.ca.issuer import IssuedSvid
 from trustd.errors import ConfigError, TrustdError, UnavailableError
 from trustd.spiffeid import SpiffeId, TrustDomain
@@ -240,6 +241,7 @@ class ServerLink:
         self._renew_task = asyncio.create_task(self._renew_loop())
 
     async def _renew_loop(self) -> None:
+        retry = Retry(Backoff(initial=1.0, maximum=30.0))
         while True:
             leaf = self._chain[0]
             life = leaf.not_valid_after_utc - leaf.not_valid_before_utc
@@ -269,9 +271,10 @@ class ServerLink:
                 log.info(
                     "agent svid renewed", not_after=self._chain[0].not_valid_after_utc.isoformat()
                 )
+                retry.reset()
             except TrustdError as exc:
-                log.warning("agent svid renewal failed; retrying in 10s", error=str(exc))
-                await asyncio.sleep(10)
+                log.warning("agent svid renewal failed; retrying", error=str(exc))
+                await retry.sleep()
 
     async def close(self) -> None:
         if self._renew_task is not None:

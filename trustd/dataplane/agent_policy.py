@@ -22,6 +22,7 @@ from grpclib.exceptions import GRPCError, StreamTerminatedError
 from trustd.api.convert import denial_message, policy_set_of, proxy_status_message
 from trustd.api.policy.v1 import policy_pb2 as pb
 from trustd.api.policy.v1.policy_grpc import PolicyRelayStub
+from trustd.backoff import Backoff, Retry
 from trustd.dataplane.policysource import PolicyListener
 from trustd.dataplane.proxy import DenialEvent
 from trustd.errors import TrustdError, UnavailableError
@@ -57,7 +58,7 @@ class AgentPolicySource:
             ) from None
 
     async def _follow(self) -> None:
-        delay = 0.2
+        retry = Retry(Backoff(initial=0.2, maximum=10.0))
         while True:
             channel = self._channel()
             try:
@@ -65,13 +66,12 @@ class AgentPolicySource:
                     await st.send_message(pb.WatchRequest(proxy_id=self.proxy_id), end=True)
                     async for msg in st:
                         self._set(policy_set_of(msg.policy))
-                        delay = 0.2
+                        retry.reset()
             except (GRPCError, OSError, StreamTerminatedError, ValueError, KeyError, TrustdError) as exc:
-                log.warning("policy stream from the agent lost; retrying", error=str(exc), retry_in=delay)
+                log.warning("policy stream from the agent lost; retrying", error=str(exc))
             finally:
                 channel.close()
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 10.0)
+            await retry.sleep()
 
     def _set(self, policy: PolicySet) -> None:
         if self._policy is not None and policy.version <= self._policy.version:

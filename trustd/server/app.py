@@ -17,6 +17,7 @@ from grpclib.health.check import ServiceStatus
 from grpclib.health.service import Health
 
 from trustd.audit import AuditSink
+from trustd.backoff import Backoff, Retry
 from trustd.ca.authority import AuthorityManager, RotationSchedule
 from trustd.ca.issuer import X509Issuer
 from trustd.ca.jwt import JwtKeyring, JwtSchedule
@@ -40,6 +41,7 @@ from trustd.telemetry.metrics import ServerMetrics
 log = structlog.get_logger(__name__)
 
 ROTATION_CHECK_INTERVAL = 10.0  # seconds between automatic rotation checks
+CA_BRING_UP_BACKOFF = Backoff(initial=0.5, maximum=30.0)  # KMS or audit log not there yet
 
 
 def _served(path: Path) -> bool:
@@ -185,7 +187,7 @@ class TrustdServer:
 
     async def _bring_up_ca(self) -> None:
         """Activate a CA, retrying with backoff while the key manager is unavailable."""
-        delay = 0.5
+        retry = Retry(CA_BRING_UP_BACKOFF, clock=self.clock)
         while True:
             try:
                 await asyncio.get_running_loop().run_in_executor(self.executor, self._open_audit)
@@ -204,9 +206,11 @@ class TrustdServer:
                     self._not_ready_reason = f"audit log cannot be opened: {exc}"
                 else:
                     self._not_ready_reason = f"no active CA: {exc}"
-                log.warning("cannot activate a CA yet; retrying", error=str(exc), retry_in=delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 30.0)
+                delay = retry.next_delay()
+                log.warning(
+                    "cannot activate a CA yet; retrying", error=str(exc), retry_in=round(delay, 2)
+                )
+                await self.clock.sleep(delay)
 
     async def _rotation_loop(self) -> None:
         loop = asyncio.get_running_loop()
