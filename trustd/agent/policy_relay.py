@@ -28,7 +28,7 @@ from grpclib.server import Stream
 
 from trustd.agent.cache import AgentCache, workload_key
 from trustd.api.agent.v1 import agent_pb2
-from trustd.api.edge import Edge
+from trustd.api.edge import Edge, server_stream, unary
 from trustd.api.policy.v1 import policy_grpc
 from trustd.api.policy.v1 import policy_pb2 as pb
 from trustd.backoff import Backoff, Retry
@@ -74,57 +74,43 @@ class PolicyRelay(policy_grpc.PolicyRelayBase, Edge):
             )
         return ids
 
-    async def Watch(self, stream: Stream[pb.WatchRequest, pb.WatchResponse]) -> None:
-        async def watch(
-            s: Stream[Any, Any], req: pb.WatchRequest
-        ) -> AsyncIterator[pb.WatchResponse]:
-            self._entitled(s)
-            seen = [-1]
-            while True:
-                async with self._changed:
-                    await self._changed.wait_for(
-                        lambda: self._version != seen[0] and self._current is not None
-                    )
-                    seen[0] = self._version
-                    policy = self._current
-                yield pb.WatchResponse(policy=policy)
-
-        await self.server_stream(stream, "Watch", watch)
-
-    async def Ack(self, stream: Stream[pb.AckRequest, pb.Empty]) -> None:
-        async def ack(s: Stream[Any, Any], req: pb.AckRequest) -> pb.Empty:
-            self._entitled(s)
-            self._pending.acks.append(
-                pb.Ack(proxy_id=req.ack.proxy_id[:200], version=req.ack.version)
-            )
-            self._flush.set()
-            return pb.Empty()
-
-        await self.unary(stream, "Ack", ack)
-
-    async def Report(self, stream: Stream[pb.ReportRequest, pb.Empty]) -> None:
-        async def report(s: Stream[Any, Any], req: pb.ReportRequest) -> pb.Empty:
-            if not req.HasField("status") or req.status.spiffe_id not in self._entitled(s):
-                raise PermissionDeniedError(
-                    "a report may only be made for this process's own identity"
+    @server_stream
+    async def Watch(
+        self, s: Stream[Any, Any], req: pb.WatchRequest
+    ) -> AsyncIterator[pb.WatchResponse]:
+        self._entitled(s)
+        seen = [-1]
+        while True:
+            async with self._changed:
+                await self._changed.wait_for(
+                    lambda: self._version != seen[0] and self._current is not None
                 )
-            self._pending.statuses.append(req.status)
-            self._flush.set()
-            return pb.Empty()
+                seen[0] = self._version
+                policy = self._current
+            yield pb.WatchResponse(policy=policy)
 
-        await self.unary(stream, "Report", report)
+    @unary
+    async def Ack(self, s: Stream[Any, Any], req: pb.AckRequest) -> pb.Empty:
+        self._entitled(s)
+        self._pending.acks.append(pb.Ack(proxy_id=req.ack.proxy_id[:200], version=req.ack.version))
+        self._flush.set()
+        return pb.Empty()
 
-    async def Deny(self, stream: Stream[pb.DenyRequest, pb.Empty]) -> None:
-        async def deny(s: Stream[Any, Any], req: pb.DenyRequest) -> pb.Empty:
-            if not req.HasField("denial") or req.denial.local_spiffe_id not in self._entitled(s):
-                raise PermissionDeniedError(
-                    "a denial may only be reported by the proxy that made it"
-                )
-            self._pending.denials.append(req.denial)
-            self._flush.set()
-            return pb.Empty()
+    @unary
+    async def Report(self, s: Stream[Any, Any], req: pb.ReportRequest) -> pb.Empty:
+        if not req.HasField("status") or req.status.spiffe_id not in self._entitled(s):
+            raise PermissionDeniedError("a report may only be made for this process's own identity")
+        self._pending.statuses.append(req.status)
+        self._flush.set()
+        return pb.Empty()
 
-        await self.unary(stream, "Deny", deny)
+    @unary
+    async def Deny(self, s: Stream[Any, Any], req: pb.DenyRequest) -> pb.Empty:
+        if not req.HasField("denial") or req.denial.local_spiffe_id not in self._entitled(s):
+            raise PermissionDeniedError("a denial may only be reported by the proxy that made it")
+        self._pending.denials.append(req.denial)
+        self._flush.set()
+        return pb.Empty()
 
     # -- upstream --------------------------------------------------------------
     async def _follow(self) -> None:

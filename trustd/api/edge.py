@@ -9,7 +9,8 @@ else in trustd chooses a gRPC status for a trustd error.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from concurrent.futures import Executor
 from typing import Any, TypeVar
 
@@ -84,8 +85,9 @@ async def _request(stream: Stream[Req, Any], method: str) -> Req:
 
 class Edge:
     """What every trustd gRPC service shares: the caller check, the error mapping and a
-    hook per call. Subclasses implement the generated ``...Base`` methods as
-    ``await self.unary(stream, "Name", handler)`` with a handler on typed messages."""
+    hook per call. Subclasses implement the generated ``...Base`` methods as handlers on
+    typed messages, ``async def Name(self, stream, request) -> Response``, marked
+    ``@unary`` or ``@server_stream``."""
 
     executor: Executor | None = None  # where blocking calls (store, KMS, audit fsync) run
 
@@ -99,7 +101,7 @@ class Edge:
         """A blocking call, off the event loop."""
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
-    async def unary(
+    async def serve_unary(
         self,
         stream: Stream[Req, Resp],
         method: str,
@@ -123,7 +125,7 @@ class Edge:
         finally:
             self.on_result(method, code)
 
-    async def server_stream(
+    async def serve_stream(
         self,
         stream: Stream[Req, Resp],
         method: str,
@@ -138,4 +140,42 @@ class Edge:
             raise to_grpc_error(exc) from None
 
 
-__all__ = ["ERROR_OF", "STATUS_OF", "Edge", "error_of", "status_of", "to_grpc_error"]
+E = TypeVar("E", bound=Edge)
+Handler = Callable[[E, Stream[Any, Any], Req], Awaitable[Resp]]
+StreamHandler = Callable[[E, Stream[Any, Any], Req], AsyncIterator[Resp]]
+
+
+def unary(
+    handler: Handler[E, Req, Resp],
+) -> Callable[[E, Stream[Req, Resp]], Coroutine[Any, Any, None]]:
+    """A unary method of a generated service base, from a handler on its messages."""
+
+    @functools.wraps(handler)
+    async def serve(self: E, stream: Stream[Req, Resp]) -> None:
+        await self.serve_unary(stream, handler.__name__, functools.partial(handler, self))
+
+    return serve
+
+
+def server_stream(
+    handler: StreamHandler[E, Req, Resp],
+) -> Callable[[E, Stream[Req, Resp]], Coroutine[Any, Any, None]]:
+    """A server-streaming method of a generated service base, from a handler that yields."""
+
+    @functools.wraps(handler)
+    async def serve(self: E, stream: Stream[Req, Resp]) -> None:
+        await self.serve_stream(stream, handler.__name__, functools.partial(handler, self))
+
+    return serve
+
+
+__all__ = [
+    "ERROR_OF",
+    "STATUS_OF",
+    "Edge",
+    "error_of",
+    "server_stream",
+    "status_of",
+    "to_grpc_error",
+    "unary",
+]

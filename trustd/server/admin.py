@@ -25,6 +25,7 @@ from trustd.api.admin.v1 import admin_grpc
 from trustd.api.admin.v1 import admin_pb2 as pb
 from trustd.api.convert import bundle_message, entry_message, jwt_svid_message, timestamp
 from trustd.api.convert import x509_svid_message as svid_message
+from trustd.api.edge import unary
 from trustd.api.types.v1 import types_pb2
 from trustd.audit.events import Actor
 from trustd.errors import InvalidArgumentError
@@ -123,172 +124,145 @@ class AdminService(PolicyAdmin, AuditAdmin, admin_grpc.AdminBase):
         self.core.metrics.admin_requests.labels(method=method, code=code.name).inc()
 
     # -- entries ---------------------------------------------------------------
-    async def EntryCreate(self, stream: Stream[pb.CreateEntryRequest, types_pb2.Entry]) -> None:
-        async def create(s: Stream[Any, Any], req: pb.CreateEntryRequest) -> types_pb2.Entry:
-            request = CreateEntry(
-                spiffe_id=required(req.spiffe_id, "spiffe_id"),
-                selectors=tuple(req.selectors),
-                ttl=ttl_of(req),
-                dns_names=tuple(req.dns_names),
-                agent_id=req.agent_id or None,
-            )
-            return entry_message(
-                await self.run(self.registry.entries.create, self.actor(s), request)
-            )
+    @unary
+    async def EntryCreate(self, s: Stream[Any, Any], req: pb.CreateEntryRequest) -> types_pb2.Entry:
+        request = CreateEntry(
+            spiffe_id=required(req.spiffe_id, "spiffe_id"),
+            selectors=tuple(req.selectors),
+            ttl=ttl_of(req),
+            dns_names=tuple(req.dns_names),
+            agent_id=req.agent_id or None,
+        )
+        return entry_message(await self.run(self.registry.entries.create, self.actor(s), request))
 
-        await self.unary(stream, "EntryCreate", create)
+    @unary
+    async def EntryList(self, s: Stream[Any, Any], req: pb.Empty) -> pb.ListEntriesResponse:
+        entries = await self.run(self.registry.entries.all)
+        return pb.ListEntriesResponse(entries=[entry_message(e) for e in entries])
 
-    async def EntryList(self, stream: Stream[pb.Empty, pb.ListEntriesResponse]) -> None:
-        async def list_(s: Stream[Any, Any], req: pb.Empty) -> pb.ListEntriesResponse:
-            entries = await self.run(self.registry.entries.all)
-            return pb.ListEntriesResponse(entries=[entry_message(e) for e in entries])
+    @unary
+    async def EntryShow(self, s: Stream[Any, Any], req: pb.EntryIdRequest) -> types_pb2.Entry:
+        entry_id = required(req.id, "id")
+        return entry_message(await self.run(self.registry.entries.get, entry_id))
 
-        await self.unary(stream, "EntryList", list_)
-
-    async def EntryShow(self, stream: Stream[pb.EntryIdRequest, types_pb2.Entry]) -> None:
-        async def show(s: Stream[Any, Any], req: pb.EntryIdRequest) -> types_pb2.Entry:
-            entry_id = required(req.id, "id")
-            return entry_message(await self.run(self.registry.entries.get, entry_id))
-
-        await self.unary(stream, "EntryShow", show)
-
-    async def EntryDelete(self, stream: Stream[pb.EntryIdRequest, types_pb2.Entry]) -> None:
-        async def delete(s: Stream[Any, Any], req: pb.EntryIdRequest) -> types_pb2.Entry:
-            entry_id = required(req.id, "id")
-            entry = await self.run(self.registry.entries.delete, self.actor(s), entry_id)
-            return entry_message(entry)
-
-        await self.unary(stream, "EntryDelete", delete)
+    @unary
+    async def EntryDelete(self, s: Stream[Any, Any], req: pb.EntryIdRequest) -> types_pb2.Entry:
+        entry_id = required(req.id, "id")
+        entry = await self.run(self.registry.entries.delete, self.actor(s), entry_id)
+        return entry_message(entry)
 
     # -- SVIDs -----------------------------------------------------------------
+    @unary
     async def SvidMint(
-        self, stream: Stream[pb.MintX509SvidRequest, pb.MintX509SvidResponse]
-    ) -> None:
-        async def mint(s: Stream[Any, Any], req: pb.MintX509SvidRequest) -> pb.MintX509SvidResponse:
-            actor, spiffe_id, ttl = self.actor(s), required(req.spiffe_id, "spiffe_id"), ttl_of(req)
+        self, s: Stream[Any, Any], req: pb.MintX509SvidRequest
+    ) -> pb.MintX509SvidResponse:
+        actor, spiffe_id, ttl = self.actor(s), required(req.spiffe_id, "spiffe_id"), ttl_of(req)
 
-            def blocking() -> pb.MintX509SvidResponse:
-                svid = self.core.mint(
-                    actor, spiffe_id=spiffe_id, csr=req.csr, ttl=ttl, dns_names=req.dns_names
-                )
-                return pb.MintX509SvidResponse(
-                    svid=svid_message(svid), bundle_pem=self.core.bundle().to_pem()
-                )
-
-            return await self.run(blocking)
-
-        await self.unary(stream, "SvidMint", mint)
-
-    async def JwtSvidMint(
-        self, stream: Stream[pb.MintJwtSvidRequest, pb.MintJwtSvidResponse]
-    ) -> None:
-        async def mint(s: Stream[Any, Any], req: pb.MintJwtSvidRequest) -> pb.MintJwtSvidResponse:
-            svid = await self.run(
-                lambda: self.core.mint_jwt(
-                    self.actor(s),
-                    spiffe_id=required(req.spiffe_id, "spiffe_id"),
-                    audience=list(req.audience),
-                    ttl=ttl_of(req),
-                )
+        def blocking() -> pb.MintX509SvidResponse:
+            svid = self.core.mint(
+                actor, spiffe_id=spiffe_id, csr=req.csr, ttl=ttl, dns_names=req.dns_names
             )
-            return pb.MintJwtSvidResponse(svid=jwt_svid_message(svid))
+            return pb.MintX509SvidResponse(
+                svid=svid_message(svid), bundle_pem=self.core.bundle().to_pem()
+            )
 
-        await self.unary(stream, "JwtSvidMint", mint)
+        return await self.run(blocking)
+
+    @unary
+    async def JwtSvidMint(
+        self, s: Stream[Any, Any], req: pb.MintJwtSvidRequest
+    ) -> pb.MintJwtSvidResponse:
+        svid = await self.run(
+            lambda: self.core.mint_jwt(
+                self.actor(s),
+                spiffe_id=required(req.spiffe_id, "spiffe_id"),
+                audience=list(req.audience),
+                ttl=ttl_of(req),
+            )
+        )
+        return pb.MintJwtSvidResponse(svid=jwt_svid_message(svid))
 
     # -- bundle and authorities ------------------------------------------------
-    async def BundleShow(self, stream: Stream[pb.Empty, pb.BundleResponse]) -> None:
-        async def show(s: Stream[Any, Any], req: pb.Empty) -> pb.BundleResponse:
-            bundle = await self.run(self.core.bundle)
-            return pb.BundleResponse(bundle=bundle_message(bundle), pem=bundle.to_pem())
+    @unary
+    async def BundleShow(self, s: Stream[Any, Any], req: pb.Empty) -> pb.BundleResponse:
+        bundle = await self.run(self.core.bundle)
+        return pb.BundleResponse(bundle=bundle_message(bundle), pem=bundle.to_pem())
 
-        await self.unary(stream, "BundleShow", show)
+    @unary
+    async def AuthorityList(self, s: Stream[Any, Any], req: pb.Empty) -> pb.ListAuthoritiesResponse:
+        records = await self.run(self.core.authorities.records)
+        return pb.ListAuthoritiesResponse(authorities=[authority_message(r) for r in records])
 
-    async def AuthorityList(self, stream: Stream[pb.Empty, pb.ListAuthoritiesResponse]) -> None:
-        async def list_(s: Stream[Any, Any], req: pb.Empty) -> pb.ListAuthoritiesResponse:
-            records = await self.run(self.core.authorities.records)
-            return pb.ListAuthoritiesResponse(authorities=[authority_message(r) for r in records])
+    async def _authority(
+        self, s: Stream[Any, Any], req: pb.AuthorityRequest, op: str
+    ) -> pb.Authority:
+        authority_id = required(req.id, "id") if op in ("taint", "revoke") else req.id
+        record = await self.run(
+            lambda: self.core.authority_op(self.actor(s), op, authority_id, force=req.force)
+        )
+        return authority_message(record)
 
-        await self.unary(stream, "AuthorityList", list_)
+    @unary
+    async def AuthorityPrepare(self, s: Stream[Any, Any], req: pb.AuthorityRequest) -> pb.Authority:
+        return await self._authority(s, req, "prepare")
 
-    async def _authority(self, stream: Stream[pb.AuthorityRequest, pb.Authority], op: str) -> None:
-        async def step(s: Stream[Any, Any], req: pb.AuthorityRequest) -> pb.Authority:
-            authority_id = required(req.id, "id") if op in ("taint", "revoke") else req.id
-            record = await self.run(
-                lambda: self.core.authority_op(self.actor(s), op, authority_id, force=req.force)
-            )
-            return authority_message(record)
+    @unary
+    async def AuthorityActivate(
+        self, s: Stream[Any, Any], req: pb.AuthorityRequest
+    ) -> pb.Authority:
+        return await self._authority(s, req, "activate")
 
-        await self.unary(stream, f"Authority{op.capitalize()}", step)
+    @unary
+    async def AuthorityTaint(self, s: Stream[Any, Any], req: pb.AuthorityRequest) -> pb.Authority:
+        return await self._authority(s, req, "taint")
 
-    async def AuthorityPrepare(self, stream: Stream[pb.AuthorityRequest, pb.Authority]) -> None:
-        await self._authority(stream, "prepare")
+    @unary
+    async def AuthorityRevoke(self, s: Stream[Any, Any], req: pb.AuthorityRequest) -> pb.Authority:
+        return await self._authority(s, req, "revoke")
 
-    async def AuthorityActivate(self, stream: Stream[pb.AuthorityRequest, pb.Authority]) -> None:
-        await self._authority(stream, "activate")
-
-    async def AuthorityTaint(self, stream: Stream[pb.AuthorityRequest, pb.Authority]) -> None:
-        await self._authority(stream, "taint")
-
-    async def AuthorityRevoke(self, stream: Stream[pb.AuthorityRequest, pb.Authority]) -> None:
-        await self._authority(stream, "revoke")
-
+    @unary
     async def AuthorityBlockers(
-        self, stream: Stream[pb.AuthorityRequest, pb.ListBlockersResponse]
-    ) -> None:
-        async def blockers(
-            s: Stream[Any, Any], req: pb.AuthorityRequest
-        ) -> pb.ListBlockersResponse:
-            records = await self.run(self.core.authorities.blockers, required(req.id, "id"))
-            return pb.ListBlockersResponse(
-                certificates=[
-                    pb.Blocker(
-                        serial=r.serial,
-                        spiffe_id=r.spiffe_id,
-                        not_after=timestamp(r.not_after),
-                        holder=r.caller,
-                        entry_id=r.entry_id,
-                        issued_at=timestamp(r.issued_at),
-                    )
-                    for r in records
-                ]
-            )
-
-        await self.unary(stream, "AuthorityBlockers", blockers)
+        self, s: Stream[Any, Any], req: pb.AuthorityRequest
+    ) -> pb.ListBlockersResponse:
+        records = await self.run(self.core.authorities.blockers, required(req.id, "id"))
+        return pb.ListBlockersResponse(
+            certificates=[
+                pb.Blocker(
+                    serial=r.serial,
+                    spiffe_id=r.spiffe_id,
+                    not_after=timestamp(r.not_after),
+                    holder=r.caller,
+                    entry_id=r.entry_id,
+                    issued_at=timestamp(r.issued_at),
+                )
+                for r in records
+            ]
+        )
 
     # -- tokens, agents, status ------------------------------------------------
+    @unary
     async def TokenCreate(
-        self, stream: Stream[pb.CreateTokenRequest, pb.CreateTokenResponse]
-    ) -> None:
-        async def create(s: Stream[Any, Any], req: pb.CreateTokenRequest) -> pb.CreateTokenResponse:
-            ttl = ttl_of(req)  # unset: 10 minutes; a zero TTL is refused, not defaulted
-            request = CreateToken(ttl=DEFAULT_TOKEN_TTL if ttl is None else ttl)
-            created = await self.run(self.registry.tokens.create, self.actor(s), request)
-            return pb.CreateTokenResponse(
-                token=created.token, expires_at=timestamp(created.expires_at)
-            )
+        self, s: Stream[Any, Any], req: pb.CreateTokenRequest
+    ) -> pb.CreateTokenResponse:
+        ttl = ttl_of(req)  # unset: 10 minutes; a zero TTL is refused, not defaulted
+        request = CreateToken(ttl=DEFAULT_TOKEN_TTL if ttl is None else ttl)
+        created = await self.run(self.registry.tokens.create, self.actor(s), request)
+        return pb.CreateTokenResponse(token=created.token, expires_at=timestamp(created.expires_at))
 
-        await self.unary(stream, "TokenCreate", create)
+    @unary
+    async def AgentList(self, s: Stream[Any, Any], req: pb.Empty) -> pb.ListAgentsResponse:
+        agents = await self.run(self.registry.agents.all)
+        return pb.ListAgentsResponse(agents=[agent_message(a) for a in agents])
 
-    async def AgentList(self, stream: Stream[pb.Empty, pb.ListAgentsResponse]) -> None:
-        async def list_(s: Stream[Any, Any], req: pb.Empty) -> pb.ListAgentsResponse:
-            agents = await self.run(self.registry.agents.all)
-            return pb.ListAgentsResponse(agents=[agent_message(a) for a in agents])
+    @unary
+    async def AgentEvict(
+        self, s: Stream[Any, Any], req: pb.AgentIdRequest
+    ) -> pb.EvictAgentResponse:
+        agent_id = required(req.id, "id")
+        record = await self.run(self.registry.agents.evict, self.actor(s), agent_id)
+        return pb.EvictAgentResponse(id=record.id, evicted=record.evicted)
 
-        await self.unary(stream, "AgentList", list_)
-
-    async def AgentEvict(self, stream: Stream[pb.AgentIdRequest, pb.EvictAgentResponse]) -> None:
-        async def evict(s: Stream[Any, Any], req: pb.AgentIdRequest) -> pb.EvictAgentResponse:
-            agent_id = required(req.id, "id")
-            record = await self.run(self.registry.agents.evict, self.actor(s), agent_id)
-            return pb.EvictAgentResponse(id=record.id, evicted=record.evicted)
-
-        await self.unary(stream, "AgentEvict", evict)
-
-    async def Status(self, stream: Stream[pb.Empty, pb.StatusResponse]) -> None:
-        async def status(s: Stream[Any, Any], req: pb.Empty) -> pb.StatusResponse:
-            ok, reason = await self.run(self.core.readiness)
-            return pb.StatusResponse(
-                ready=ok, reason=reason, trust_domain=str(self.core.trust_domain)
-            )
-
-        await self.unary(stream, "Status", status)
+    @unary
+    async def Status(self, s: Stream[Any, Any], req: pb.Empty) -> pb.StatusResponse:
+        ok, reason = await self.run(self.core.readiness)
+        return pb.StatusResponse(ready=ok, reason=reason, trust_domain=str(self.core.trust_domain))

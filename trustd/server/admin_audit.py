@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, TextIO, cast
 from grpclib.server import Stream
 
 from trustd.api.admin.v1 import admin_pb2 as pb
-from trustd.api.edge import Edge
+from trustd.api.edge import Edge, server_stream, unary
 from trustd.audit import AuditLog, parse_time
 from trustd.audit.events import Actor
 from trustd.errors import InvalidArgumentError, TrustdError, UnavailableError
@@ -86,104 +86,96 @@ class AuditAdmin(Edge):
             raise UnavailableError("this server keeps no audit log of its own")
         return self.server_audit.log
 
-    async def AuditVerify(self, stream: Stream[pb.Empty, pb.VerifyAuditResponse]) -> None:
-        async def verify(s: Stream[Any, Any], req: pb.Empty) -> pb.VerifyAuditResponse:
-            r = await self.run(self._log().verify)
-            msg = pb.VerifyAuditResponse(
-                ok=r.ok,
-                problem=r.problem,
-                events_checked=r.events_checked,
-                checkpoints_checked=r.checkpoints_checked,
-            )
-            for name in (
-                "first_bad_seq",
-                "first_seq",
-                "last_seq",
-                "last_checkpoint_seq",
-                "head_seq",
-            ):
-                if getattr(r, name) is not None:
-                    setattr(msg, name, getattr(r, name))
-            return msg
+    @unary
+    async def AuditVerify(self, s: Stream[Any, Any], req: pb.Empty) -> pb.VerifyAuditResponse:
+        r = await self.run(self._log().verify)
+        msg = pb.VerifyAuditResponse(
+            ok=r.ok,
+            problem=r.problem,
+            events_checked=r.events_checked,
+            checkpoints_checked=r.checkpoints_checked,
+        )
+        for name in (
+            "first_bad_seq",
+            "first_seq",
+            "last_seq",
+            "last_checkpoint_seq",
+            "head_seq",
+        ):
+            if getattr(r, name) is not None:
+                setattr(msg, name, getattr(r, name))
+        return msg
 
-        await self.unary(stream, "AuditVerify", verify)
+    @unary
+    async def AuditKeys(self, s: Stream[Any, Any], req: pb.Empty) -> pb.AuditKeysResponse:
+        from trustd.audit.keyring import export_keys
 
-    async def AuditKeys(self, stream: Stream[pb.Empty, pb.AuditKeysResponse]) -> None:
-        async def keys(s: Stream[Any, Any], req: pb.Empty) -> pb.AuditKeysResponse:
-            from trustd.audit.keyring import export_keys
+        exported = export_keys(await self.run(self._log().public_keys))
+        return pb.AuditKeysResponse(keys=json.dumps(exported).encode())
 
-            exported = export_keys(await self.run(self._log().public_keys))
-            return pb.AuditKeysResponse(keys=json.dumps(exported).encode())
+    @server_stream
+    async def AuditExport(
+        self, s: Stream[Any, Any], req: pb.ExportAuditRequest
+    ) -> AsyncIterator[pb.ExportAuditChunk]:
+        log = self._log()
+        filters = _filters(req, self.core.clock.now())
+        fmt = req.format or "jsonl"
+        actor = self.actor(s)
+        total = await self.run(lambda: log.count(**filters))
+        yield pb.ExportAuditChunk(total=total)
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[str | None] = asyncio.Queue(maxsize=8)
+        writer = _QueueWriter(loop, queue)
+        failure: list[BaseException] = []
 
-        await self.unary(stream, "AuditKeys", keys)
-
-    async def AuditExport(self, stream: Stream[pb.ExportAuditRequest, pb.ExportAuditChunk]) -> None:
-        async def export(
-            s: Stream[Any, Any], req: pb.ExportAuditRequest
-        ) -> AsyncIterator[pb.ExportAuditChunk]:
-            log = self._log()
-            filters = _filters(req, self.core.clock.now())
-            fmt = req.format or "jsonl"
-            actor = self.actor(s)
-            total = await self.run(lambda: log.count(**filters))
-            yield pb.ExportAuditChunk(total=total)
-            loop = asyncio.get_running_loop()
-            queue: asyncio.Queue[str | None] = asyncio.Queue(maxsize=8)
-            writer = _QueueWriter(loop, queue)
-            failure: list[BaseException] = []
-
-            def produce() -> int:
-                try:
-                    n = log.export(cast(TextIO, writer), format=fmt, actor=actor, **filters)
-                    writer.flush()
-                    return int(n)
-                except BaseException as exc:
-                    failure.append(exc)
-                    return 0
-                finally:
-                    asyncio.run_coroutine_threadsafe(queue.put(None), loop).result()
-
-            task = loop.run_in_executor(self.executor, produce)
-            while (chunk := await queue.get()) is not None:
-                yield pb.ExportAuditChunk(data=chunk)
-            count = await task
-            if failure:
-                raise failure[0]
-            yield pb.ExportAuditChunk(done=count)
-
-        await self.server_stream(stream, "AuditExport", export)
-
-    async def AuditTail(self, stream: Stream[pb.TailAuditRequest, pb.AuditLine]) -> None:
-        async def tail(
-            s: Stream[Any, Any], req: pb.TailAuditRequest
-        ) -> AsyncIterator[pb.AuditLine]:
-            log = self._log()
-            follow, last = req.follow, req.last or 10
-            stop = threading.Event()
-            loop = asyncio.get_running_loop()
-            queue: asyncio.Queue[pb.AuditLine | None] = asyncio.Queue(maxsize=1024)
-
-            def produce() -> None:
-                try:
-                    for rec in log.tail(follow=follow, last=last, stop=stop):
-                        if stop.is_set():
-                            break
-                        line = pb.AuditLine(line=rec.raw)
-                        asyncio.run_coroutine_threadsafe(queue.put(line), loop).result()
-                finally:
-                    with contextlib.suppress(RuntimeError):
-                        asyncio.run_coroutine_threadsafe(queue.put(None), loop).result(timeout=5)
-
-            task = loop.run_in_executor(None, produce)  # long-lived: kept off the bounded pool
+        def produce() -> int:
             try:
-                while (item := await queue.get()) is not None:
-                    yield item
+                n = log.export(cast(TextIO, writer), format=fmt, actor=actor, **filters)
+                writer.flush()
+                return int(n)
+            except BaseException as exc:
+                failure.append(exc)
+                return 0
             finally:
-                stop.set()
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(task, 5)
+                asyncio.run_coroutine_threadsafe(queue.put(None), loop).result()
 
-        await self.server_stream(stream, "AuditTail", tail)
+        task = loop.run_in_executor(self.executor, produce)
+        while (chunk := await queue.get()) is not None:
+            yield pb.ExportAuditChunk(data=chunk)
+        count = await task
+        if failure:
+            raise failure[0]
+        yield pb.ExportAuditChunk(done=count)
+
+    @server_stream
+    async def AuditTail(
+        self, s: Stream[Any, Any], req: pb.TailAuditRequest
+    ) -> AsyncIterator[pb.AuditLine]:
+        log = self._log()
+        follow, last = req.follow, req.last or 10
+        stop = threading.Event()
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[pb.AuditLine | None] = asyncio.Queue(maxsize=1024)
+
+        def produce() -> None:
+            try:
+                for rec in log.tail(follow=follow, last=last, stop=stop):
+                    if stop.is_set():
+                        break
+                    line = pb.AuditLine(line=rec.raw)
+                    asyncio.run_coroutine_threadsafe(queue.put(line), loop).result()
+            finally:
+                with contextlib.suppress(RuntimeError):
+                    asyncio.run_coroutine_threadsafe(queue.put(None), loop).result(timeout=5)
+
+        task = loop.run_in_executor(None, produce)  # long-lived: kept off the bounded pool
+        try:
+            while (item := await queue.get()) is not None:
+                yield item
+        finally:
+            stop.set()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(task, 5)
 
 
 __all__ = ["AuditAdmin", "TrustdError"]

@@ -10,7 +10,7 @@ from grpclib.server import Stream
 from trustd import durations
 from trustd.api.admin.v1 import admin_pb2 as pb
 from trustd.api.convert import proxy_status_message, timestamp
-from trustd.api.edge import Edge
+from trustd.api.edge import Edge, unary
 from trustd.audit.events import Actor
 from trustd.errors import InvalidArgumentError, UnavailableError
 from trustd.policy.effective import PolicySet
@@ -163,94 +163,92 @@ class PolicyAdmin(Edge):
             raise UnavailableError("this server has no policy plane")
         return self.policy
 
+    @unary
     async def PolicyApply(
-        self, stream: Stream[pb.ApplyPolicyRequest, pb.ApplyPolicyResponse]
-    ) -> None:
-        async def apply(s: Stream[Any, Any], req: pb.ApplyPolicyRequest) -> pb.ApplyPolicyResponse:
-            result = self._plane().apply(
-                self.actor(s),
-                _documents(req.files),
-                prune=req.prune,
-                force=req.force,
-                dry_run=req.dry_run,
-            )
-            return _applied(result)
+        self, s: Stream[Any, Any], req: pb.ApplyPolicyRequest
+    ) -> pb.ApplyPolicyResponse:
+        result = self._plane().apply(
+            self.actor(s),
+            _documents(req.files),
+            prune=req.prune,
+            force=req.force,
+            dry_run=req.dry_run,
+        )
+        return _applied(result)
 
-        await self.unary(stream, "PolicyApply", apply)
+    @unary
+    async def PolicyShow(
+        self, s: Stream[Any, Any], req: pb.ShowPolicyRequest
+    ) -> pb.ShowPolicyResponse:
+        sid = SpiffeId.parse(req.spiffe_id)
+        port = req.port if req.HasField("port") else None
+        return show_message(self._plane().current().show(sid, port))
 
-    async def PolicyShow(self, stream: Stream[pb.ShowPolicyRequest, pb.ShowPolicyResponse]) -> None:
-        async def show(s: Stream[Any, Any], req: pb.ShowPolicyRequest) -> pb.ShowPolicyResponse:
-            sid = SpiffeId.parse(req.spiffe_id)
-            port = req.port if req.HasField("port") else None
-            return show_message(self._plane().current().show(sid, port))
+    @unary
+    async def PolicyDiff(
+        self, s: Stream[Any, Any], req: pb.DiffPolicyRequest
+    ) -> pb.DiffPolicyResponse:
+        current = self._plane().current()
+        objects = _documents(req.files)
+        proposed = objects if req.prune else list(merge_objects(current.objects, objects))
+        change = diff(current, proposed)
+        return diff_message(change)
 
-        await self.unary(stream, "PolicyShow", show)
+    @unary
+    async def PolicyStatus(self, s: Stream[Any, Any], req: pb.Empty) -> pb.PolicyStatusResponse:
+        plane = self._plane()
+        ps = plane.current()
+        statuses = plane.hub.statuses(max_age=STATUS_MAX_AGE)
+        rows = enforcement(ps, statuses)
+        return pb.PolicyStatusResponse(
+            version=ps.version,
+            hash=ps.content_hash,
+            objects=[o.ref for o in ps.objects],
+            client_tls_off_global=ps.client_tls_off_global,
+            pending=bool(ps.pending),
+            proxies=[proxy_status_message(st) for st in statuses],
+            enforcement=rows,
+            converged=all(st.acked_version >= ps.version for st in statuses)
+            and all(r.agrees for r in rows),
+        )
 
-    async def PolicyDiff(self, stream: Stream[pb.DiffPolicyRequest, pb.DiffPolicyResponse]) -> None:
-        async def diff_(s: Stream[Any, Any], req: pb.DiffPolicyRequest) -> pb.DiffPolicyResponse:
-            current = self._plane().current()
-            objects = _documents(req.files)
-            proposed = objects if req.prune else list(merge_objects(current.objects, objects))
-            change = diff(current, proposed)
-            return diff_message(change)
-
-        await self.unary(stream, "PolicyDiff", diff_)
-
-    async def PolicyStatus(self, stream: Stream[pb.Empty, pb.PolicyStatusResponse]) -> None:
-        async def status(s: Stream[Any, Any], req: pb.Empty) -> pb.PolicyStatusResponse:
-            plane = self._plane()
-            ps = plane.current()
-            statuses = plane.hub.statuses(max_age=STATUS_MAX_AGE)
-            rows = enforcement(ps, statuses)
-            return pb.PolicyStatusResponse(
-                version=ps.version,
-                hash=ps.content_hash,
-                objects=[o.ref for o in ps.objects],
-                client_tls_off_global=ps.client_tls_off_global,
-                pending=bool(ps.pending),
-                proxies=[proxy_status_message(st) for st in statuses],
-                enforcement=rows,
-                converged=all(st.acked_version >= ps.version for st in statuses)
-                and all(r.agrees for r in rows),
-            )
-
-        await self.unary(stream, "PolicyStatus", status)
-
+    @unary
     async def PolicyClientTls(
-        self, stream: Stream[pb.ClientTlsRequest, pb.ApplyPolicyResponse]
-    ) -> None:
-        async def switch(s: Stream[Any, Any], req: pb.ClientTlsRequest) -> pb.ApplyPolicyResponse:
-            return _applied(self._plane().client_tls_off(self.actor(s), req.off, force=req.force))
+        self, s: Stream[Any, Any], req: pb.ClientTlsRequest
+    ) -> pb.ApplyPolicyResponse:
+        return _applied(self._plane().client_tls_off(self.actor(s), req.off, force=req.force))
 
-        await self.unary(stream, "PolicyClientTls", switch)
+    async def _rollout(
+        self, s: Stream[Any, Any], command: str, req: pb.StartRolloutRequest | None = None
+    ) -> pb.RolloutStatusResponse:
+        kwargs: dict[str, Any] = {}
+        if req is not None:
+            kwargs = {"selector": req.selector, "target": req.target, "canary": req.canary}
+            if req.step_timeout:
+                try:
+                    kwargs["step_timeout"] = durations.parse(req.step_timeout)
+                except ValueError as exc:
+                    raise InvalidArgumentError(str(exc)) from None
+        return rollout_message(self._plane().rollout(self.actor(s), command, **kwargs))
 
-    async def _rollout(self, stream: Stream[Any, pb.RolloutStatusResponse], command: str) -> None:
-        async def step(s: Stream[Any, Any], req: Any) -> pb.RolloutStatusResponse:
-            kwargs: dict[str, Any] = {}
-            if isinstance(req, pb.StartRolloutRequest):
-                kwargs = {"selector": req.selector, "target": req.target, "canary": req.canary}
-                if req.step_timeout:
-                    try:
-                        kwargs["step_timeout"] = durations.parse(req.step_timeout)
-                    except ValueError as exc:
-                        raise InvalidArgumentError(str(exc)) from None
-            return rollout_message(self._plane().rollout(self.actor(s), command, **kwargs))
-
-        await self.unary(stream, f"Rollout{command.capitalize()}", step)
-
+    @unary
     async def RolloutStart(
-        self, stream: Stream[pb.StartRolloutRequest, pb.RolloutStatusResponse]
-    ) -> None:
-        await self._rollout(stream, "start")
+        self, s: Stream[Any, Any], req: pb.StartRolloutRequest
+    ) -> pb.RolloutStatusResponse:
+        return await self._rollout(s, "start", req)
 
-    async def RolloutStatus(self, stream: Stream[pb.Empty, pb.RolloutStatusResponse]) -> None:
-        await self._rollout(stream, "status")
+    @unary
+    async def RolloutStatus(self, s: Stream[Any, Any], req: pb.Empty) -> pb.RolloutStatusResponse:
+        return await self._rollout(s, "status")
 
-    async def RolloutPause(self, stream: Stream[pb.Empty, pb.RolloutStatusResponse]) -> None:
-        await self._rollout(stream, "pause")
+    @unary
+    async def RolloutPause(self, s: Stream[Any, Any], req: pb.Empty) -> pb.RolloutStatusResponse:
+        return await self._rollout(s, "pause")
 
-    async def RolloutResume(self, stream: Stream[pb.Empty, pb.RolloutStatusResponse]) -> None:
-        await self._rollout(stream, "resume")
+    @unary
+    async def RolloutResume(self, s: Stream[Any, Any], req: pb.Empty) -> pb.RolloutStatusResponse:
+        return await self._rollout(s, "resume")
 
-    async def RolloutAbort(self, stream: Stream[pb.Empty, pb.RolloutStatusResponse]) -> None:
-        await self._rollout(stream, "abort")
+    @unary
+    async def RolloutAbort(self, s: Stream[Any, Any], req: pb.Empty) -> pb.RolloutStatusResponse:
+        return await self._rollout(s, "abort")

@@ -33,7 +33,7 @@ from trustd.agent.upstream import JwtSvidRequest, SvidRequest
 from trustd.api.agent.v1 import agent_grpc
 from trustd.api.agent.v1 import agent_pb2 as pb
 from trustd.api.convert import bundle_message, entry_message, jwt_svid_message, x509_svid_message
-from trustd.api.edge import Edge
+from trustd.api.edge import Edge, server_stream, unary
 from trustd.api.policy.v1 import policy_pb2
 from trustd.audit.events import Actor
 from trustd.entries import RegistrationEntry
@@ -88,67 +88,55 @@ class AgentApi(agent_grpc.AgentAPIBase, Edge):
         return RegistryUpstream(self.registry, self.hub, self.executor, actor)
 
     # -- unary calls -------------------------------------------------------------
-    async def Join(self, stream: Stream[pb.JoinRequest, pb.JoinResponse]) -> None:
-        async def join(s: Stream[Any, Any], req: pb.JoinRequest) -> pb.JoinResponse:
-            request = Join(
-                token=req.token, csr_der=req.csr_der, hostname=req.hostname, addr=_addr(s)
-            )
-            joined = await self.run(self.registry.agents.join, request)
-            return pb.JoinResponse(
-                agent_id=joined.agent.id,
-                svid=x509_svid_message(joined.svid),
-                bundle_pem=joined.bundle.to_pem(),
-            )
+    @unary
+    async def Join(self, s: Stream[Any, Any], req: pb.JoinRequest) -> pb.JoinResponse:
+        request = Join(token=req.token, csr_der=req.csr_der, hostname=req.hostname, addr=_addr(s))
+        joined = await self.run(self.registry.agents.join, request)
+        return pb.JoinResponse(
+            agent_id=joined.agent.id,
+            svid=x509_svid_message(joined.svid),
+            bundle_pem=joined.bundle.to_pem(),
+        )
 
-        await self.unary(stream, "Join", join)
+    @unary
+    async def RenewAgent(
+        self, s: Stream[Any, Any], req: pb.RenewAgentRequest
+    ) -> pb.RenewAgentResponse:
+        rec, actor = await self._agent(s)
+        request = RenewAgent(agent=rec, csr_der=req.csr_der)
+        svid = await self.run(self.registry.agents.renew, actor, request)
+        return pb.RenewAgentResponse(svid=x509_svid_message(svid))
 
-    async def RenewAgent(self, stream: Stream[pb.RenewAgentRequest, pb.RenewAgentResponse]) -> None:
-        async def renew(s: Stream[Any, Any], req: pb.RenewAgentRequest) -> pb.RenewAgentResponse:
-            rec, actor = await self._agent(s)
-            request = RenewAgent(agent=rec, csr_der=req.csr_der)
-            svid = await self.run(self.registry.agents.renew, actor, request)
-            return pb.RenewAgentResponse(svid=x509_svid_message(svid))
+    @unary
+    async def SignSvids(
+        self, s: Stream[Any, Any], req: pb.SignSvidsRequest
+    ) -> pb.SignSvidsResponse:
+        requests = [SvidRequest(entry_id=r.entry_id, csr_der=r.csr_der) for r in req.requests]
+        signed = await (await self._upstream(s)).sign_x509_svids(requests)
+        return pb.SignSvidsResponse(svids=[x509_svid_message(x) for x in signed])
 
-        await self.unary(stream, "RenewAgent", renew)
-
-    async def SignSvids(self, stream: Stream[pb.SignSvidsRequest, pb.SignSvidsResponse]) -> None:
-        async def sign(s: Stream[Any, Any], req: pb.SignSvidsRequest) -> pb.SignSvidsResponse:
-            requests = [SvidRequest(entry_id=r.entry_id, csr_der=r.csr_der) for r in req.requests]
-            signed = await (await self._upstream(s)).sign_x509_svids(requests)
-            return pb.SignSvidsResponse(svids=[x509_svid_message(x) for x in signed])
-
-        await self.unary(stream, "SignSvids", sign)
-
+    @unary
     async def SignJwtSvid(
-        self, stream: Stream[pb.SignJwtSvidRequest, pb.SignJwtSvidResponse]
-    ) -> None:
-        async def sign(s: Stream[Any, Any], req: pb.SignJwtSvidRequest) -> pb.SignJwtSvidResponse:
-            rec, actor = await self._agent(s)
-            request = JwtSvidRequest(entry_id=req.entry_id, audience=tuple(req.audience))
-            svid = await self.run(self.registry.agents.sign_jwt, actor, rec.id, request)
-            return pb.SignJwtSvidResponse(svid=jwt_svid_message(svid, entry_id=req.entry_id))
+        self, s: Stream[Any, Any], req: pb.SignJwtSvidRequest
+    ) -> pb.SignJwtSvidResponse:
+        rec, actor = await self._agent(s)
+        request = JwtSvidRequest(entry_id=req.entry_id, audience=tuple(req.audience))
+        svid = await self.run(self.registry.agents.sign_jwt, actor, rec.id, request)
+        return pb.SignJwtSvidResponse(svid=jwt_svid_message(svid, entry_id=req.entry_id))
 
-        await self.unary(stream, "SignJwtSvid", sign)
+    @unary
+    async def Report(self, s: Stream[Any, Any], req: pb.ReportRequest) -> pb.ReportResponse:
+        rec, _ = await self._agent(s)
+        await self.run(self.registry.agents.report, rec, dict(req.telemetry))
+        return pb.ReportResponse()
 
-    async def Report(self, stream: Stream[pb.ReportRequest, pb.ReportResponse]) -> None:
-        async def report(s: Stream[Any, Any], req: pb.ReportRequest) -> pb.ReportResponse:
-            rec, _ = await self._agent(s)
-            await self.run(self.registry.agents.report, rec, dict(req.telemetry))
-            return pb.ReportResponse()
-
-        await self.unary(stream, "Report", report)
-
+    @unary
     async def ReportPolicy(
-        self, stream: Stream[pb.ReportPolicyRequest, pb.ReportPolicyResponse]
-    ) -> None:
-        async def report(
-            s: Stream[Any, Any], req: pb.ReportPolicyRequest
-        ) -> pb.ReportPolicyResponse:
-            _, actor = await self._agent(s)
-            await self._plane().upstream_for(actor).send_policy_reports(req)
-            return pb.ReportPolicyResponse()
-
-        await self.unary(stream, "ReportPolicy", report)
+        self, s: Stream[Any, Any], req: pb.ReportPolicyRequest
+    ) -> pb.ReportPolicyResponse:
+        _, actor = await self._agent(s)
+        await self._plane().upstream_for(actor).send_policy_reports(req)
+        return pb.ReportPolicyResponse()
 
     # -- streams -----------------------------------------------------------------
     def _plane(self) -> PolicyPlane:
@@ -181,47 +169,39 @@ class AgentApi(agent_grpc.AgentAPIBase, Edge):
         finally:
             guard.cancel()
 
-    async def WatchEntries(self, stream: Stream[pb.WatchEntriesRequest, pb.EntryUpdate]) -> None:
-        async def watch(
-            s: Stream[Any, Any], req: pb.WatchEntriesRequest
-        ) -> AsyncIterator[pb.EntryUpdate]:
-            since = req.since_revision if req.HasField("since_revision") else None
-            source = (await self._upstream(s)).watch_entries(since_revision=since)
-            async for upd in self._guarded(s, source):
-                yield pb.EntryUpdate(
-                    revision=upd.revision,
-                    full=upd.full,
-                    upserted=[entry_message(e) for e in upd.upserted],
-                    removed=list(upd.removed),
-                )
+    @server_stream
+    async def WatchEntries(
+        self, s: Stream[Any, Any], req: pb.WatchEntriesRequest
+    ) -> AsyncIterator[pb.EntryUpdate]:
+        since = req.since_revision if req.HasField("since_revision") else None
+        source = (await self._upstream(s)).watch_entries(since_revision=since)
+        async for upd in self._guarded(s, source):
+            yield pb.EntryUpdate(
+                revision=upd.revision,
+                full=upd.full,
+                upserted=[entry_message(e) for e in upd.upserted],
+                removed=list(upd.removed),
+            )
 
-        await self.server_stream(stream, "WatchEntries", watch)
+    @server_stream
+    async def WatchBundles(
+        self, s: Stream[Any, Any], req: pb.WatchBundlesRequest
+    ) -> AsyncIterator[pb.BundleUpdate]:
+        source = (await self._upstream(s)).watch_bundles()
+        async for upd in self._guarded(s, source):
+            yield pb.BundleUpdate(
+                bundles=[bundle_message(b) for b in upd.bundles],
+                tainted_key_ids=sorted(upd.tainted_key_ids),
+            )
 
-    async def WatchBundles(self, stream: Stream[pb.WatchBundlesRequest, pb.BundleUpdate]) -> None:
-        async def watch(
-            s: Stream[Any, Any], req: pb.WatchBundlesRequest
-        ) -> AsyncIterator[pb.BundleUpdate]:
-            source = (await self._upstream(s)).watch_bundles()
-            async for upd in self._guarded(s, source):
-                yield pb.BundleUpdate(
-                    bundles=[bundle_message(b) for b in upd.bundles],
-                    tainted_key_ids=sorted(upd.tainted_key_ids),
-                )
-
-        await self.server_stream(stream, "WatchBundles", watch)
-
+    @server_stream
     async def WatchPolicy(
-        self, stream: Stream[pb.WatchPolicyRequest, policy_pb2.WatchResponse]
-    ) -> None:
-        async def watch(
-            s: Stream[Any, Any], req: pb.WatchPolicyRequest
-        ) -> AsyncIterator[policy_pb2.WatchResponse]:
-            _, actor = await self._agent(s)
-            source = self._plane().upstream_for(actor).watch_policy()
-            async for policy in self._guarded(s, source):
-                yield policy_pb2.WatchResponse(policy=policy)
-
-        await self.server_stream(stream, "WatchPolicy", watch)
+        self, s: Stream[Any, Any], req: pb.WatchPolicyRequest
+    ) -> AsyncIterator[policy_pb2.WatchResponse]:
+        _, actor = await self._agent(s)
+        source = self._plane().upstream_for(actor).watch_policy()
+        async for policy in self._guarded(s, source):
+            yield policy_pb2.WatchResponse(policy=policy)
 
 
 class AgentApiServer:
