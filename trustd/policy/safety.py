@@ -40,39 +40,62 @@ def check_change(
     ``require_converged``, a proxy that has not acknowledged ``current`` yet is a
     reason too: what it still runs is not known here.
     """
-    reasons: list[str] = []
-    if require_converged:
-        behind = sorted(st.proxy_id for st in statuses if st.acked_version < current.version)
-        if behind:
-            reasons.append(
-                f"{len(behind)} proxy(ies) still run a version older than {current.version} "
-                f"({', '.join(behind[:10])}): wait until `trustd policy status` shows every "
-                "proxy on the current version"
-            )
+    reasons = _not_converged(current, statuses) if require_converged else []
+    reasons += _transport_reasons(current, proposed, statuses)
+    reasons += _strict_with_plaintext(current, proposed, statuses, now=now, recent=recent)
+    reasons += authz_reasons(current, proposed, statuses, now=now, recent=recent)
+    return list(dict.fromkeys(reasons))
+
+
+def _not_converged(current: PolicySet, statuses: Sequence[ProxyStatus]) -> list[str]:
+    behind = sorted(st.proxy_id for st in statuses if st.acked_version < current.version)
+    if not behind:
+        return []
+    return [
+        f"{len(behind)} proxy(ies) still run a version older than {current.version} "
+        f"({', '.join(behind[:10])}): wait until `trustd policy status` shows every "
+        "proxy on the current version"
+    ]
+
+
+def _transport_reasons(
+    current: PolicySet, proposed: PolicySet, statuses: Sequence[ProxyStatus]
+) -> list[str]:
+    """Clients whose transport (before or after) a server's mode (before or after) refuses."""
     servers: dict[tuple[str, int], list[str]] = {}
     for st in statuses:
         for ib in st.inbound:
             servers.setdefault((str(st.spiffe_id), ib.port), []).append(st.proxy_id)
-
+    reasons: list[str] = []
     for st in statuses:
         for dest in st.destinations:
             before = current.client_transport(st.spiffe_id, dest.spiffe_id, dest.port, st.proxy_id)
             after = proposed.client_transport(st.spiffe_id, dest.spiffe_id, dest.port, st.proxy_id)
             instances: list[str | None] = list(servers.get((str(dest.spiffe_id), dest.port), []))
-            if not instances:
-                instances = [None]
-            for inst in instances:
+            for inst in instances or [None]:
                 modes = {
                     current.peer_mode(dest.spiffe_id, dest.port, inst),
                     proposed.peer_mode(dest.spiffe_id, dest.port, inst),
                 }
-                for transport in (before, after):
-                    for mode in sorted(modes):
-                        if not transport.compatible_with(mode):
-                            reasons.append(
-                                _incompatible(st, dest.spiffe_id, dest.port, transport, mode)
-                            )
+                reasons += [
+                    _incompatible(st, dest.spiffe_id, dest.port, transport, mode)
+                    for transport in (before, after)
+                    for mode in sorted(modes)
+                    if not transport.compatible_with(mode)
+                ]
+    return reasons
 
+
+def _strict_with_plaintext(
+    current: PolicySet,
+    proposed: PolicySet,
+    statuses: Sequence[ProxyStatus],
+    *,
+    now: dt.datetime,
+    recent: dt.timedelta,
+) -> list[str]:
+    """Server ports the change makes STRICT while they still see plaintext."""
+    reasons: list[str] = []
     for st in statuses:
         for ib in st.inbound:
             was = current.peer_mode(st.spiffe_id, ib.port, st.proxy_id)
@@ -87,8 +110,7 @@ def check_change(
                     f"last accepted {_ago(ib.last_plaintext_at, now)}): move its clients to mTLS "
                     "and wait for the plaintext to drain"
                 )
-    reasons += authz_reasons(current, proposed, statuses, now=now, recent=recent)
-    return list(dict.fromkeys(reasons))
+    return reasons
 
 
 def authz_reasons(
