@@ -11,7 +11,18 @@ from typer._completion_classes import completion_init
 from typer.exceptions import TyperException
 
 from trustd import __version__, durations
-from trustd.cli import agent, audit, authority, bundle, entry, policy, rollout, svid, token
+from trustd.cli import (
+    agent,
+    audit,
+    authority,
+    bundle,
+    entry,
+    federation,
+    policy,
+    rollout,
+    svid,
+    token,
+)
 from trustd.cli.client import ServerError
 from trustd.cli.common import CheckFailed, OutputOpt, State, fmt
 from trustd.cli.output import Format, emit
@@ -178,6 +189,7 @@ app.add_typer(agent.app, name="agent")
 app.add_typer(policy.app, name="policy")
 app.add_typer(rollout.app, name="rollout")
 app.add_typer(audit.app, name="audit")
+app.add_typer(federation.app, name="federation")
 
 
 @app.command("proxy")
