@@ -349,13 +349,18 @@ def load_server_config(
         store.setdefault("kind", "postgresql")
         store["dsn"] = os.environ["TRUSTD_STORE_DSN"]
         data["store"] = store
-    if os.environ.get("TRUSTD_BUNDLE_ENDPOINT_ADDRESS"):
+    overrides = dict(overrides or {})
+    # --bundle-endpoint-address / TRUSTD_BUNDLE_ENDPOINT_ADDRESS: federation.bundleEndpoint.address
+    endpoint_address = overrides.pop("bundleEndpointAddress", None) or os.environ.get(
+        "TRUSTD_BUNDLE_ENDPOINT_ADDRESS"
+    )
+    if endpoint_address:
         fed = dict(data.get("federation") or {})
         endpoint = dict(fed.get("bundleEndpoint") or {})
-        endpoint["address"] = os.environ["TRUSTD_BUNDLE_ENDPOINT_ADDRESS"]
+        endpoint["address"] = endpoint_address
         fed["bundleEndpoint"] = endpoint
         data["federation"] = fed
-    for key, value in (overrides or {}).items():
+    for key, value in overrides.items():
         if value is not None:
             data[key] = value
     try:

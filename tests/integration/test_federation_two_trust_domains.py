@@ -11,7 +11,8 @@ What must hold:
 - each side refreshes the other's bundle from its endpoint (the bootstrap bundle came
   from `trustd bundle show --format spiffe`), as the refresh hint says;
 - py-spiffe's WorkloadApiClient on alpha sees beta's X.509 and JWT bundles as federated
-  bundles, and a workload whose entry does not federate sees none;
+  bundles and validates a JWT-SVID of beta.test with them; a workload whose entry does
+  not federate sees none and cannot;
 - a request goes client -> Envoy -> mTLS -> trustd proxy -> app and back; once the
   policy no longer names the client, the proxy refuses it;
 - a bootstrap bundle of another trust domain is refused; an endpoint that is down is
@@ -81,8 +82,13 @@ class Instance:
             if self.agent.exists():
                 try:
                     metrics(self.metrics_port)
-                    out = subprocess.run([TRUSTD, "bundle", "show", "--format", "spiffe"],
-                                         env=self.env, capture_output=True, text=True, timeout=60)
+                    out = subprocess.run(
+                        [TRUSTD, "bundle", "show", "--format", "spiffe"],
+                        env=self.env,
+                        capture_output=True,
+                        text=True,
+                        timeout=60,
+                    )
                     if out.returncode == 0:
                         return
                 except OSError:
@@ -90,8 +96,14 @@ class Instance:
             time.sleep(0.2)
 
     def bundle_file(self) -> Path:
-        out = subprocess.run([TRUSTD, "bundle", "show", "--format", "spiffe"], env=self.env,
-                             capture_output=True, text=True, timeout=60, check=True)
+        out = subprocess.run(
+            [TRUSTD, "bundle", "show", "--format", "spiffe"],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
         path = self.dir / "bundle.json"
         path.write_text(out.stdout)
         return path
@@ -137,7 +149,7 @@ def test_two_trust_domains_federated_both_ways() -> None:
         alpha.wait_ready()
         beta.wait_ready()
         _federate(alpha, beta)
-        _workload_api(alpha, tmp)
+        _workload_api(alpha, beta, tmp)
         asyncio.run(_dataplane(alpha, beta, tmp, procs))
         _refusals(alpha, beta)
     finally:
@@ -188,7 +200,12 @@ def _federate(alpha: Instance, beta: Instance) -> None:
 _WORKLOAD = """
 import json, sys
 from spiffe import TrustDomain, WorkloadApiClient
+from spiffe.workloadapi.errors import ValidateJwtSvidError
 with WorkloadApiClient(socket_path=sys.argv[1], default_timeout=30) as client:
+    try:
+        validated = str(client.validate_jwt_svid(sys.argv[2], "alpha-client").spiffe_id)
+    except ValidateJwtSvidError as exc:
+        validated = "refused: " + str(exc)
     ctx = client.fetch_x509_context()
     x509 = client.fetch_x509_bundles()
     jwt = client.fetch_jwt_bundles()
@@ -201,15 +218,16 @@ with WorkloadApiClient(socket_path=sys.argv[1], default_timeout=30) as client:
         "jwt_bundles": sorted(b.trust_domain.name for b in jwt.bundles),
         "beta_cas": [c.serial_number for c in beta.x509_authorities] if beta else [],
         "beta_kids": sorted(beta_jwt.jwt_authorities) if beta_jwt else [],
+        "validated": validated,
     }))
 """
 
 
-def _run_workload(alpha: Instance, tmp: Path, uid: int) -> dict[str, Any]:
+def _run_workload(alpha: Instance, tmp: Path, uid: int, token: str) -> dict[str, Any]:
     script = tmp / "workload.py"
     script.write_text(_WORKLOAD)
     script.chmod(0o644)
-    cmd = [sys.executable, str(script), f"unix://{alpha.agent}"]
+    cmd = [sys.executable, str(script), f"unix://{alpha.agent}", token]
     if uid != 0:
         cmd = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", *cmd]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd="/",
@@ -219,9 +237,12 @@ def _run_workload(alpha: Instance, tmp: Path, uid: int) -> dict[str, Any]:
     return result
 
 
-def _workload_api(alpha: Instance, tmp: Path) -> None:
+def _workload_api(alpha: Instance, beta: Instance, tmp: Path) -> None:
     beta_in_alpha = cli(alpha.env, "federation", "show", "beta.test")["bundle"]
-    client = _run_workload(alpha, tmp, 0)
+    # a JWT-SVID of beta.test, for a service in alpha.test
+    minted = cli(beta.env, "svid", "mint", "--jwt", "--spiffe-id", SERVER_ID,
+                 "--audience", "alpha-client")  # fmt: skip
+    client = _run_workload(alpha, tmp, 0, minted["token"])
     assert client["spiffe_id"] == CLIENT_ID
     assert client["context_bundles"] == ["alpha.test", "beta.test"]
     assert client["x509_bundles"] == ["alpha.test", "beta.test"]
@@ -229,10 +250,13 @@ def _workload_api(alpha: Instance, tmp: Path) -> None:
     assert client["beta_cas"] and client["beta_kids"] == sorted(
         k["kid"] for k in beta_in_alpha["keys"] if k["use"] == "jwt-svid"
     )
-    loner = _run_workload(alpha, tmp, LONER_UID)
+    assert minted["kid"] in client["beta_kids"]
+    assert client["validated"] == SERVER_ID  # validated with the federated JWT bundle
+    loner = _run_workload(alpha, tmp, LONER_UID, minted["token"])
     assert loner["spiffe_id"] == LONER_ID
     assert loner["x509_bundles"] == ["alpha.test"]
     assert loner["jwt_bundles"] == ["alpha.test"]
+    assert loner["validated"].startswith("refused: ")
 
 
 def _envoy_config(alpha: Instance, upstream_port: int) -> dict[str, Any]:
@@ -336,9 +360,11 @@ async def _dataplane(
             if not admin:
                 return None
             data = await asyncio.to_thread(
-                lambda: __import__("urllib.request").request.urlopen(
-                    f"http://{admin}/listeners?format=json", timeout=5
-                ).read()
+                lambda: (
+                    __import__("urllib.request")
+                    .request.urlopen(f"http://{admin}/listeners?format=json", timeout=5)
+                    .read()
+                )
             )
             for item in json.loads(data).get("listener_statuses", []):
                 if item["name"] == "outbound_mtls":

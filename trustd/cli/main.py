@@ -131,6 +131,13 @@ def up(
     metrics_address: Annotated[
         str | None, typer.Option("--metrics-address", envvar="TRUSTD_METRICS_ADDRESS")
     ] = None,
+    bundle_endpoint_address: Annotated[
+        str | None,
+        typer.Option(
+            "--bundle-endpoint-address",
+            help="serve the SPIFFE bundle endpoint (https_spiffe) on HOST:PORT, for federation",
+        ),
+    ] = None,
 ) -> None:
     """Server and node agent in one process, with embedded defaults (SQLite, local key file)."""
     from trustd.cli.run import run_up
@@ -144,6 +151,7 @@ def up(
             "agentSocket": agent_socket,
             "serverAddress": server_address,
             "metricsAddress": metrics_address,
+            "bundleEndpointAddress": bundle_endpoint_address,
         },
     )
 
@@ -164,6 +172,13 @@ def server(
     metrics_address: Annotated[
         str | None, typer.Option("--metrics-address", envvar="TRUSTD_METRICS_ADDRESS")
     ] = None,
+    bundle_endpoint_address: Annotated[
+        str | None,
+        typer.Option(
+            "--bundle-endpoint-address",
+            help="serve the SPIFFE bundle endpoint (https_spiffe) on HOST:PORT, for federation",
+        ),
+    ] = None,
 ) -> None:
     """CA, KMS bridge, registry, policy, audit, admin API and agent API."""
     from trustd.cli.run import run_server
@@ -176,6 +191,7 @@ def server(
             "adminSocket": admin_socket,
             "serverAddress": server_address,
             "metricsAddress": metrics_address,
+            "bundleEndpointAddress": bundle_endpoint_address,
         },
     )
 

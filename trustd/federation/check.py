@@ -87,8 +87,8 @@ def check_bundle(bundle: Bundle, previous: Bundle | None = None) -> None:
             if named != td:
                 raise BundleRefusedError(
                     WRONG_TRUST_DOMAIN,
-                    f"the bundle served for {td} holds a CA of trust domain {named}: "
-                    "the endpoint serves another trust domain's bundle",
+                    f"the bundle for {td} holds a CA of trust domain {named}: "
+                    "it is another trust domain's bundle",
                 )
     if previous is not None and bundle.sequence < previous.sequence:
         raise BundleRefusedError(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -502,5 +503,24 @@ async def test_https_web_endpoint_is_checked_by_web_pki_and_hostname(tmp_path: P
         # without the test root, the system roots do not know it
         with pytest.raises(fe.EndpointFetchError, match="tls handshake"):
             await asyncio.to_thread(fetch_bundle_document, rel, partner.bundle())
+    finally:
+        await endpoint.stop()
+
+
+@run_async
+async def test_the_endpoint_answers_only_get() -> None:
+    clock = FakeClock(dt.datetime.now(dt.UTC))
+    partner = TestCA(PARTNER, clock=clock, ttl=dt.timedelta(days=1))
+    endpoint = await _serving(partner, ENDPOINT_ID)
+    try:
+        assert endpoint.port is not None
+        ctx = ssl.create_default_context(cadata=partner.bundle().to_pem().decode())
+        ctx.check_hostname = False
+        reader, writer = await asyncio.open_connection("127.0.0.1", endpoint.port, ssl=ctx)
+        writer.write(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        answer = await reader.read()
+        writer.close()
+        assert answer.startswith(b"HTTP/1.1 405 ")
     finally:
         await endpoint.stop()
