@@ -13,14 +13,13 @@ from pathlib import Path
 import pytest
 from agent_fakes import TestCA, run_async
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from trustd.audit.events import Actor
 from trustd.audit.sink import MemoryAuditSink
 from trustd.bundle import Bundle
 from trustd.clock import FakeClock
+from trustd.dataplane.testing import ThrowawayCA
 from trustd.entries import RegistrationEntry
 from trustd.errors import AlreadyExistsError, FailedPreconditionError, InvalidArgumentError
 from trustd.federation import errors as fe
@@ -414,59 +413,12 @@ def test_a_closed_port_is_unreachable() -> None:
 
 
 def _web_pki(tmp_path: Path) -> tuple[Path, Path, Path]:
-    """A Web PKI root and a server certificate for 'localhost'."""
-    now = dt.datetime.now(dt.UTC)
-    root_key = ec.generate_private_key(ec.SECP256R1())
-    root_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test web root")])
-    root = (
-        x509.CertificateBuilder()
-        .subject_name(root_name)
-        .issuer_name(root_name)
-        .public_key(root_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=1))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(root_key.public_key()), False)
-        .sign(root_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
-        .issuer_name(root_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=1))
-        .not_valid_after(now + dt.timedelta(hours=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(root_key.public_key()), False
-        )
-        .sign(root_key, hashes.SHA256())
-    )
-    pem = serialization.Encoding.PEM
-    (tmp_path / "root.pem").write_bytes(root.public_bytes(pem))
-    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(pem))
-    (tmp_path / "key.pem").write_bytes(
-        key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return tmp_path / "root.pem", tmp_path / "cert.pem", tmp_path / "key.pem"
+    """A Web PKI root and a server certificate for 'localhost' (no SPIFFE ID)."""
+    web = ThrowawayCA("web.invalid")
+    leaf = web.issue("spiffe://web.invalid/unused", uri_san=False, dns_names=["localhost"])
+    cert, key = leaf.write(tmp_path, "web")
+    (tmp_path / "root.pem").write_bytes(web.bundle_pem)
+    return tmp_path / "root.pem", cert, key
 
 
 @run_async
