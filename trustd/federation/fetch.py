@@ -33,6 +33,12 @@ TIMEOUT = 10.0  # seconds for connect, handshake and the whole answer
 def check_url(url: str) -> str:
     """An https URL with a host (InvalidArgumentError otherwise)."""
     parts = urlsplit(url)
+    if parts.username is not None or parts.password is not None:
+        # never echoed: what precedes the '@' may be a password
+        raise InvalidArgumentError(
+            "a bundle endpoint url must not carry credentials (user:password@): the bundle "
+            "is public"
+        )
     if parts.scheme != "https" or not parts.hostname:
         raise InvalidArgumentError(
             f"invalid bundle endpoint url {url[:200]!r}: use https://HOST[:PORT][/PATH]"

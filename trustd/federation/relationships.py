@@ -318,6 +318,18 @@ class FederationRegistry:
         )
         try:
             if changed:
+                self._audit.check()  # an update that cannot be recorded is not made
+            if not self._store.update_federation(
+                record_of(after), expect_sequence=rel.bundle.sequence
+            ):
+                # deleted, or moved by another server sharing the store: its state stands
+                log.info("federation changed meanwhile; refresh dropped", trust_domain=str(td))
+                return rel, None
+        except TrustdError as exc:
+            log.error("federated bundle not stored", trust_domain=str(td), error=str(exc))
+            return rel, exc
+        if changed:
+            try:
                 record(
                     self._audit,
                     event(
@@ -334,14 +346,11 @@ class FederationRegistry:
                         },
                     ),
                 )
-            if not self._store.update_federation(
-                record_of(after), expect_sequence=rel.bundle.sequence
-            ):
-                # another server sharing the store moved it meanwhile: its state stands
-                return self.get(td.name), None
-        except TrustdError as exc:
-            log.error("federated bundle not stored", trust_domain=str(td), error=str(exc))
-            return rel, exc
+            except TrustdError as exc:
+                # nothing changes unrecorded: the previous bundle goes back in force
+                self._store.update_federation(record_of(rel), expect_sequence=bundle.sequence)
+                log.error("federated bundle update not recorded", trust_domain=str(td))
+                return rel, exc
         self._metrics.bundle_sequence.labels(trust_domain=td.name).set(bundle.sequence)
         self._metrics.last_refresh.labels(trust_domain=td.name).set(now.timestamp())
         if changed:

@@ -476,3 +476,30 @@ async def test_the_endpoint_answers_only_get() -> None:
         assert answer.startswith(b"HTTP/1.1 405 ")
     finally:
         await endpoint.stop()
+
+
+def test_a_refresh_that_cannot_be_audited_changes_nothing(env: Env) -> None:
+    good = env.bootstrap().bundle
+    env.partner.rotate()
+    env.serve(env.partner.bundle())
+    env.audit.fail_with = fe.EndpointFetchError(fe.UNREACHABLE, "audit log unavailable")
+    env.notified.clear()
+    env.fed.refresh_due()
+    env.audit.fail_with = None
+    assert env.fed.get("partner.example").bundle.to_spiffe() == good.to_spiffe()
+    assert env.notified == []
+
+
+def test_an_endpoint_url_with_credentials_is_refused_without_echoing_them(env: Env) -> None:
+    with pytest.raises(InvalidArgumentError, match="must not carry credentials") as info:
+        env.fed.create(
+            ADMIN,
+            CreateFederation(
+                trust_domain="partner.example",
+                endpoint_url="https://admin:s3cret@partner.example/",
+                profile="https_web",
+                bundle=env.partner.bundle().to_pem(),
+            ),
+        )
+    assert "s3cret" not in str(info.value)
+    assert env.audit.events and all("s3cret" not in repr(e) for e in env.audit.events)
