@@ -216,6 +216,7 @@ class FakeUpstream:
         ttl: dt.timedelta | None = None,
         entry_id: str | None = None,
         created_at: dt.datetime | None = None,
+        federates_with: Sequence[str] = (),
     ) -> RegistrationEntry:
         self.revision += 1
         entry = RegistrationEntry(
@@ -225,6 +226,7 @@ class FakeUpstream:
             ttl=ttl,
             revision=self.revision,
             created_at=created_at or dt.datetime.now(dt.UTC),
+            federates_with=tuple(sorted({TrustDomain.parse(td) for td in federates_with})),
         )
         self.entries[entry.id] = entry
         self._push_entries(EntryUpdate(revision=self.revision, full=False, upserted=(entry,)))

@@ -205,6 +205,34 @@ class RolloutConfig(_Model):
     _v = field_validator("settle_period", mode="before")(classmethod(lambda cls, v: _duration(v)))
 
 
+class BundleEndpointConfig(_Model):
+    address: str  # host:port the bundle endpoint listens on (port 0: any free port)
+    profile: Literal["https_spiffe", "https_web"] = "https_spiffe"
+    cert_file: str | None = None  # https_web: PEM certificate chain (Web PKI)
+    key_file: str | None = None  # https_web: its PEM private key
+
+    @model_validator(mode="after")
+    def _web_needs_cert(self) -> BundleEndpointConfig:
+        if self.profile == "https_web" and not (self.cert_file and self.key_file):
+            raise ValueError("profile https_web needs certFile and keyFile")
+        if self.profile == "https_spiffe" and (self.cert_file or self.key_file):
+            raise ValueError(
+                "certFile and keyFile are for profile https_web; https_spiffe serves the "
+                "server's own SVID"
+            )
+        return self
+
+
+class FederationConfig(_Model):
+    bundle_endpoint: BundleEndpointConfig | None = None  # None: no bundle endpoint
+    refresh_hint: dt.timedelta = dt.timedelta(minutes=5)  # spiffe_refresh_hint we serve
+    ca_file: str | None = None  # https_web endpoints we fetch from: CA file (default: system)
+
+    _v = field_validator("refresh_hint", mode="before")(
+        classmethod(lambda cls, v: _positive_duration(v))
+    )
+
+
 class ServerConfig(_Model):
     trust_domain: str = "trustd.local"
     data_dir: str = ".trustd"
@@ -216,6 +244,7 @@ class ServerConfig(_Model):
     jwt: JwtConfig = JwtConfig()
     audit: AuditConfig = AuditConfig()
     rollout: RolloutConfig = RolloutConfig()
+    federation: FederationConfig = FederationConfig()
     admin_socket: str | None = None  # default D/admin.sock
     agent_socket: str | None = None  # `trustd up`: default D/public/agent.sock
     server_address: str = "127.0.0.1:8081"
@@ -320,7 +349,18 @@ def load_server_config(
         store.setdefault("kind", "postgresql")
         store["dsn"] = os.environ["TRUSTD_STORE_DSN"]
         data["store"] = store
-    for key, value in (overrides or {}).items():
+    overrides = dict(overrides or {})
+    # --bundle-endpoint-address / TRUSTD_BUNDLE_ENDPOINT_ADDRESS: federation.bundleEndpoint.address
+    endpoint_address = overrides.pop("bundleEndpointAddress", None) or os.environ.get(
+        "TRUSTD_BUNDLE_ENDPOINT_ADDRESS"
+    )
+    if endpoint_address:
+        fed = dict(data.get("federation") or {})
+        endpoint = dict(fed.get("bundleEndpoint") or {})
+        endpoint["address"] = endpoint_address
+        fed["bundleEndpoint"] = endpoint
+        data["federation"] = fed
+    for key, value in overrides.items():
         if value is not None:
             data[key] = value
     try:

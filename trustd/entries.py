@@ -9,7 +9,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from trustd.selectors import Caller, Selector, matches
-from trustd.spiffeid import SpiffeId
+from trustd.spiffeid import SpiffeId, TrustDomain
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -24,6 +24,8 @@ class RegistrationEntry:
     created_at: dt.datetime = field(  # when it was registered
         default_factory=lambda: dt.datetime.now(dt.UTC)
     )
+    # foreign trust domains whose bundles its workloads get (SPIRE's federates_with); sorted
+    federates_with: tuple[TrustDomain, ...] = ()
 
     def served_by(self, agent_id: str) -> bool:
         """Whether the agent with this id may serve the entry."""
@@ -42,6 +44,7 @@ class RegistrationEntry:
             "revision": self.revision,
             "agent_id": self.agent_id,
             "created_at": self.created_at.isoformat().replace("+00:00", "Z"),
+            "federates_with": [str(td.id) for td in self.federates_with],
         }
 
     @classmethod
@@ -60,6 +63,10 @@ class RegistrationEntry:
                 dt.datetime.fromisoformat(created.replace("Z", "+00:00"))
                 if created
                 else dt.datetime.now(dt.UTC)
+            ),
+            federates_with=tuple(
+                TrustDomain.parse(str(td))
+                for td in data.get("federates_with") or ()  # type: ignore[attr-defined]
             ),
         )
 

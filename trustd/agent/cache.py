@@ -286,6 +286,12 @@ class AgentCache:
     def bundles(self) -> Mapping[TrustDomain, Bundle]:
         return self._bundles
 
+    def bundles_for(self, entries: Iterable[RegistrationEntry]) -> dict[TrustDomain, Bundle]:
+        """The bundles a caller with these entries may see: its own trust domain's and those
+        of the foreign trust domains its entries federate with (``federates_with``)."""
+        allowed = {self.trust_domain} | {td for e in entries for td in e.federates_with}
+        return {td: b for td, b in self._bundles.items() if td in allowed}
+
     def bundle_version(self, td: TrustDomain) -> str:
         return self._bundle_versions.get(td, "")
 

@@ -71,6 +71,7 @@ def entry_message(e: RegistrationEntry) -> types_pb2.Entry:
         revision=e.revision,
         agent_id=e.agent_id,
         created_at=timestamp(e.created_at),
+        federates_with=[str(td.id) for td in e.federates_with],
     )
 
 
@@ -84,6 +85,7 @@ def entry_of(msg: types_pb2.Entry) -> RegistrationEntry:
         revision=msg.revision,
         agent_id=msg.agent_id if msg.HasField("agent_id") and msg.agent_id else None,
         created_at=time_of(msg.created_at),
+        federates_with=tuple(TrustDomain.parse(td) for td in msg.federates_with),
     )
 
 

@@ -38,6 +38,14 @@ def create(
     agent: Annotated[
         str | None, typer.Option("--agent", help="only this agent (node) serves it; default: all")
     ] = None,
+    federates_with: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--federates-with",
+            help="a federated trust domain (spiffe://other.td) whose bundle the workload "
+            "gets; repeatable",
+        ),
+    ] = None,
     output: OutputOpt = None,
 ) -> None:
     """Register a workload; prints the entry id."""
@@ -52,12 +60,17 @@ def create(
         check_dns_name(name)
     for s in selector:
         Selector.parse(s)
+    from trustd.spiffeid import TrustDomain
+
+    for td in federates_with or []:
+        TrustDomain.parse(td)
     request = pb.CreateEntryRequest(
         spiffe_id=spiffe_id,
         selectors=selector,
         ttl_seconds=parse_ttl(ttl),
         dns_names=dns or [],
         agent_id=agent,
+        federates_with=federates_with or [],
     )
     entry: types_pb2.Entry = call(ctx, "EntryCreate", request)
     f = fmt(ctx, output)

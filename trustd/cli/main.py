@@ -12,7 +12,18 @@ from typer._completion_classes import completion_init
 from typer.exceptions import TyperException
 
 from trustd import __version__, durations
-from trustd.cli import agent, audit, authority, bundle, entry, policy, rollout, svid, token
+from trustd.cli import (
+    agent,
+    audit,
+    authority,
+    bundle,
+    entry,
+    federation,
+    policy,
+    rollout,
+    svid,
+    token,
+)
 from trustd.cli.client import ServerError
 from trustd.cli.common import CheckFailed, OutputOpt, State, fmt
 from trustd.cli.output import Format, emit
@@ -120,6 +131,13 @@ ServerAddressOpt = Annotated[
 MetricsAddressOpt = Annotated[
     str | None, typer.Option("--metrics-address", envvar="TRUSTD_METRICS_ADDRESS")
 ]
+BundleEndpointOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--bundle-endpoint-address",
+        help="serve the SPIFFE bundle endpoint (https_spiffe) on HOST:PORT, for federation",
+    ),
+]
 
 
 def _overrides(**flags: str | None) -> dict[str, str | None]:
@@ -136,6 +154,7 @@ def up(
     agent_socket: AgentSocketOpt = None,
     server_address: ServerAddressOpt = None,
     metrics_address: MetricsAddressOpt = None,
+    bundle_endpoint_address: BundleEndpointOpt = None,
 ) -> None:
     """Server and node agent in one process, with embedded defaults (SQLite, local key file)."""
     from trustd.cli.run import run_up
@@ -149,6 +168,7 @@ def up(
             agent_socket=agent_socket,
             server_address=server_address,
             metrics_address=metrics_address,
+            bundle_endpoint_address=bundle_endpoint_address,
         ),
     )
 
@@ -161,6 +181,7 @@ def server(
     admin_socket: AdminSocketOpt = None,
     server_address: ServerAddressOpt = None,
     metrics_address: MetricsAddressOpt = None,
+    bundle_endpoint_address: BundleEndpointOpt = None,
 ) -> None:
     """CA, KMS bridge, registry, policy, audit, admin API and agent API."""
     from trustd.cli.run import run_server
@@ -173,6 +194,7 @@ def server(
             admin_socket=admin_socket,
             server_address=server_address,
             metrics_address=metrics_address,
+            bundle_endpoint_address=bundle_endpoint_address,
         ),
     )
 
@@ -186,6 +208,7 @@ app.add_typer(agent.app, name="agent")
 app.add_typer(policy.app, name="policy")
 app.add_typer(rollout.app, name="rollout")
 app.add_typer(audit.app, name="audit")
+app.add_typer(federation.app, name="federation")
 
 
 @app.command("proxy")

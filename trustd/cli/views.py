@@ -21,6 +21,29 @@ def iso(ts: Timestamp) -> str:
     return time_of(ts).astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
 
 
+def federation(msg: pb.Federation) -> dict[str, Any]:
+    doc = json.loads(msg.bundle.spiffe_bundle) if msg.bundle.spiffe_bundle else {}
+    keys = doc.get("keys", [])
+    return {
+        "trust_domain": msg.trust_domain,
+        "endpoint_url": msg.endpoint_url,
+        "profile": msg.profile,
+        "endpoint_spiffe_id": msg.endpoint_spiffe_id or None,
+        "sequence": msg.bundle.sequence,
+        "x509_authorities": sum(1 for k in keys if k.get("use") == "x509-svid"),
+        "jwt_authorities": sum(1 for k in keys if k.get("use") == "jwt-svid"),
+        "refreshed_at": iso(msg.refreshed_at) if msg.HasField("refreshed_at") else None,
+        "next_refresh_at": iso(msg.next_refresh_at),
+        "last_error": msg.last_error or None,
+        "created_at": iso(msg.created_at),
+        "bundle": doc,
+    }
+
+
+def federations(msg: pb.ListFederationsResponse) -> dict[str, Any]:
+    return {"federations": [federation(f) for f in msg.federations]}
+
+
 def entry(msg: types_pb2.Entry) -> dict[str, Any]:
     return dict(entry_of(msg).to_json())
 

@@ -26,7 +26,7 @@ from typing import Any
 import grpc  # type: ignore[import-untyped]  # no stubs in the venv; see the report
 import structlog
 from envoy.config.core.v3 import base_pb2
-from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
+from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_spiffe_validator_config_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from envoy.service.secret.v3 import sds_pb2_grpc
 from google.rpc import status_pb2
@@ -39,6 +39,14 @@ log = structlog.get_logger(__name__)
 
 SECRET_TYPE_URL = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"  # noqa: S105
 INVALID_ARGUMENT = 3  # google.rpc.Code
+
+
+def _spiffe_validator_bundles(vc: Any) -> dict[TrustDomain, bytes]:
+    """Each trust domain's bundle of a SPIFFE validator config (SDS ``ALL``)."""
+    cfg = tls_spiffe_validator_config_pb2.SPIFFECertValidatorConfig()
+    if not vc.custom_validator_config.typed_config.Unpack(cfg):
+        return {}
+    return {TrustDomain.parse(t.name): _inline(t.trust_bundle) or b"" for t in cfg.trust_domains}
 
 
 def _inline(source: Any) -> bytes | None:
@@ -195,12 +203,13 @@ class SdsIdentitySource(StaticIdentitySource):
                     raise InvalidIdentityError(
                         f"secret {self._bundle_name!r} has no validation_context"
                     )
+                bundles.update(_spiffe_validator_bundles(bundle.validation_context))  # ALL
                 pem = _inline(bundle.validation_context.trusted_ca)
-                if not pem:
+                if not pem and not bundles:
                     raise InvalidIdentityError(
                         f"secret {self._bundle_name!r} must carry trusted_ca inline"
                     )
-                bundles[ident.spiffe_id.trust_domain] = pem
+                bundles.update({ident.spiffe_id.trust_domain: pem} if pem else {})
                 ident = ident.with_bundles(bundles)
             else:
                 ident = None  # no bundle yet: nothing could be verified

@@ -10,7 +10,7 @@ same registry as an agent sees it, for ``trustd up``'s in-process agent.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from trustd.audit import AuditSink
 from trustd.bundle import Bundle
@@ -33,8 +33,10 @@ class Registry:
         issuance: Issuance,
         max_ttl: dt.timedelta,
         notify: Callable[[str], None],
+        federated_bundles: Callable[[], Sequence[Bundle]] | None = None,
     ) -> None:
         self._issuance = issuance
+        self._federated = federated_bundles  # the foreign bundles in force (federation)
         self.tokens = TokenRegistry(store=store, audit=audit, clock=clock)
         self.entries = EntryRegistry(
             store=store,
@@ -55,6 +57,12 @@ class Registry:
 
     def bundle(self) -> Bundle:
         return self._issuance.bundle()
+
+    def bundles(self) -> tuple[Bundle, ...]:
+        """The own bundle first, then every federated trust domain's bundle in force."""
+        own = self._issuance.bundle()
+        foreign = tuple(self._federated()) if self._federated is not None else ()
+        return (own, *(b for b in foreign if b.trust_domain != own.trust_domain))
 
 
 __all__ = [

@@ -26,7 +26,7 @@ from trustd.ca.issuer import check_not_reserved
 from trustd.clock import Clock
 from trustd.dnsnames import check_dns_name
 from trustd.entries import RegistrationEntry
-from trustd.errors import InvalidArgumentError, TrustdError
+from trustd.errors import InvalidArgumentError, NotFoundError, TrustdError
 from trustd.selectors import Selector
 from trustd.spiffeid import SpiffeId, TrustDomain
 from trustd.store.base import Store
@@ -44,6 +44,9 @@ class CreateEntry:
     ttl: dt.timedelta | None = None  # SVID TTL; None: the server's default
     dns_names: tuple[str, ...] = ()  # extra DNS SANs
     agent_id: str | None = None  # only this agent serves it; None: every agent
+    # foreign trust domains ("spiffe://other.td") whose bundles its workloads get; each
+    # must be federated with already ('trustd federation create')
+    federates_with: tuple[str, ...] = ()
 
 
 def workload_id(text: str, trust_domain: TrustDomain) -> SpiffeId:
@@ -133,7 +136,25 @@ class EntryRegistry:
             dns_names=tuple(check_dns_name(d) for d in request.dns_names),
             created_at=self._clock.now(),
             agent_id=request.agent_id,
+            federates_with=self._federated(request.federates_with),
         )
+
+    def _federated(self, names: tuple[str, ...]) -> tuple[TrustDomain, ...]:
+        """The trust domains an entry federates with: foreign ones we federate with."""
+        tds = sorted({TrustDomain.parse(n) for n in names})
+        known = {r.trust_domain for r in self._store.list_federations()} if tds else set()
+        for td in tds:
+            if td == self._td:
+                raise InvalidArgumentError(
+                    f"--federates-with {td.id} is this server's own trust domain: its bundle "
+                    "is served to every workload already"
+                )
+            if td.name not in known:
+                raise NotFoundError(
+                    f"no federation with {td.id}: create it first with 'trustd federation "
+                    "create', see 'trustd federation list'"
+                )
+        return tuple(tds)
 
     def create(self, actor: Actor, request: CreateEntry) -> RegistrationEntry:
         try:
@@ -156,6 +177,11 @@ class EntryRegistry:
                     details={
                         "spiffe_id": str(created.spiffe_id),
                         "selectors": [str(s) for s in created.selectors],
+                        **(
+                            {"federates_with": [str(td.id) for td in created.federates_with]}
+                            if created.federates_with
+                            else {}
+                        ),
                     },
                 ),
             )

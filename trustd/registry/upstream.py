@@ -33,9 +33,10 @@ T = TypeVar("T")
 FALLBACK_RECHECK = 5.0  # seconds: catches changes written by another server
 
 
-def bundle_update(bundle: Bundle) -> BundleUpdate:
+def bundle_update(bundle: Bundle, *federated: Bundle) -> BundleUpdate:
+    """The own bundle (whose tainted CAs are named) and the federated ones."""
     return BundleUpdate(
-        bundles=(bundle,),
+        bundles=(bundle, *federated),
         tainted_key_ids=frozenset(bytes.fromhex(k) for k in bundle.tainted_key_ids),
     )
 
@@ -76,15 +77,20 @@ class RegistryUpstream:
 
     async def watch_bundles(self) -> AsyncIterator[BundleUpdate]:
         seen = self.hub.version("bundle")
-        last_seq = -1
+        last: tuple[tuple[str, str], ...] = ()
         while True:
             try:
-                bundle = await self._run(self.registry.bundle)
+                bundles = await self._run(self.registry.bundles)
             except TrustdError as exc:
                 raise UnavailableError(f"bundle sync failed: {exc}") from exc
-            if bundle.sequence != last_seq:
-                last_seq = bundle.sequence
-                yield bundle_update(bundle)
+            # the own bundle's sequence, and which foreign bundles with which content
+            current = (
+                (bundles[0].trust_domain.name, str(bundles[0].sequence)),
+                *((b.trust_domain.name, b.to_spiffe()) for b in bundles[1:]),
+            )
+            if current != last:
+                last = current
+                yield bundle_update(*bundles)
             seen = await self.hub.wait("bundle", seen, FALLBACK_RECHECK)
 
     async def sign_x509_svids(self, requests: Sequence[SvidRequest]) -> list[IssuedSvid]:

@@ -3,15 +3,18 @@
 - ``default``: the caller's first SVID, as ``tls_certificate`` (PEM chain and
   PKCS#8 PEM key, ``inline_bytes``);
 - ``ROOTCA``: the agent's own trust bundle as ``validation_context.trusted_ca``;
-- ``ALL``: every bundle, as a SPIFFE certificate validator (each trust domain
-  verified only against its own CAs);
+- ``ALL``: the own bundle and every federated bundle the caller is entitled to
+  (its entries' ``federates_with``), as a SPIFFE certificate validator (each
+  trust domain verified only against its own CAs);
 - ``spiffe://TD/path``: that SVID, when the caller is entitled to it;
-- ``spiffe://TD``: that trust domain's bundle as ``trusted_ca``.
+- ``spiffe://TD``: that trust domain's bundle as ``trusted_ca`` (a foreign one
+  only when one of the caller's entries federates with it).
 
 Each name that resolves to nothing is refused on its own (a ``Refusal``, with a
 reason from ``REASONS``) and the other names are still served:
 
-- ``unknown``: none of the forms above, or a trust domain with no bundle (yet);
+- ``unknown``: none of the forms above, or a trust domain with no bundle (yet) or
+  whose bundle the caller is not entitled to (the same answer either way);
 - ``malformed``: a ``spiffe://`` name that is not a valid SPIFFE ID;
 - ``not_entitled``: a SPIFFE ID that is not one of the caller's (the same
   whether or not another workload holds it);
@@ -28,6 +31,7 @@ resources it does not have.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from envoy.config.core.v3 import base_pb2, extension_pb2
@@ -115,8 +119,9 @@ def resolve(
     """
     out: list[Resource] = []
     refused: list[Refusal] = []
+    visible = cache.bundles_for(entries)
     if not names:
-        for td in sorted(cache.bundles):
+        for td in sorted(visible):
             out.append(BundleResource(name=str(td.id), trust_domains=(td,),
                                       spiffe_validator=False))
         by_id: dict[SpiffeId, RegistrationEntry] = {}
@@ -130,7 +135,7 @@ def resolve(
         if name in seen:
             continue
         seen.add(name)
-        found = _resolve_name(cache, entries, name)
+        found = _resolve_name(cache, visible, entries, name)
         if isinstance(found, Refusal):
             refused.append(found)
         else:
@@ -139,7 +144,10 @@ def resolve(
 
 
 def _resolve_name(
-    cache: AgentCache, entries: tuple[RegistrationEntry, ...], name: str
+    cache: AgentCache,
+    visible: Mapping[TrustDomain, Bundle],
+    entries: tuple[RegistrationEntry, ...],
+    name: str,
 ) -> Resource | Refusal:
     if name == DEFAULT_SVID:
         if not entries:
@@ -157,10 +165,10 @@ def _resolve_name(
         return BundleResource(name=name, trust_domains=(cache.trust_domain,),
                               spiffe_validator=False)
     if name == ALL_BUNDLES:
-        if not cache.bundles:
+        if not visible:
             return _refused(name, UNKNOWN, UnknownResourceError,
                             "no bundle yet; retry once the agent has synced")
-        return BundleResource(name=name, trust_domains=tuple(sorted(cache.bundles)),
+        return BundleResource(name=name, trust_domains=tuple(sorted(visible)),
                               spiffe_validator=True)
     if name.startswith(SCHEME):
         try:
@@ -169,10 +177,11 @@ def _resolve_name(
             return _refused(name, MALFORMED, BadResourceNameError,
                             f"invalid sds resource name: {exc}")
         if not sid.path:
-            if sid.trust_domain not in cache.bundles:
+            if sid.trust_domain not in visible:
                 return _refused(name, UNKNOWN, UnknownResourceError, (
-                    f"no bundle for trust domain {sid.trust_domain}; "
-                    "federate with it on the server first"
+                    f"no bundle for trust domain {sid.trust_domain} for this process; "
+                    "federate with it on the server first ('trustd federation create') and "
+                    "name it in the entry's --federates-with"
                 ))
             return BundleResource(name=name, trust_domains=(sid.trust_domain,),
                                   spiffe_validator=False)

@@ -29,9 +29,11 @@ from trustd.api.edge import unary
 from trustd.api.types.v1 import types_pb2
 from trustd.audit.events import Actor
 from trustd.errors import InvalidArgumentError
+from trustd.federation.relationships import FederationRegistry
 from trustd.registry import CreateEntry, CreateToken, Registry
 from trustd.registry.tokens import DEFAULT_TOKEN_TTL
 from trustd.server.admin_audit import AuditAdmin
+from trustd.server.admin_federation import FederationAdmin
 from trustd.server.admin_policy import PolicyAdmin
 from trustd.server.auditing import ServerAudit
 from trustd.server.core import ServerCore
@@ -85,7 +87,7 @@ def agent_message(a: AgentRecord) -> pb.Agent:
     )
 
 
-class AdminService(PolicyAdmin, AuditAdmin, admin_grpc.AdminBase):
+class AdminService(PolicyAdmin, AuditAdmin, FederationAdmin, admin_grpc.AdminBase):
     def __init__(
         self,
         core: ServerCore,
@@ -96,7 +98,9 @@ class AdminService(PolicyAdmin, AuditAdmin, admin_grpc.AdminBase):
         owner_uid: int,
         policy: PolicyPlane | None = None,
         audit: ServerAudit | None = None,
+        federation: FederationRegistry | None = None,
     ) -> None:
+        self.federation = federation
         self.core = core
         self.registry = registry
         self.executor = executor
@@ -132,6 +136,7 @@ class AdminService(PolicyAdmin, AuditAdmin, admin_grpc.AdminBase):
             ttl=ttl_of(req),
             dns_names=tuple(req.dns_names),
             agent_id=req.agent_id or None,
+            federates_with=tuple(req.federates_with),
         )
         return entry_message(await self.run(self.registry.entries.create, self.actor(s), request))
 

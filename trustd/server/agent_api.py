@@ -247,6 +247,8 @@ class AgentApiServer:
         chain = [x509.load_der_x509_certificate(d) for d in res.chain_der]
         return chain, key, res.not_after
 
+    server_svid = _server_svid  # the bundle endpoint (https_spiffe) serves the same identity
+
     async def start(self, address: str) -> int:
         host, _, port = address.rpartition(":")
         chain, key, not_after = await self.api.run(self._server_svid)

@@ -25,6 +25,8 @@ from trustd.ca.kms.base import KeyAlgorithm
 from trustd.clock import Clock, SystemClock
 from trustd.config import ServerConfig
 from trustd.errors import FailedPreconditionError, TrustdError
+from trustd.federation.endpoint import BundleEndpoint
+from trustd.federation.relationships import FederationRegistry
 from trustd.registry import Registry
 from trustd.server import factory
 from trustd.server.admin import AdminService
@@ -42,6 +44,7 @@ log = structlog.get_logger(__name__)
 
 ROTATION_CHECK_INTERVAL = 10.0  # seconds between automatic rotation checks
 CA_BRING_UP_BACKOFF = Backoff(initial=0.5, maximum=30.0)  # KMS or audit log not there yet
+FEDERATION_CHECK_INTERVAL = 5.0  # at most this long between looks for due bundle refreshes
 
 
 def _served(path: Path) -> bool:
@@ -150,6 +153,15 @@ class TrustdServer:
             changes=self.hub,
             settle_period=cfg.rollout.settle_period,
         )
+        self.federation = FederationRegistry(
+            store=self.store,
+            audit=self.audit,
+            clock=self.clock,
+            trust_domain=self.trust_domain,
+            metrics=self.metrics.federation,
+            notify=self.hub.notify,
+            ca_file=cfg.federation.ca_file,
+        )
         self.registry = Registry(
             store=self.store,
             audit=self.audit,
@@ -157,11 +169,14 @@ class TrustdServer:
             issuance=self.core,
             max_ttl=self.issuer.max_ttl,
             notify=self.hub.notify,
+            federated_bundles=self.federation.bundles,
         )
         self.agent_api = AgentApiServer(
             self.core, self.registry, self.hub, self.executor, self.policy
         )
         self.agent_api_port: int | None = None
+        self.bundle_endpoint: BundleEndpoint | None = None
+        self.bundle_endpoint_port: int | None = None
         self._admin_server: grpclib.server.Server | None = None
         self._admin_bound = False
         self._health = HealthServer(registry=self.metrics.registry, readiness=self.readiness)
@@ -196,6 +211,7 @@ class TrustdServer:
                 )
                 self.core.refresh_metrics()
                 self.agent_api_port = await self.agent_api.start(self.cfg.server_address)
+                await self._start_bundle_endpoint()
                 self._not_ready_reason = ""
                 self.metrics.ready.set(1)
                 return
@@ -211,6 +227,51 @@ class TrustdServer:
                     "cannot activate a CA yet; retrying", error=str(exc), retry_in=round(delay, 2)
                 )
                 await self.clock.sleep(delay)
+
+    async def _start_bundle_endpoint(self) -> None:
+        ep = self.cfg.federation.bundle_endpoint
+        if ep is None or self.bundle_endpoint is not None:
+            return
+        loop = asyncio.get_running_loop()
+
+        async def bundle() -> Any:
+            return await loop.run_in_executor(self.executor, self.core.bundle)
+
+        async def svid() -> Any:
+            return await loop.run_in_executor(self.executor, self.agent_api.server_svid)
+
+        endpoint = BundleEndpoint(
+            bundle=bundle,
+            refresh_hint=self.cfg.federation.refresh_hint,
+            svid=svid if ep.profile == "https_spiffe" else None,
+            cert_file=ep.cert_file,
+            key_file=ep.key_file,
+            now=self.clock.now,
+        )
+        try:
+            self.bundle_endpoint_port = await endpoint.start(ep.address)
+        except OSError as exc:
+            raise FailedPreconditionError(
+                f"cannot listen on the bundle endpoint address {ep.address}: "
+                f"{exc.strerror or exc} (set federation.bundleEndpoint.address)"
+            ) from None
+        self.bundle_endpoint = endpoint
+
+    async def _federation_loop(self) -> None:
+        """Refresh each foreign bundle when its refresh is due (its refresh hint)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            wait = FEDERATION_CHECK_INTERVAL
+            if not self._not_ready_reason:  # the audit log is open
+                try:
+                    await loop.run_in_executor(self.executor, self.federation.refresh_due)
+                    due = await loop.run_in_executor(self.executor, self.federation.next_due)
+                    if due is not None:
+                        left = (due - self.clock.now()).total_seconds()
+                        wait = min(FEDERATION_CHECK_INTERVAL, max(0.2, left))
+                except TrustdError as exc:
+                    log.error("federated bundle refresh failed", error=str(exc))
+            await asyncio.sleep(wait)
 
     async def _rotation_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -239,6 +300,7 @@ class TrustdServer:
             owner_uid=os.getuid(),
             policy=self.policy,
             audit=self._server_audit,
+            federation=self.federation,
         )
         self._admin_server = grpclib.server.Server([admin, health])
         await bind_unix_socket_server(self._admin_server, self.cfg.admin_socket_path, 0o600)
@@ -252,6 +314,7 @@ class TrustdServer:
             ) from None
         self._tasks.append(asyncio.create_task(self._bring_up_ca()))
         self._tasks.append(asyncio.create_task(self._rotation_loop()))
+        self._tasks.append(asyncio.create_task(self._federation_loop()))
         self.policy.start()
         log.info(
             "server started",
@@ -277,6 +340,8 @@ class TrustdServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.agent_api.stop()
+        if self.bundle_endpoint is not None:
+            await self.bundle_endpoint.stop()
         await self.policy.stop()
         if self._change_feed is not None:
             await asyncio.get_running_loop().run_in_executor(None, self._change_feed.stop)

@@ -76,6 +76,13 @@ class Embedded:
         ]
         if metrics:
             lines.append(f"  metrics          http://{metrics[0]}:{metrics[1]}/metrics")
+        ep = c.federation.bundle_endpoint
+        if ep is not None and self.server.bundle_endpoint_port is not None:
+            host = ep.address.rpartition(":")[0] or "127.0.0.1"
+            lines.append(
+                f"  bundle endpoint  https://{host}:{self.server.bundle_endpoint_port}/ "
+                f"({ep.profile}, spiffe://{self.server.trust_domain}/trustd/server)"
+            )
         lines.append(
             f"  next: export TRUSTD_ADMIN_SOCKET={c.admin_socket_path} "
             f"SPIFFE_ENDPOINT_SOCKET=unix://{c.agent_socket_path}"

@@ -81,6 +81,22 @@ class EntryChange:
     entry: RegistrationEntry | None  # None when deleted
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FederationRecord:
+    """A federation relationship with a foreign trust domain and its last good bundle."""
+
+    trust_domain: str  # the foreign trust domain's name ("other.example")
+    endpoint_url: str  # https URL of its bundle endpoint
+    profile: str  # "https_spiffe" | "https_web"
+    endpoint_spiffe_id: str  # https_spiffe: the SPIFFE ID the endpoint must present; else ""
+    bundle: str  # the last good bundle, SPIFFE bundle JSON (the bootstrap one first)
+    sequence: int  # its spiffe_sequence: a refreshed bundle may not go below it
+    refreshed_at: dt.datetime | None  # when the endpoint last served a good bundle
+    next_refresh_at: dt.datetime  # when the bundle is fetched next
+    last_error: str  # why the last refresh failed; "" when it succeeded
+    created_at: dt.datetime
+
+
 class Store(Protocol):
     kind: str
 
@@ -117,6 +133,13 @@ class Store(Protocol):
     def save_agent(self, record: AgentRecord) -> None: ...
     def get_agent(self, agent_id: str) -> AgentRecord: ...
     def list_agents(self) -> list[AgentRecord]: ...
+
+    # federation relationships (trust domain -> endpoint and last good bundle)
+    def create_federation(self, record: FederationRecord) -> None: ...
+    def get_federation(self, trust_domain: str) -> FederationRecord: ...
+    def list_federations(self) -> list[FederationRecord]: ...
+    def update_federation(self, record: FederationRecord, *, expect_sequence: int) -> bool: ...
+    def delete_federation(self, trust_domain: str) -> None: ...
 
     # small named documents: policy set, rollout state, bundle sequence, audit key ref
     def get_doc(self, key: str) -> str | None: ...

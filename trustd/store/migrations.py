@@ -72,4 +72,22 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE entries ADD COLUMN agent_id TEXT
     """,
+    # 3: federation with other trust domains (SPIFFE Federation): one relationship per
+    # foreign trust domain, with the last good bundle fetched from its bundle endpoint;
+    # entries name the foreign trust domains their workloads may see the bundles of
+    """
+    CREATE TABLE federations (
+        trust_domain TEXT PRIMARY KEY,
+        endpoint_url TEXT NOT NULL,
+        profile TEXT NOT NULL,
+        endpoint_spiffe_id TEXT NOT NULL,
+        bundle TEXT NOT NULL,
+        sequence BIGINT NOT NULL,
+        refreshed_at BIGINT,
+        next_refresh_at BIGINT NOT NULL,
+        last_error TEXT NOT NULL,
+        created_at BIGINT NOT NULL
+    );
+    ALTER TABLE entries ADD COLUMN federates_with TEXT
+    """,
 ]

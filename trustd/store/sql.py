@@ -20,11 +20,12 @@ from trustd.ca.kms.base import KeyRef
 from trustd.entries import RegistrationEntry
 from trustd.errors import AlreadyExistsError, NotFoundError
 from trustd.selectors import Selector
-from trustd.spiffeid import SpiffeId
+from trustd.spiffeid import SpiffeId, TrustDomain
 from trustd.store.base import (
     AgentRecord,
     AuthorityRecord,
     EntryChange,
+    FederationRecord,
     JoinTokenRecord,
     LedgerRecord,
 )
@@ -126,9 +127,13 @@ class SqlStore:
             revision=int(row[5]),
             created_at=_dtn(row[6]),
             agent_id=row[7],
+            federates_with=tuple(TrustDomain.parse(td) for td in json.loads(row[8] or "[]")),
         )
 
-    _ENTRY_COLS = "id, spiffe_id, selectors, ttl_seconds, dns_names, revision, created_at, agent_id"
+    _ENTRY_COLS = (
+        "id, spiffe_id, selectors, ttl_seconds, dns_names, revision, created_at, agent_id, "
+        "federates_with"
+    )
 
     def _next_revision(self, run: Callable[..., Cursor], entry_id: str, op: str) -> int:
         row = run("SELECT MAX(revision) FROM entry_changes").fetchone()
@@ -154,7 +159,7 @@ class SqlStore:
                     )
                 rev = self._next_revision(run, entry.id, "put")
                 run(
-                    f"INSERT INTO entries ({self._ENTRY_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    f"INSERT INTO entries ({self._ENTRY_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         entry.id,
                         str(entry.spiffe_id),
@@ -164,6 +169,7 @@ class SqlStore:
                         rev,
                         _ts(entry.created_at),
                         entry.agent_id,
+                        json.dumps([td.name for td in entry.federates_with]),
                     ),
                 )
         except self.integrity_errors as exc:
@@ -440,6 +446,98 @@ class SqlStore:
         with self._tx() as run:
             rows = run(f"SELECT {self._AGENT_COLS} FROM agents ORDER BY joined_at").fetchall()
         return [self._agent(r) for r in rows]
+
+    # -- federation relationships --------------------------------------------
+    _FED_COLS = (
+        "trust_domain, endpoint_url, profile, endpoint_spiffe_id, bundle, sequence, "
+        "refreshed_at, next_refresh_at, last_error, created_at"
+    )
+
+    @staticmethod
+    def _federation(r: Sequence[Any]) -> FederationRecord:
+        return FederationRecord(
+            trust_domain=r[0],
+            endpoint_url=r[1],
+            profile=r[2],
+            endpoint_spiffe_id=r[3],
+            bundle=r[4],
+            sequence=int(r[5]),
+            refreshed_at=_dt(r[6]),
+            next_refresh_at=_dtn(r[7]),
+            last_error=r[8],
+            created_at=_dtn(r[9]),
+        )
+
+    def create_federation(self, record: FederationRecord) -> None:
+        try:
+            with self._tx() as run:
+                if run(
+                    "SELECT 1 FROM federations WHERE trust_domain = ?", (record.trust_domain,)
+                ).fetchone():
+                    raise AlreadyExistsError(
+                        f"a federation with {record.trust_domain} exists already: delete it "
+                        "first to change it"
+                    )
+                run(
+                    f"INSERT INTO federations ({self._FED_COLS}) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        record.trust_domain,
+                        record.endpoint_url,
+                        record.profile,
+                        record.endpoint_spiffe_id,
+                        record.bundle,
+                        record.sequence,
+                        _ts(record.refreshed_at),
+                        _ts(record.next_refresh_at),
+                        record.last_error,
+                        _ts(record.created_at),
+                    ),
+                )
+        except self.integrity_errors as exc:
+            raise AlreadyExistsError(
+                f"a federation with {record.trust_domain} exists already"
+            ) from exc
+
+    def get_federation(self, trust_domain: str) -> FederationRecord:
+        with self._tx() as run:
+            row = run(
+                f"SELECT {self._FED_COLS} FROM federations WHERE trust_domain = ?",
+                (trust_domain,),
+            ).fetchone()
+        if row is None:
+            raise NotFoundError(
+                f"no federation with trust domain {trust_domain!r}: see 'trustd federation list'"
+            )
+        return self._federation(row)
+
+    def list_federations(self) -> list[FederationRecord]:
+        with self._tx() as run:
+            rows = run(f"SELECT {self._FED_COLS} FROM federations ORDER BY trust_domain").fetchall()
+        return [self._federation(r) for r in rows]
+
+    def update_federation(self, record: FederationRecord, *, expect_sequence: int) -> bool:
+        """Write the refresh state; only while the stored sequence is still
+        ``expect_sequence`` (two servers on one database never move it backwards)."""
+        with self._tx() as run:
+            cur = run(
+                "UPDATE federations SET bundle = ?, sequence = ?, refreshed_at = ?, "
+                "next_refresh_at = ?, last_error = ? WHERE trust_domain = ? AND sequence = ?",
+                (
+                    record.bundle,
+                    record.sequence,
+                    _ts(record.refreshed_at),
+                    _ts(record.next_refresh_at),
+                    record.last_error,
+                    record.trust_domain,
+                    expect_sequence,
+                ),
+            )
+            return bool(cur.rowcount == 1)
+
+    def delete_federation(self, trust_domain: str) -> None:
+        with self._tx() as run:
+            run("DELETE FROM federations WHERE trust_domain = ?", (trust_domain,))
 
     # -- documents -----------------------------------------------------------
     def get_doc(self, key: str) -> str | None:

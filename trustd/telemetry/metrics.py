@@ -121,6 +121,39 @@ class Pkcs11Metrics:
         )
 
 
+class FederationMetrics:
+    """Federation with other trust domains: bundle refreshes from their endpoints."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        r = self.registry = registry if registry is not None else CollectorRegistry()
+        self.refresh_failures = Counter(
+            "trustd_federation_refresh_failures_total",
+            "Foreign bundle refreshes that failed or were refused, by trust domain and reason "
+            "(unreachable, wrong_endpoint_id, http_status, malformed, empty, not_ca, "
+            "wrong_trust_domain, sequence_regressed); the last good bundle stays in force.",
+            ["trust_domain", "reason"],
+            registry=r,
+        )
+        self.bundle_updates = Counter(
+            "trustd_federation_bundle_updates_total",
+            "Foreign bundles replaced by a newer good one from their endpoint, by trust domain.",
+            ["trust_domain"],
+            registry=r,
+        )
+        self.bundle_sequence = Gauge(
+            "trustd_federation_bundle_sequence",
+            "spiffe_sequence of the foreign bundle in force, by trust domain.",
+            ["trust_domain"],
+            registry=r,
+        )
+        self.last_refresh = Gauge(
+            "trustd_federation_last_refresh_timestamp_seconds",
+            "When each foreign trust domain's endpoint last served a good bundle, Unix seconds.",
+            ["trust_domain"],
+            registry=r,
+        )
+
+
 class ServerMetrics:
     """One instance per server, on the process's registry (see the module docstring)."""
 
@@ -130,6 +163,7 @@ class ServerMetrics:
         self.audit = AuditMetrics(r)
         self.vault = VaultMetrics(r)
         self.pkcs11 = Pkcs11Metrics(r)
+        self.federation = FederationMetrics(r)
         self.svids_issued = Counter(
             "trustd_svids_issued_total",
             "X.509-SVIDs issued, by who asked for them (agent, admin mint).",

@@ -6,6 +6,9 @@
   registration entry matches the caller.
 - ``FetchX509SVID`` streams the caller's complete set of SVIDs, again each time
   one of them or a bundle changes; ``FetchX509Bundles`` streams the bundles.
+  Bundles are the own trust domain's and those of the foreign trust domains the
+  caller's entries federate with (``federated_bundles`` of ``FetchX509SVID``);
+  the JWT bundles and ``ValidateJWTSVID`` see the same set.
 - ``FetchJWTSVID`` gives a JWT-SVID per SPIFFE ID of the caller (or for the one
   it names) for the audience it names, which is required (``INVALID_ARGUMENT``
   without). ``FetchJWTBundles`` streams ``{trust domain ID: JWK set}`` of the
@@ -32,9 +35,10 @@ from trustd.agent.endpoints import CallerOf, grpc_errors
 from trustd.agent.keys import Svid
 from trustd.agent.metrics import AgentMetrics
 from trustd.agent.notify import Notifier
+from trustd.bundle import Bundle
 from trustd.ca.jwt import validate_jwt_svid
 from trustd.entries import RegistrationEntry
-from trustd.spiffeid import SpiffeId
+from trustd.spiffeid import SpiffeId, TrustDomain
 
 log = structlog.get_logger(__name__)
 
@@ -96,10 +100,15 @@ class WorkloadApiService:
         b = self._cache.bundles.get(td)
         return b"".join(b.to_der_list()) if b is not None else b""
 
+    def _visible(self, key: WorkloadKey) -> dict[TrustDomain, Bundle]:
+        """The bundles this caller may see (own and federated with, by its entries)."""
+        return self._cache.bundles_for(self._cache.matching_entries(key))
+
     def _svid_response(
         self, idents: list[tuple[RegistrationEntry, Svid]]
     ) -> workload_pb2.X509SVIDResponse:
         own_tds = {svid.spiffe_id.trust_domain for _, svid in idents}
+        visible = self._cache.bundles_for(e for e, _ in idents)
         return workload_pb2.X509SVIDResponse(
             svids=[
                 workload_pb2.X509SVID(
@@ -111,13 +120,13 @@ class WorkloadApiService:
                 for _, svid in idents
             ],
             federated_bundles={
-                str(td.id): self._bundle_der(td) for td in self._cache.bundles if td not in own_tds
+                str(td.id): self._bundle_der(td) for td in visible if td not in own_tds
             },
         )
 
-    def _bundles_version(self) -> str:
+    def _bundles_version(self, key: WorkloadKey) -> str:
         cache = self._cache
-        return ",".join(f"{td}={cache.bundle_version(td)}" for td in sorted(cache.bundles))
+        return ",".join(f"{td}={cache.bundle_version(td)}" for td in sorted(self._visible(key)))
 
     async def _open(self, stream: Stream[Any, Any]) -> WorkloadKey:
         key, _ = await self._open_with_request(stream)
@@ -155,7 +164,7 @@ class WorkloadApiService:
                     (
                         ";".join(f"{e.id}:{s.serial:x}" for e, s in idents)
                         + "|"
-                        + self._bundles_version()
+                        + self._bundles_version(key)
                     ).encode()
                 ).hexdigest()
                 if version != last:
@@ -173,13 +182,16 @@ class WorkloadApiService:
         await self._push_bundles(
             stream,
             self._bundles_version,
-            lambda: workload_pb2.X509BundlesResponse(
-                bundles={str(td.id): self._bundle_der(td) for td in self._cache.bundles}
+            lambda key: workload_pb2.X509BundlesResponse(
+                bundles={str(td.id): self._bundle_der(td) for td in self._visible(key)}
             ),
         )
 
     async def _push_bundles(
-        self, stream: Stream[Any, Any], version_of: Callable[[], str], response: Callable[[], Any]
+        self,
+        stream: Stream[Any, Any],
+        version_of: Callable[[WorkloadKey], str],
+        response: Callable[[WorkloadKey], Any],
     ) -> None:
         """A bundles stream (X.509 or JWT): the first answer, then one per version change."""
         key = await self._open(stream)
@@ -190,9 +202,9 @@ class WorkloadApiService:
             last = ""
             while True:
                 self._require_identity(key)
-                version = version_of()
+                version = version_of(key)
                 if version != last:
-                    await stream.send_message(response())
+                    await stream.send_message(response(key))
                     self._metrics.pushes.labels(api="workloadapi").inc()
                     last = version
                 await notifier.wait()
@@ -223,9 +235,10 @@ class WorkloadApiService:
             )
         )
 
-    def _jwt_bundles_version(self) -> str:
+    def _jwt_bundles_version(self, key: WorkloadKey) -> str:
         cache = self._cache
-        return ",".join(f"{td}={cache.jwt_bundle_version(td)}" for td in sorted(cache.bundles))
+        visible = sorted(self._visible(key))
+        return ",".join(f"{td}={cache.jwt_bundle_version(td)}" for td in visible)
 
     async def fetch_jwt_bundles(
         self, stream: Stream[workload_pb2.JWTBundlesRequest, workload_pb2.JWTBundlesResponse]
@@ -233,8 +246,8 @@ class WorkloadApiService:
         await self._push_bundles(
             stream,
             self._jwt_bundles_version,
-            lambda: workload_pb2.JWTBundlesResponse(
-                bundles={str(td.id): b.to_jwks() for td, b in self._cache.bundles.items()}
+            lambda key: workload_pb2.JWTBundlesResponse(
+                bundles={str(td.id): b.to_jwks() for td, b in self._visible(key).items()}
             ),
         )
 
@@ -252,7 +265,7 @@ class WorkloadApiService:
             found = validate_jwt_svid(
                 request.svid,
                 request.audience,
-                bundles=self._cache.bundles,
+                bundles=self._visible(key),
                 now=self._cache.now(),
             )
         claims = struct_pb2.Struct()

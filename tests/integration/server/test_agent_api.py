@@ -448,3 +448,59 @@ def test_agent_svid_is_renewed_at_half_life(tmp_path: Path) -> None:
             await srv.stop()
 
     asyncio.run(main())
+
+
+def test_a_remote_agent_gets_federated_bundles_and_federates_with(tmp_path: Path) -> None:
+    from trustd.bundle import Bundle
+    from trustd.dataplane.testing import ThrowawayCA
+    from trustd.federation.model import CreateFederation
+
+    partner = ThrowawayCA("partner.example")
+    partner_bundle = Bundle(
+        trust_domain=TrustDomain.parse("partner.example"),
+        x509_authorities=(partner.cert,),
+        sequence=4,
+    )
+
+    async def main() -> None:
+        srv = await _server(tmp_path)
+        try:
+            token = srv.registry.tokens.create(ADMIN, CreateToken(ttl=dt.timedelta(minutes=5))).token
+            link = _link(srv, tmp_path, token)
+            await link.start()
+            bundles = link.watch_bundles().__aiter__()
+            before = await _next(bundles)
+            assert [b.trust_domain.name for b in before.bundles] == ["trustd.local"]
+            await asyncio.to_thread(
+                srv.federation.create,
+                ADMIN,
+                CreateFederation(
+                    trust_domain="partner.example",
+                    endpoint_url="https://127.0.0.1:1/",
+                    profile="https_spiffe",
+                    endpoint_spiffe_id="spiffe://partner.example/trustd/server",
+                    bundle=partner_bundle.to_spiffe().encode(),
+                ),
+            )
+            after = await _next(bundles)
+            assert [b.trust_domain.name for b in after.bundles] == ["trustd.local", "partner.example"]
+            assert after.bundles[1].x509_authorities == (partner.cert,)
+            assert after.bundles[1].sequence == 4
+            entry = await asyncio.to_thread(
+                srv.registry.entries.create,
+                ADMIN,
+                CreateEntry(
+                    spiffe_id="spiffe://trustd.local/ns/a/sa/b",
+                    selectors=["unix:uid:1000"],
+                    federates_with=("spiffe://partner.example",),
+                ),
+            )
+            entries = link.watch_entries(since_revision=None).__aiter__()
+            first = await _next(entries)
+            [got] = [e for e in first.upserted if e.id == entry.id]
+            assert got.federates_with == (TrustDomain.parse("partner.example"),)
+            await link.close()
+        finally:
+            await srv.stop()
+
+    asyncio.run(main())

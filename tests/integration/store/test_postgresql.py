@@ -5,14 +5,15 @@ from __future__ import annotations
 import datetime as dt
 import threading
 import uuid
+from dataclasses import replace
 
 import pytest
 
 from trustd.entries import RegistrationEntry
 from trustd.errors import AlreadyExistsError, NotFoundError, UnavailableError
 from trustd.selectors import Selector
-from trustd.spiffeid import SpiffeId
-from trustd.store.base import JoinTokenRecord
+from trustd.spiffeid import SpiffeId, TrustDomain
+from trustd.store.base import FederationRecord, JoinTokenRecord
 from trustd.store.migrations import MIGRATIONS
 from trustd.store.postgresql import PostgresStore
 
@@ -105,3 +106,39 @@ def test_two_servers_cannot_both_rotate(fresh_db: str) -> None:
         a.prepare()
     assert sorted(r.state for r in b.records()) == ["active", "prepared"]
     assert recorded == []  # no success audited for the rotation that lost
+
+
+def _federation(sequence: int) -> FederationRecord:
+    now = dt.datetime(2026, 6, 1, tzinfo=dt.UTC)
+    return FederationRecord(
+        trust_domain="partner.example",
+        endpoint_url="https://partner.example:8443/",
+        profile="https_spiffe",
+        endpoint_spiffe_id="spiffe://partner.example/trustd/server",
+        bundle='{"keys": []}',
+        sequence=sequence,
+        refreshed_at=None,
+        next_refresh_at=now,
+        last_error="",
+        created_at=now,
+    )
+
+
+def test_federations_and_federated_entries_are_shared_between_servers(fresh_db: str) -> None:
+    a, b = PostgresStore(fresh_db), PostgresStore(fresh_db)
+    a.create_federation(_federation(3))
+    with pytest.raises(AlreadyExistsError):
+        b.create_federation(_federation(3))
+    assert [f.sequence for f in b.list_federations()] == [3]
+    # a refresh only moves the sequence it read: the slower server's write is refused
+    assert a.update_federation(_federation(5), expect_sequence=3)
+    assert not b.update_federation(_federation(4), expect_sequence=3)
+    assert b.get_federation("partner.example").sequence == 5
+    entry = replace(_entry(), federates_with=(TrustDomain.parse("partner.example"),))
+    a.create_entry(entry)
+    assert b.get_entry(entry.id).federates_with == (TrustDomain.parse("partner.example"),)
+    b.delete_federation("partner.example")
+    with pytest.raises(NotFoundError):
+        a.get_federation("partner.example")
+    a.close()
+    b.close()

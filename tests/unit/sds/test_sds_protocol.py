@@ -49,10 +49,12 @@ MY_ID = "spiffe://trustd.local/ns/demo/sa/me"
 OTHER_ID = "spiffe://trustd.local/ns/other/sa/secret"
 
 
-def _setup(tmp_path: Path) -> tuple[FakeUpstream, FakeClock, Path]:
+def _setup(
+    tmp_path: Path, federates_with: tuple[str, ...] = ()
+) -> tuple[FakeUpstream, FakeClock, Path]:
     clock = FakeClock(dt.datetime.now(dt.UTC))
     up = FakeUpstream(clock=clock)
-    up.add_entry(MY_ID, [ME])
+    up.add_entry(MY_ID, [ME], federates_with=federates_with)
     up.add_entry(OTHER_ID, ["unix:uid:4242"])
     return up, clock, tmp_path / "public" / "agent.sock"
 
@@ -167,7 +169,7 @@ async def test_unknown_name_is_left_out_and_the_stream_stays_open(tmp_path: Path
 
 @run_async
 async def test_only_unknown_names_get_an_empty_answer_and_wait(tmp_path: Path) -> None:
-    up, clock, sock = _setup(tmp_path)
+    up, clock, sock = _setup(tmp_path, federates_with=("partner.example",))
     partner = TestCA(TrustDomain.parse("partner.example"), clock=clock, ttl=dt.timedelta(days=1))
     async with running_agent(sock, up) as agent, agent_channel(sock) as ch:
         call = sds_call(ch)
@@ -488,7 +490,7 @@ async def test_bundle_change_is_pushed(tmp_path: Path) -> None:
 
 @run_async
 async def test_trust_domain_names_and_all(tmp_path: Path) -> None:
-    up, clock, sock = _setup(tmp_path)
+    up, clock, sock = _setup(tmp_path, federates_with=("partner.example",))
     partner = TestCA(TrustDomain.parse("partner.example"), clock=clock, ttl=dt.timedelta(days=1))
     up.set_federated(partner.bundle())
     async with running_agent(sock, up), agent_channel(sock) as ch:
@@ -511,6 +513,28 @@ async def test_trust_domain_names_and_all(tmp_path: Path) -> None:
         except grpc.aio.AioRpcError as exc:
             code = exc.code()
         assert code == grpc.StatusCode.NOT_FOUND
+
+
+@run_async
+async def test_a_federated_bundle_is_served_only_to_entries_that_federate_with_it(
+    tmp_path: Path,
+) -> None:
+    up, clock, sock = _setup(tmp_path)  # our entry does not federate with partner.example
+    partner = TestCA(TrustDomain.parse("partner.example"), clock=clock, ttl=dt.timedelta(days=1))
+    up.set_federated(partner.bundle())
+    async with running_agent(sock, up), agent_channel(sock) as ch:
+        resp = await sds_fetch(ch, ["spiffe://trustd.local", "ALL"])
+        secrets = secrets_of(resp)
+        validator = secrets["ALL"].validation_context.custom_validator_config
+        cfg = tls_spiffe_validator_config_pb2.SPIFFECertValidatorConfig()
+        assert validator.typed_config.Unpack(cfg)
+        assert [td.name for td in cfg.trust_domains] == ["trustd.local"]
+        code = None
+        try:
+            await sds_fetch(ch, ["spiffe://partner.example"])
+        except grpc.aio.AioRpcError as exc:
+            code = exc.code()
+        assert code == grpc.StatusCode.NOT_FOUND  # the same answer as for no bundle at all
 
 
 @run_async

@@ -33,10 +33,17 @@ OTHER_ID = "spiffe://trustd.local/ns/other/sa/secret"
 HEADER = (("workload.spiffe.io", "true"),)
 
 
-def _setup(tmp_path: Path) -> tuple[FakeUpstream, FakeClock, Path]:
+def _setup(
+    tmp_path: Path, federates_with: tuple[str, ...] = ()
+) -> tuple[FakeUpstream, FakeClock, Path]:
     clock = FakeClock(dt.datetime.now(dt.UTC))
     up = FakeUpstream(clock=clock)
-    up.add_entry(MY_ID, [ME], created_at=dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
+    up.add_entry(
+        MY_ID,
+        [ME],
+        created_at=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+        federates_with=federates_with,
+    )
     up.add_entry(OTHER_ID, ["unix:uid:4242"])
     return up, clock, tmp_path / "agent.sock"
 
@@ -131,7 +138,7 @@ async def test_unavailable_until_first_sync(tmp_path: Path) -> None:
 
 @run_async
 async def test_fetch_x509_bundles_streams_bundle_changes(tmp_path: Path) -> None:
-    up, clock, sock = _setup(tmp_path)
+    up, clock, sock = _setup(tmp_path, federates_with=("partner.example",))
     async with running_agent(sock, up), agent_channel(sock) as ch:
         call = _bundles_call(ch)
         first = await call.read()
@@ -152,7 +159,7 @@ async def test_fetch_x509_bundles_streams_bundle_changes(tmp_path: Path) -> None
 
 @run_async
 async def test_federated_bundles_ride_along_with_svids(tmp_path: Path) -> None:
-    up, clock, sock = _setup(tmp_path)
+    up, clock, sock = _setup(tmp_path, federates_with=("partner.example",))
     partner = TestCA(TrustDomain.parse("partner.example"), clock=clock, ttl=dt.timedelta(days=1))
     up.set_federated(partner.bundle())
     async with running_agent(sock, up), agent_channel(sock) as ch:
@@ -160,6 +167,24 @@ async def test_federated_bundles_ride_along_with_svids(tmp_path: Path) -> None:
         resp = await call.read()
         assert set(resp.federated_bundles) == {"spiffe://partner.example"}
         call.cancel()
+
+
+@run_async
+async def test_federated_bundles_only_for_entries_that_federate_with_them(
+    tmp_path: Path,
+) -> None:
+    up, clock, sock = _setup(tmp_path)  # our entry does not federate with partner.example
+    partner = TestCA(TrustDomain.parse("partner.example"), clock=clock, ttl=dt.timedelta(days=1))
+    up.set_federated(partner.bundle())
+    async with running_agent(sock, up), agent_channel(sock) as ch:
+        call = _svid_call(ch)
+        resp = await call.read()
+        assert dict(resp.federated_bundles) == {}
+        call.cancel()
+        bundles = _bundles_call(ch)
+        first = await bundles.read()
+        assert set(first.bundles) == {"spiffe://trustd.local"}
+        bundles.cancel()
 
 
 @run_async

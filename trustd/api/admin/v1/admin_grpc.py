@@ -141,6 +141,26 @@ class AdminBase(abc.ABC):
     async def AuditTail(self, stream: 'grpclib.server.Stream[trustd.api.admin.v1.admin_pb2.TailAuditRequest, trustd.api.admin.v1.admin_pb2.AuditLine]') -> None:
         pass
 
+    @abc.abstractmethod
+    async def FederationCreate(self, stream: 'grpclib.server.Stream[trustd.api.admin.v1.admin_pb2.CreateFederationRequest, trustd.api.admin.v1.admin_pb2.Federation]') -> None:
+        pass
+
+    @abc.abstractmethod
+    async def FederationList(self, stream: 'grpclib.server.Stream[trustd.api.admin.v1.admin_pb2.Empty, trustd.api.admin.v1.admin_pb2.ListFederationsResponse]') -> None:
+        pass
+
+    @abc.abstractmethod
+    async def FederationShow(self, stream: 'grpclib.server.Stream[trustd.api.admin.v1.admin_pb2.FederationRequest, trustd.api.admin.v1.admin_pb2.Federation]') -> None:
+        pass
+
+    @abc.abstractmethod
+    async def FederationDelete(self, stream: 'grpclib.server.Stream[trustd.api.admin.v1.admin_pb2.FederationRequest, trustd.api.admin.v1.admin_pb2.Federation]') -> None:
+        pass
+
+    @abc.abstractmethod
+    async def FederationRefresh(self, stream: 'grpclib.server.Stream[trustd.api.admin.v1.admin_pb2.FederationRequest, trustd.api.admin.v1.admin_pb2.Federation]') -> None:
+        pass
+
     def __mapping__(self) -> typing.Dict[str, grpclib.const.Handler]:
         return {
             '/trustd.admin.v1.Admin/EntryCreate': grpclib.const.Handler(
@@ -328,6 +348,36 @@ class AdminBase(abc.ABC):
                 grpclib.const.Cardinality.UNARY_STREAM,
                 trustd.api.admin.v1.admin_pb2.TailAuditRequest,
                 trustd.api.admin.v1.admin_pb2.AuditLine,
+            ),
+            '/trustd.admin.v1.Admin/FederationCreate': grpclib.const.Handler(
+                self.FederationCreate,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                trustd.api.admin.v1.admin_pb2.CreateFederationRequest,
+                trustd.api.admin.v1.admin_pb2.Federation,
+            ),
+            '/trustd.admin.v1.Admin/FederationList': grpclib.const.Handler(
+                self.FederationList,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                trustd.api.admin.v1.admin_pb2.Empty,
+                trustd.api.admin.v1.admin_pb2.ListFederationsResponse,
+            ),
+            '/trustd.admin.v1.Admin/FederationShow': grpclib.const.Handler(
+                self.FederationShow,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                trustd.api.admin.v1.admin_pb2.FederationRequest,
+                trustd.api.admin.v1.admin_pb2.Federation,
+            ),
+            '/trustd.admin.v1.Admin/FederationDelete': grpclib.const.Handler(
+                self.FederationDelete,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                trustd.api.admin.v1.admin_pb2.FederationRequest,
+                trustd.api.admin.v1.admin_pb2.Federation,
+            ),
+            '/trustd.admin.v1.Admin/FederationRefresh': grpclib.const.Handler(
+                self.FederationRefresh,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                trustd.api.admin.v1.admin_pb2.FederationRequest,
+                trustd.api.admin.v1.admin_pb2.Federation,
             ),
         }
 
@@ -520,4 +570,34 @@ class AdminStub:
             '/trustd.admin.v1.Admin/AuditTail',
             trustd.api.admin.v1.admin_pb2.TailAuditRequest,
             trustd.api.admin.v1.admin_pb2.AuditLine,
+        )
+        self.FederationCreate = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/trustd.admin.v1.Admin/FederationCreate',
+            trustd.api.admin.v1.admin_pb2.CreateFederationRequest,
+            trustd.api.admin.v1.admin_pb2.Federation,
+        )
+        self.FederationList = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/trustd.admin.v1.Admin/FederationList',
+            trustd.api.admin.v1.admin_pb2.Empty,
+            trustd.api.admin.v1.admin_pb2.ListFederationsResponse,
+        )
+        self.FederationShow = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/trustd.admin.v1.Admin/FederationShow',
+            trustd.api.admin.v1.admin_pb2.FederationRequest,
+            trustd.api.admin.v1.admin_pb2.Federation,
+        )
+        self.FederationDelete = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/trustd.admin.v1.Admin/FederationDelete',
+            trustd.api.admin.v1.admin_pb2.FederationRequest,
+            trustd.api.admin.v1.admin_pb2.Federation,
+        )
+        self.FederationRefresh = grpclib.client.UnaryUnaryMethod(
+            channel,
+            '/trustd.admin.v1.Admin/FederationRefresh',
+            trustd.api.admin.v1.admin_pb2.FederationRequest,
+            trustd.api.admin.v1.admin_pb2.Federation,
         )

@@ -16,18 +16,20 @@ class Empty(_message.Message):
     def __init__(self) -> None: ...
 
 class CreateEntryRequest(_message.Message):
-    __slots__ = ("spiffe_id", "selectors", "ttl_seconds", "dns_names", "agent_id")
+    __slots__ = ("spiffe_id", "selectors", "ttl_seconds", "dns_names", "agent_id", "federates_with")
     SPIFFE_ID_FIELD_NUMBER: _ClassVar[int]
     SELECTORS_FIELD_NUMBER: _ClassVar[int]
     TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     DNS_NAMES_FIELD_NUMBER: _ClassVar[int]
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    FEDERATES_WITH_FIELD_NUMBER: _ClassVar[int]
     spiffe_id: str
     selectors: _containers.RepeatedScalarFieldContainer[str]
     ttl_seconds: int
     dns_names: _containers.RepeatedScalarFieldContainer[str]
     agent_id: str
-    def __init__(self, spiffe_id: _Optional[str] = ..., selectors: _Optional[_Iterable[str]] = ..., ttl_seconds: _Optional[int] = ..., dns_names: _Optional[_Iterable[str]] = ..., agent_id: _Optional[str] = ...) -> None: ...
+    federates_with: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, spiffe_id: _Optional[str] = ..., selectors: _Optional[_Iterable[str]] = ..., ttl_seconds: _Optional[int] = ..., dns_names: _Optional[_Iterable[str]] = ..., agent_id: _Optional[str] = ..., federates_with: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class EntryIdRequest(_message.Message):
     __slots__ = ("id",)
@@ -422,6 +424,54 @@ class RolloutStatusResponse(_message.Message):
     started_at: _timestamp_pb2.Timestamp
     updated_at: _timestamp_pb2.Timestamp
     def __init__(self, id: _Optional[str] = ..., state: _Optional[str] = ..., step: _Optional[str] = ..., step_index: _Optional[int] = ..., phase: _Optional[str] = ..., target: _Optional[str] = ..., selector: _Optional[str] = ..., canary: _Optional[int] = ..., canary_instances: _Optional[_Iterable[str]] = ..., policy_version: _Optional[int] = ..., waiting_for: _Optional[_Iterable[str]] = ..., not_enforced: _Optional[_Iterable[str]] = ..., enforcement: _Optional[_Iterable[_Union[Enforcement, _Mapping]]] = ..., reason: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class CreateFederationRequest(_message.Message):
+    __slots__ = ("trust_domain", "endpoint_url", "profile", "endpoint_spiffe_id", "bundle")
+    TRUST_DOMAIN_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_URL_FIELD_NUMBER: _ClassVar[int]
+    PROFILE_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_SPIFFE_ID_FIELD_NUMBER: _ClassVar[int]
+    BUNDLE_FIELD_NUMBER: _ClassVar[int]
+    trust_domain: str
+    endpoint_url: str
+    profile: str
+    endpoint_spiffe_id: str
+    bundle: bytes
+    def __init__(self, trust_domain: _Optional[str] = ..., endpoint_url: _Optional[str] = ..., profile: _Optional[str] = ..., endpoint_spiffe_id: _Optional[str] = ..., bundle: _Optional[bytes] = ...) -> None: ...
+
+class FederationRequest(_message.Message):
+    __slots__ = ("trust_domain",)
+    TRUST_DOMAIN_FIELD_NUMBER: _ClassVar[int]
+    trust_domain: str
+    def __init__(self, trust_domain: _Optional[str] = ...) -> None: ...
+
+class Federation(_message.Message):
+    __slots__ = ("trust_domain", "endpoint_url", "profile", "endpoint_spiffe_id", "bundle", "refreshed_at", "next_refresh_at", "last_error", "created_at")
+    TRUST_DOMAIN_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_URL_FIELD_NUMBER: _ClassVar[int]
+    PROFILE_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_SPIFFE_ID_FIELD_NUMBER: _ClassVar[int]
+    BUNDLE_FIELD_NUMBER: _ClassVar[int]
+    REFRESHED_AT_FIELD_NUMBER: _ClassVar[int]
+    NEXT_REFRESH_AT_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    trust_domain: str
+    endpoint_url: str
+    profile: str
+    endpoint_spiffe_id: str
+    bundle: _types_pb2.Bundle
+    refreshed_at: _timestamp_pb2.Timestamp
+    next_refresh_at: _timestamp_pb2.Timestamp
+    last_error: str
+    created_at: _timestamp_pb2.Timestamp
+    def __init__(self, trust_domain: _Optional[str] = ..., endpoint_url: _Optional[str] = ..., profile: _Optional[str] = ..., endpoint_spiffe_id: _Optional[str] = ..., bundle: _Optional[_Union[_types_pb2.Bundle, _Mapping]] = ..., refreshed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., next_refresh_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_error: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ListFederationsResponse(_message.Message):
+    __slots__ = ("federations",)
+    FEDERATIONS_FIELD_NUMBER: _ClassVar[int]
+    federations: _containers.RepeatedCompositeFieldContainer[Federation]
+    def __init__(self, federations: _Optional[_Iterable[_Union[Federation, _Mapping]]] = ...) -> None: ...
 
 class VerifyAuditResponse(_message.Message):
     __slots__ = ("ok", "first_bad_seq", "problem", "events_checked", "first_seq", "last_seq", "checkpoints_checked", "last_checkpoint_seq", "head_seq")

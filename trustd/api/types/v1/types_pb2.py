@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ftrustd/api/types/v1/types.proto\x12\x0ftrustd.types.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xdc\x01\n\x05\x45ntry\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\tspiffe_id\x18\x02 \x01(\t\x12\x11\n\tselectors\x18\x03 \x03(\t\x12\x18\n\x0bttl_seconds\x18\x04 \x01(\x03H\x00\x88\x01\x01\x12\x11\n\tdns_names\x18\x05 \x03(\t\x12\x10\n\x08revision\x18\x06 \x01(\x03\x12\x15\n\x08\x61gent_id\x18\x07 \x01(\tH\x01\x88\x01\x01\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x0e\n\x0c_ttl_secondsB\x0b\n\t_agent_id\"\x9c\x01\n\x08X509Svid\x12\x10\n\x08\x65ntry_id\x18\x01 \x01(\t\x12\x11\n\tspiffe_id\x18\x02 \x01(\t\x12\x16\n\x0e\x63\x65rt_chain_der\x18\x03 \x03(\x0c\x12\x0e\n\x06serial\x18\x04 \x01(\t\x12-\n\tnot_after\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x61uthority_id\x18\x06 \x01(\t\"\xcb\x01\n\x07JwtSvid\x12\x10\n\x08\x65ntry_id\x18\x01 \x01(\t\x12\x11\n\tspiffe_id\x18\x02 \x01(\t\x12\x10\n\x08\x61udience\x18\x03 \x03(\t\x12\r\n\x05token\x18\x04 \x01(\t\x12\x0e\n\x06key_id\x18\x05 \x01(\t\x12\x0b\n\x03jti\x18\x06 \x01(\t\x12-\n\tissued_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"G\n\x06\x42undle\x12\x14\n\x0ctrust_domain\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x03\x12\x15\n\rspiffe_bundle\x18\x03 \x01(\x0c\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ftrustd/api/types/v1/types.proto\x12\x0ftrustd.types.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf4\x01\n\x05\x45ntry\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\tspiffe_id\x18\x02 \x01(\t\x12\x11\n\tselectors\x18\x03 \x03(\t\x12\x18\n\x0bttl_seconds\x18\x04 \x01(\x03H\x00\x88\x01\x01\x12\x11\n\tdns_names\x18\x05 \x03(\t\x12\x10\n\x08revision\x18\x06 \x01(\x03\x12\x15\n\x08\x61gent_id\x18\x07 \x01(\tH\x01\x88\x01\x01\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0e\x66\x65\x64\x65rates_with\x18\t \x03(\tB\x0e\n\x0c_ttl_secondsB\x0b\n\t_agent_id\"\x9c\x01\n\x08X509Svid\x12\x10\n\x08\x65ntry_id\x18\x01 \x01(\t\x12\x11\n\tspiffe_id\x18\x02 \x01(\t\x12\x16\n\x0e\x63\x65rt_chain_der\x18\x03 \x03(\x0c\x12\x0e\n\x06serial\x18\x04 \x01(\t\x12-\n\tnot_after\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x61uthority_id\x18\x06 \x01(\t\"\xcb\x01\n\x07JwtSvid\x12\x10\n\x08\x65ntry_id\x18\x01 \x01(\t\x12\x11\n\tspiffe_id\x18\x02 \x01(\t\x12\x10\n\x08\x61udience\x18\x03 \x03(\t\x12\r\n\x05token\x18\x04 \x01(\t\x12\x0e\n\x06key_id\x18\x05 \x01(\t\x12\x0b\n\x03jti\x18\x06 \x01(\t\x12-\n\tissued_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"G\n\x06\x42undle\x12\x14\n\x0ctrust_domain\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x03\x12\x15\n\rspiffe_bundle\x18\x03 \x01(\x0c\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,11 +33,11 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'trustd.api.types.v1.types_p
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ENTRY']._serialized_start=86
-  _globals['_ENTRY']._serialized_end=306
-  _globals['_X509SVID']._serialized_start=309
-  _globals['_X509SVID']._serialized_end=465
-  _globals['_JWTSVID']._serialized_start=468
-  _globals['_JWTSVID']._serialized_end=671
-  _globals['_BUNDLE']._serialized_start=673
-  _globals['_BUNDLE']._serialized_end=744
+  _globals['_ENTRY']._serialized_end=330
+  _globals['_X509SVID']._serialized_start=333
+  _globals['_X509SVID']._serialized_end=489
+  _globals['_JWTSVID']._serialized_start=492
+  _globals['_JWTSVID']._serialized_end=695
+  _globals['_BUNDLE']._serialized_start=697
+  _globals['_BUNDLE']._serialized_end=768
 # @@protoc_insertion_point(module_scope)

@@ -10,7 +10,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Entry(_message.Message):
-    __slots__ = ("id", "spiffe_id", "selectors", "ttl_seconds", "dns_names", "revision", "agent_id", "created_at")
+    __slots__ = ("id", "spiffe_id", "selectors", "ttl_seconds", "dns_names", "revision", "agent_id", "created_at", "federates_with")
     ID_FIELD_NUMBER: _ClassVar[int]
     SPIFFE_ID_FIELD_NUMBER: _ClassVar[int]
     SELECTORS_FIELD_NUMBER: _ClassVar[int]
@@ -19,6 +19,7 @@ class Entry(_message.Message):
     REVISION_FIELD_NUMBER: _ClassVar[int]
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    FEDERATES_WITH_FIELD_NUMBER: _ClassVar[int]
     id: str
     spiffe_id: str
     selectors: _containers.RepeatedScalarFieldContainer[str]
@@ -27,7 +28,8 @@ class Entry(_message.Message):
     revision: int
     agent_id: str
     created_at: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., spiffe_id: _Optional[str] = ..., selectors: _Optional[_Iterable[str]] = ..., ttl_seconds: _Optional[int] = ..., dns_names: _Optional[_Iterable[str]] = ..., revision: _Optional[int] = ..., agent_id: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    federates_with: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, id: _Optional[str] = ..., spiffe_id: _Optional[str] = ..., selectors: _Optional[_Iterable[str]] = ..., ttl_seconds: _Optional[int] = ..., dns_names: _Optional[_Iterable[str]] = ..., revision: _Optional[int] = ..., agent_id: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., federates_with: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class X509Svid(_message.Message):
     __slots__ = ("entry_id", "spiffe_id", "cert_chain_der", "serial", "not_after", "authority_id")
