@@ -711,3 +711,73 @@ def test_audit_log_volume(case: dict[str, Any]) -> None:
     headless = _one(case["docs"], "Service", "trustd-server-headless")
     assert sts["spec"]["serviceName"] == headless["metadata"]["name"]
     assert headless["spec"]["clusterIP"] == "None"
+
+
+# -- the trustd commands the operations docs give --------------------------------------------
+
+DOCS = [ROOT / "docs" / "operations.md", CHART / "README.md", CHART / "templates" / "NOTES.txt"]
+
+
+def _code(doc: Path) -> str:
+    """The code in a document: fenced blocks and `inline` spans of Markdown; all of NOTES.txt."""
+    text = doc.read_text()
+    if doc.suffix != ".md":
+        return text
+    blocks = re.findall(r"```[a-z]*\n(.*?)```", text, re.S)
+    rest = re.sub(r"```[a-z]*\n.*?```", "", text, flags=re.S)
+    return "\n".join(blocks + re.findall(r"`([^`\n]+)`", rest))
+
+
+def _trustd_commands(text: str) -> list[list[str]]:
+    """Every `trustd ...` command line in the text: split into words, up to a pipe,
+    a redirection, a backquote or the end of the line."""
+    found = []
+    text = re.sub(r"(?m)(^|\s)#.*$", "", text)  # shell and YAML comments are prose
+    for match in re.finditer(r"(?<![\w/.-])trustd((?: [^\s`|>;)]+)+)", text):
+        words = match.group(1).split()
+        if words and re.fullmatch(r"[a-z][a-z-]*", words[0]):
+            found.append(words)
+    return found
+
+
+def _resolve(words: list[str]) -> tuple[Any, list[str]]:
+    import typer.main
+
+    from trustd.cli.main import app
+
+    command: Any = typer.main.get_command(app)
+    path = []
+    rest = list(words)
+    while rest and hasattr(command, "commands") and rest[0] in command.commands:
+        path.append(rest[0])
+        command = command.commands[rest.pop(0)]
+    runs_itself = getattr(command, "invoke_without_command", False)  # `trustd agent --config F`
+    assert runs_itself or not hasattr(command, "commands"), (
+        f"`trustd {' '.join(words)}` names no command"
+    )
+    return command, rest
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
+def test_every_trustd_command_in_the_docs_exists(doc: Path) -> None:
+    commands = _trustd_commands(_code(doc))
+    assert len(commands) >= 3, f"no trustd command found in {doc.name}"
+    for words in commands:
+        command, rest = _resolve(words)
+        known = {opt for param in command.params for opt in (*param.opts, *param.secondary_opts)}
+        known |= {"--admin-socket", "--output", "-o", "--debug", "--help"}
+        for word in rest:
+            flag = word.split("=", 1)[0]
+            if flag.startswith("-"):
+                assert flag in known, f"`trustd {' '.join(words)}`: {flag} is no option of it"
+
+
+def test_docs_command_check_can_fail() -> None:
+    with pytest.raises(AssertionError, match="no option"):
+        for words in _trustd_commands("run `trustd authority revoke ID --forse`"):
+            command, rest = _resolve(words)
+            known = {opt for param in command.params for opt in param.opts}
+            for word in rest:
+                assert not word.startswith("-") or word in known, f"{word} is no option"
+    with pytest.raises(AssertionError, match="names no command"):
+        _resolve(["authority", "rotate"])
