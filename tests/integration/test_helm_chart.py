@@ -781,3 +781,40 @@ def test_docs_command_check_can_fail() -> None:
                 assert not word.startswith("-") or word in known, f"{word} is no option"
     with pytest.raises(AssertionError, match="names no command"):
         _resolve(["authority", "rotate"])
+
+
+def _pods(docs: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
+    for doc in docs:
+        spec = doc.get("spec", {}).get("template", {}).get("spec")
+        if spec:
+            yield doc["metadata"]["name"], spec
+
+
+def test_no_volume_is_mounted_inside_another(case: dict[str, Any]) -> None:
+    """A mount inside a read-only ConfigMap or Secret mount needs a directory the runtime
+    cannot create there; keep every mount of a container beside the others."""
+    for name, pod in _pods(case["docs"]):
+        for container in pod["containers"]:
+            paths = [PurePosixPath(m["mountPath"]) for m in container.get("volumeMounts", [])]
+            assert len(paths) == len(set(paths)), f"{name}/{container['name']}: a path twice"
+            for outer in paths:
+                for inner in paths:
+                    assert outer not in inner.parents, (
+                        f"{name}/{container['name']}: {inner} is mounted inside {outer}"
+                    )
+
+
+def test_config_flags_name_the_rendered_config_files(case: dict[str, Any]) -> None:
+    docs = case["docs"]
+    for workload, container_name, configmap, key in (
+        ("trustd-server", "server", "trustd-server", "server.yaml"),
+        ("trustd-agent", "agent", "trustd-agent", "agent.yaml"),
+    ):
+        pod = next(p for n, p in _pods(docs) if n == workload)
+        container = _container(pod, container_name)
+        args = container["args"]
+        path = args[args.index("--config") + 1]
+        volume, rel = _mount_for(pod, container, path)
+        assert volume["configMap"]["name"] == configmap
+        assert rel == key
+        assert key in _one(docs, "ConfigMap", configmap)["data"]
