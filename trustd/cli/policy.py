@@ -21,15 +21,11 @@ app = typer.Typer(
 
 def _files(paths: list[Path]) -> list[pb.PolicyFile]:
     """Validate locally first (exit 1 on an invalid file), then send the text to the server."""
-    from trustd.policy.loader import load_files
+    from trustd.policy.loader import expand, load_files
 
-    load_files(paths)
-    out = []
-    for p in paths:
-        targets = sorted(p.glob("*.y*ml")) if p.is_dir() else [p]
-        for t in targets:
-            out.append(pb.PolicyFile(name=str(t), text=t.read_text()))
-    return out
+    load_files(paths)  # the same files as below: both expand the paths one way
+    files, _ = expand(paths)
+    return [pb.PolicyFile(name=str(t), text=t.read_text()) for t in files]
 
 
 def _print_apply(result: dict[str, Any], f: Format, *, dry_run: bool) -> None:

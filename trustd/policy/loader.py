@@ -210,14 +210,21 @@ def _check_unique(objects: list[tuple[PolicyObject, str]], problems: list[str]) 
             seen[obj.key] = where
 
 
-def _expand(paths: Iterable[str | Path]) -> tuple[list[Path], list[str]]:
+def expand(paths: Iterable[str | Path]) -> tuple[list[Path], list[str]]:
+    """The policy files ``paths`` name: files as given; directories, every *.yaml and *.yml
+    below them, leaving out hidden names (a Kubernetes ConfigMap mount keeps a hidden
+    ``..DATE`` copy of every file beside the visible link). Returns (files, problems)."""
     files: list[Path] = []
     problems: list[str] = []
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
             found = sorted(
-                p for p in path.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file()
+                p
+                for p in path.rglob("*")
+                if p.suffix in (".yaml", ".yml")
+                and p.is_file()
+                and not any(part.startswith(".") for part in p.relative_to(path).parts)
             )
             files.extend(found)
         elif path.is_file():
@@ -233,7 +240,7 @@ def load_files(paths: Iterable[str | Path]) -> tuple[PolicyObject, ...]:
     All files are read and every problem is reported; nothing is returned when
     there is one.
     """
-    files, problems = _expand(paths)
+    files, problems = expand(paths)
     objects: list[tuple[PolicyObject, str]] = []
     for path in files:
         try:
