@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 from concurrent.futures import Executor
+from dataclasses import KW_ONLY, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -85,25 +86,16 @@ def agent_message(a: AgentRecord) -> pb.Agent:
     )
 
 
+@dataclass(eq=False)
 class AdminService(PolicyAdmin, AuditAdmin, admin_grpc.AdminBase):
-    def __init__(
-        self,
-        core: ServerCore,
-        registry: Registry,
-        *,
-        executor: Executor | None,
-        socket_path: Path,
-        owner_uid: int,
-        policy: PolicyPlane | None = None,
-        audit: ServerAudit | None = None,
-    ) -> None:
-        self.core = core
-        self.registry = registry
-        self.executor = executor
-        self.socket_path = socket_path
-        self.owner_uid = owner_uid
-        self.policy = policy
-        self.server_audit = audit
+    core: ServerCore  # issuance, the bundle, authorities, readiness
+    registry: Registry  # entries, tokens, agents
+    _: KW_ONLY
+    executor: Executor | None  # where blocking calls run
+    socket_path: Path  # the admin socket: the addr of every actor
+    owner_uid: int  # who may call besides root
+    policy: PolicyPlane | None = None  # policy and rollout methods; None: UNAVAILABLE
+    server_audit: ServerAudit | None = None  # audit methods; None: UNAVAILABLE
 
     # -- the caller ------------------------------------------------------------
     def actor(self, stream: Stream[Any, Any]) -> Actor:

@@ -228,7 +228,7 @@ class TrustdServer:
             socket_path=self.cfg.admin_socket_path,
             owner_uid=os.getuid(),
             policy=self.policy,
-            audit=self._server_audit,
+            server_audit=self._server_audit,
         )
         self._admin_server = grpclib.server.Server([admin, health])
         await bind_unix_socket_server(self._admin_server, self.cfg.admin_socket_path, 0o600)
