@@ -6,10 +6,13 @@ edges from domain values to messages, the agent, the proxy and the CLI back.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
+from typing import Any, TypeVar
 
 from cryptography import x509
+from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from trustd.api.policy.v1 import policy_pb2
@@ -259,78 +262,56 @@ def proxy_status_of(msg: policy_pb2.ProxyStatus) -> ProxyStatus:
 
 
 def _inbound_message(i: InboundStats) -> policy_pb2.InboundStats:
-    return policy_pb2.InboundStats(
-        port=i.port,
-        mode=i.mode,
-        mode_version=i.mode_version,
-        plaintext_since_mode=i.plaintext_since_mode,
-        plaintext_active=i.plaintext_active,
-        plaintext_total=i.plaintext_total,
-        tls_active=i.tls_active,
-        tls_total=i.tls_total,
-        last_plaintext_at=optional_timestamp(i.last_plaintext_at),
-    )
+    return _same_names(i, policy_pb2.InboundStats)
 
 
 def _inbound_of(msg: policy_pb2.InboundStats) -> InboundStats:
-    return InboundStats(
-        port=msg.port,
-        plaintext_active=msg.plaintext_active,
-        plaintext_total=msg.plaintext_total,
-        tls_active=msg.tls_active,
-        tls_total=msg.tls_total,
-        last_plaintext_at=optional_time(
-            msg.last_plaintext_at if msg.HasField("last_plaintext_at") else None
-        ),
-        mode=msg.mode if msg.HasField("mode") and msg.mode else None,
-        mode_version=msg.mode_version if msg.HasField("mode_version") else None,
-        plaintext_since_mode=msg.plaintext_since_mode,
-    )
+    return _same_names_of(msg, InboundStats)
 
 
 def _destination_message(d: Destination) -> policy_pb2.Destination:
-    return policy_pb2.Destination(
-        spiffe_id=str(d.spiffe_id),
-        port=d.port,
-        transport=d.transport,
-        mtls_total=d.mtls_total,
-        plaintext_total=d.plaintext_total,
-    )
+    return _same_names(d, policy_pb2.Destination, spiffe_id=str(d.spiffe_id))
 
 
 def _destination_of(msg: policy_pb2.Destination) -> Destination:
-    return Destination(
-        spiffe_id=SpiffeId.parse(msg.spiffe_id),
-        port=msg.port,
-        transport=msg.transport if msg.HasField("transport") and msg.transport else None,
-        mtls_total=msg.mtls_total,
-        plaintext_total=msg.plaintext_total,
-    )
+    return _same_names_of(msg, Destination, spiffe_id=SpiffeId.parse(msg.spiffe_id))
 
 
 def denial_message(d: DenialEvent) -> policy_pb2.Denial:
-    return policy_pb2.Denial(
-        time=timestamp(d.time),
-        proxy_id=d.proxy_id,
-        listener=d.listener,
-        reason=d.reason,
-        detail=d.detail,
-        peer_address=d.peer_address,
-        peer_spiffe_id=d.peer_spiffe_id,
-        local_spiffe_id=d.local_spiffe_id,
-        policy_version=d.policy_version,
-    )
+    return _same_names(d, policy_pb2.Denial)
 
 
 def denial_of(msg: policy_pb2.Denial) -> DenialEvent:
-    return DenialEvent(
-        time=time_of(msg.time),
-        proxy_id=msg.proxy_id,
-        listener=msg.listener,
-        reason=msg.reason,
-        detail=msg.detail,
-        peer_address=msg.peer_address,
-        peer_spiffe_id=msg.peer_spiffe_id if msg.HasField("peer_spiffe_id") else None,
-        local_spiffe_id=msg.local_spiffe_id if msg.HasField("local_spiffe_id") else None,
-        policy_version=msg.policy_version,
+    return _same_names_of(msg, DenialEvent)
+
+
+M = TypeVar("M", bound=Message)
+V = TypeVar("V")
+
+
+def _same_names(value: Any, message: type[M], **special: Any) -> M:
+    """A message from a dataclass whose fields have the message's field names (datetimes
+    become timestamps; ``None`` leaves a field unset); ``special`` overrides fields."""
+    fields: dict[str, Any] = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    fields.update(special)
+    return message(
+        **{k: timestamp(v) if isinstance(v, dt.datetime) else v for k, v in fields.items()}
     )
+
+
+def _same_names_of(msg: Message, cls: type[V], **special: Any) -> V:
+    """The dataclass ``cls`` from a message with its field names: an unset optional field
+    is ``None``, a timestamp a UTC datetime; ``special`` overrides fields."""
+    fields: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]  # cls is a dataclass
+        if f.name in special:
+            fields[f.name] = special[f.name]
+            continue
+        descriptor = msg.DESCRIPTOR.fields_by_name[f.name]
+        if descriptor.has_presence and not msg.HasField(f.name):
+            fields[f.name] = None
+        elif descriptor.message_type is Timestamp.DESCRIPTOR:
+            fields[f.name] = time_of(getattr(msg, f.name))
+        else:
+            fields[f.name] = getattr(msg, f.name)
+    return cls(**fields)

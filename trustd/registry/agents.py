@@ -110,37 +110,28 @@ def check_join(request: Join) -> None:
         raise InvalidArgumentError("hostname must be a printable string")
 
 
+@dataclass(kw_only=True, eq=False)
 class AgentRegistry:
-    def __init__(
-        self,
-        *,
-        store: Store,
-        audit: AuditSink,
-        clock: Clock,
-        tokens: TokenRegistry,
-        issuance: Issuance,
-        notify: Callable[[str], None],
-    ) -> None:
-        self._store = store
-        self._audit = audit
-        self._clock = clock
-        self._tokens = tokens
-        self._issuance = issuance
-        self._notify = notify  # "agents" changed: open streams re-check their agent
+    store: Store  # agents' records and the tokens' state
+    audit: AuditSink  # joins, renewals and evictions
+    clock: Clock
+    tokens: TokenRegistry  # what a join spends
+    issuance: Issuance  # who signs the agents' own SVIDs and their entries'
+    notify: Callable[[str], None]  # "agents" changed: open streams re-check their agent
 
     @property
     def trust_domain(self) -> TrustDomain:
-        return self._issuance.trust_domain
+        return self.issuance.trust_domain
 
     def all(self) -> list[AgentRecord]:
-        return self._store.list_agents()
+        return self.store.list_agents()
 
     def _agent_svid(self, actor: Actor, agent_id: str, csr: bytes) -> IssuedSvid:
         sid = SpiffeId.parse(f"spiffe://{self.trust_domain}{AGENT_PATH_PREFIX}{agent_id}")
         entry = RegistrationEntry(
-            id=f"agent:{agent_id}", spiffe_id=sid, selectors=(), created_at=self._clock.now()
+            id=f"agent:{agent_id}", spiffe_id=sid, selectors=(), created_at=self.clock.now()
         )
-        return self._issuance.issue_internal_svid(
+        return self.issuance.issue_internal_svid(
             actor, SvidRequest(entry=entry, csr=csr), source="agent"
         )
 
@@ -153,9 +144,9 @@ class AgentRegistry:
         gives the token back, so the agent can retry with it.
         """
         check_join(request)
-        now = self._clock.now()
+        now = self.clock.now()
         agent_id = uuid.uuid4().hex
-        digest = self._tokens.hmac(request.token)
+        digest = self.tokens.hmac(request.token)
         resource = f"token/{digest[:16]}"
         addr = request.addr
         actor = Actor(
@@ -165,21 +156,21 @@ class AgentRegistry:
             load_csr(request.csr_der)
         except InvalidCsrError as bad_csr:
             record_failure(
-                self._audit, event(AGENT_JOIN, actor, "join", resource, "failure", str(bad_csr))
+                self.audit, event(AGENT_JOIN, actor, "join", resource, "failure", str(bad_csr))
             )
             raise
-        if not self._tokens.consume(digest, agent_id):
+        if not self.tokens.consume(digest, agent_id):
             exc = PermissionDeniedError(
                 "the join token is unknown, used or expired: create a new one"
             )
             record_failure(
-                self._audit, event(AGENT_JOIN, actor, "join", resource, "failure", str(exc))
+                self.audit, event(AGENT_JOIN, actor, "join", resource, "failure", str(exc))
             )
             raise exc
         try:
             svid = self._agent_svid(actor, agent_id, request.csr_der)
             record(
-                self._audit,
+                self.audit,
                 event(
                     type_=AGENT_JOIN,
                     actor=actor,
@@ -201,8 +192,8 @@ class AgentRegistry:
                 last_seen=now,
                 hostname=request.hostname[:255],
             )
-            self._store.save_agent(agent)
-            bundle = self._issuance.bundle()
+            self.store.save_agent(agent)
+            bundle = self.issuance.bundle()
         except Exception as exc:
             self._give_token_back(digest, agent_id, actor, resource, exc)
             raise
@@ -214,7 +205,7 @@ class AgentRegistry:
     ) -> None:
         """After a join failed past consuming its token: make the token usable again."""
         try:
-            released = self._tokens.release(digest, agent_id)
+            released = self.tokens.release(digest, agent_id)
         except TrustdError:
             released = False
         if released:
@@ -229,17 +220,17 @@ class AgentRegistry:
                 token_hmac=digest[:16],
                 error=str(exc),
             )
-        record_failure(self._audit, event(AGENT_JOIN, actor, "join", resource, "failure", str(exc)))
+        record_failure(self.audit, event(AGENT_JOIN, actor, "join", resource, "failure", str(exc)))
 
     # -- a joined agent --------------------------------------------------------
     def authenticate(self, cert: x509.Certificate | None) -> AgentRecord:
         """The agent whose SVID ``cert`` is: checked against the current bundle and its record."""
         if cert is None:
             raise UnauthenticatedError("this call needs the agent's SVID as client certificate")
-        now = self._clock.now()
+        now = self.clock.now()
         if not (cert.not_valid_before_utc <= now <= cert.not_valid_after_utc):
             raise UnauthenticatedError("the agent's SVID has expired: join again")
-        bundle = self._issuance.bundle()
+        bundle = self.issuance.bundle()
         if not any(_issued_by(cert, ca) for ca in bundle.x509_authorities):
             raise UnauthenticatedError("the agent's SVID is not signed by a trusted CA")
         sid = tlsutil.spiffe_id_of(cert)
@@ -248,7 +239,7 @@ class AgentRegistry:
             raise PermissionDeniedError("only agents may call the agent API")
         agent_id = sid.path[len(AGENT_PATH_PREFIX) :]
         try:
-            rec = self._store.get_agent(agent_id)
+            rec = self.store.get_agent(agent_id)
         except NotFoundError:
             raise PermissionDeniedError(f"agent {agent_id} is unknown") from None
         if rec.evicted:
@@ -260,12 +251,12 @@ class AgentRegistry:
         if not request.csr_der:
             raise InvalidArgumentError("csr_der is required: a DER certificate request")
         svid = self._agent_svid(actor, rec.id, request.csr_der)
-        now = self._clock.now()
-        self._store.save_agent(
+        now = self.clock.now()
+        self.store.save_agent(
             replace(rec, serial=svid.serial, not_after=svid.not_after, last_seen=now)
         )
         record(
-            self._audit,
+            self.audit,
             event(
                 type_=AGENT_RENEW,
                 actor=actor,
@@ -278,16 +269,16 @@ class AgentRegistry:
 
     def report(self, agent: AgentRecord, telemetry: Mapping[str, str]) -> None:
         """An agent's telemetry: kept on its record (shown by ``trustd agent list -o json``)."""
-        self._store.save_agent(replace(agent, last_seen=self._clock.now(), meta=dict(telemetry)))
+        self.store.save_agent(replace(agent, last_seen=self.clock.now(), meta=dict(telemetry)))
 
     def evict(self, actor: Actor, agent_id: str) -> AgentRecord:
         resource = f"agent/{agent_id[:200]}"
         try:
-            rec = self._store.get_agent(agent_id)
-            self._audit.check()
+            rec = self.store.get_agent(agent_id)
+            self.audit.check()
         except TrustdError as exc:
             record_failure(
-                self._audit,
+                self.audit,
                 event(
                     type_=ADMIN_AGENT_EVICT, actor=actor, action="evict", resource=resource,
                     outcome="failure", reason=str(exc),
@@ -295,10 +286,10 @@ class AgentRegistry:
             )  # fmt: skip
             raise
         evicted = replace(rec, evicted=True)
-        self._store.save_agent(evicted)
-        self._notify("agents")
+        self.store.save_agent(evicted)
+        self.notify("agents")
         record(
-            self._audit,
+            self.audit,
             event(
                 type_=ADMIN_AGENT_EVICT,
                 actor=actor,
@@ -312,7 +303,7 @@ class AgentRegistry:
     # -- what an agent may ask for ---------------------------------------------
     def served_entry(self, agent_id: str, entry_id: str) -> RegistrationEntry:
         try:
-            entry = self._store.get_entry(entry_id)
+            entry = self.store.get_entry(entry_id)
         except NotFoundError:
             raise PermissionDeniedError(
                 f"entry {entry_id} does not exist (deleted?); this agent may not serve it"
@@ -333,7 +324,7 @@ class AgentRegistry:
             for r in requests
         ]
         out = []
-        for req, res in zip(reqs, self._issuance.issue_svids(actor, reqs), strict=True):
+        for req, res in zip(reqs, self.issuance.issue_svids(actor, reqs), strict=True):
             if isinstance(res, TrustdError):
                 raise res
             chain = _without_root(res.chain_der)
@@ -344,7 +335,7 @@ class AgentRegistry:
         if not request.entry_id:
             raise InvalidArgumentError("entry_id is required")
         entry = self.served_entry(agent_id, request.entry_id)
-        return self._issuance.issue_jwt_svid(
+        return self.issuance.issue_jwt_svid(
             actor, entry=entry, audience=request.audience, source="agent"
         )
 

@@ -59,40 +59,31 @@ def workload_id(text: str, trust_domain: TrustDomain) -> SpiffeId:
     return sid
 
 
+@dataclass(kw_only=True, eq=False)
 class EntryRegistry:
-    def __init__(
-        self,
-        *,
-        store: Store,
-        audit: AuditSink,
-        clock: Clock,
-        trust_domain: TrustDomain,
-        max_ttl: dt.timedelta,
-        notify: Callable[[str], None],
-    ) -> None:
-        self._store = store
-        self._audit = audit
-        self._clock = clock
-        self._td = trust_domain
-        self._max_ttl = max_ttl  # the issuer's: no entry asks for more
-        self._notify = notify  # "entries" changed: agents' watches wake up
+    store: Store  # where entries live
+    audit: AuditSink  # every create and delete is one event
+    clock: Clock
+    trust_domain: TrustDomain  # every entry's SPIFFE ID is in it
+    max_ttl: dt.timedelta  # the issuer's: no entry asks for more
+    notify: Callable[[str], None]  # "entries" changed: agents' watches wake up
 
     def get(self, entry_id: str) -> RegistrationEntry:
-        return self._store.get_entry(entry_id)
+        return self.store.get_entry(entry_id)
 
     def all(self) -> list[RegistrationEntry]:
-        return self._store.list_entries()
+        return self.store.list_entries()
 
     def snapshot_for(self, agent_id: str) -> EntryUpdate:
         """Every entry the agent may serve, at the current revision."""
-        head, _ = self._store.entry_changes_since(2**62)
-        mine = tuple(e for e in self._store.list_entries() if e.served_by(agent_id))
+        head, _ = self.store.entry_changes_since(2**62)
+        mine = tuple(e for e in self.store.list_entries() if e.served_by(agent_id))
         return EntryUpdate(revision=int(head), full=True, upserted=mine)
 
     def changes_for(self, agent_id: str, revision: int) -> EntryUpdate | None:
         """What changed for the agent since ``revision`` (None: nothing); an entry it may
         no longer serve is removed for it."""
-        head, changes = self._store.entry_changes_since(revision)
+        head, changes = self.store.entry_changes_since(revision)
         if not changes:
             return None
         return EntryUpdate(
@@ -109,11 +100,11 @@ class EntryRegistry:
     def validate(self, request: CreateEntry) -> RegistrationEntry:
         """The entry ``request`` describes, with a new id; raises on the first rule it breaks."""
         if request.agent_id is not None:
-            self._store.get_agent(request.agent_id)  # NotFoundError names 'trustd agent list'
-        sid = workload_id(request.spiffe_id, self._td)
+            self.store.get_agent(request.agent_id)  # NotFoundError names 'trustd agent list'
+        sid = workload_id(request.spiffe_id, self.trust_domain)
         if not sid.path:
             raise InvalidArgumentError(
-                f"a workload spiffe id needs a path, e.g. spiffe://{self._td}/ns/default/sa/web"
+                f"a workload spiffe id needs a path, e.g. spiffe://{self.trust_domain}/ns/default/sa/web"
             )
         check_not_reserved(sid)
         if not request.selectors:
@@ -123,10 +114,10 @@ class EntryRegistry:
         if ttl is not None:
             if ttl <= dt.timedelta(0):
                 raise InvalidTtlError("ttl must be positive, e.g. 1h or 10m")
-            if ttl > self._max_ttl:
+            if ttl > self.max_ttl:
                 raise InvalidTtlError(
                     f"ttl {durations.format(ttl)} is above the server maximum "
-                    f"{durations.format(self._max_ttl)}"
+                    f"{durations.format(self.max_ttl)}"
                 )
         return RegistrationEntry(
             id=str(uuid.uuid4()),
@@ -134,7 +125,7 @@ class EntryRegistry:
             selectors=selectors,
             ttl=ttl,
             dns_names=tuple(check_dns_name(d) for d in request.dns_names),
-            created_at=self._clock.now(),
+            created_at=self.clock.now(),
             agent_id=request.agent_id,
             federates_with=self._federated(request.federates_with),
         )
@@ -142,9 +133,9 @@ class EntryRegistry:
     def _federated(self, names: tuple[str, ...]) -> tuple[TrustDomain, ...]:
         """The trust domains an entry federates with: foreign ones we federate with."""
         tds = sorted({TrustDomain.parse(n) for n in names})
-        known = {r.trust_domain for r in self._store.list_federations()} if tds else set()
+        known = {r.trust_domain for r in self.store.list_federations()} if tds else set()
         for td in tds:
-            if td == self._td:
+            if td == self.trust_domain:
                 raise InvalidArgumentError(
                     f"--federates-with {td.id} is this server's own trust domain: its bundle "
                     "is served to every workload already"
@@ -159,16 +150,16 @@ class EntryRegistry:
     def create(self, actor: Actor, request: CreateEntry) -> RegistrationEntry:
         try:
             entry = self.validate(request)
-            self._audit.check()
-            created = self._store.create_entry(entry)
+            self.audit.check()
+            created = self.store.create_entry(entry)
         except TrustdError as exc:
             resource = request.spiffe_id[:200]
             failed = event(ADMIN_ENTRY_CREATE, actor, "create", resource, "failure", str(exc))
-            record_failure(self._audit, failed)
+            record_failure(self.audit, failed)
             raise
         try:
             record(
-                self._audit,
+                self.audit,
                 event(
                     type_=ADMIN_ENTRY_CREATE,
                     actor=actor,
@@ -186,19 +177,19 @@ class EntryRegistry:
                 ),
             )
         except TrustdError:
-            self._store.delete_entry(created.id)  # nothing happens unrecorded
+            self.store.delete_entry(created.id)  # nothing happens unrecorded
             raise
-        self._notify("entries")
+        self.notify("entries")
         log.info("entry created", entry_id=created.id, spiffe_id=str(created.spiffe_id))
         return created
 
     def delete(self, actor: Actor, entry_id: str) -> RegistrationEntry:
         resource = f"entry/{entry_id[:200]}"
         try:
-            entry = self._store.get_entry(entry_id)
-            self._audit.check()
+            entry = self.store.get_entry(entry_id)
+            self.audit.check()
             record(
-                self._audit,
+                self.audit,
                 event(
                     type_=ADMIN_ENTRY_DELETE,
                     actor=actor,
@@ -209,11 +200,11 @@ class EntryRegistry:
             )
         except TrustdError as exc:
             record_failure(
-                self._audit,
+                self.audit,
                 event(ADMIN_ENTRY_DELETE, actor, "delete", resource, "failure", str(exc)),
             )
             raise
-        self._store.delete_entry(entry_id)
-        self._notify("entries")
+        self.store.delete_entry(entry_id)
+        self.notify("entries")
         log.info("entry deleted", entry_id=entry_id)
         return entry

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 from concurrent.futures import Executor
+from dataclasses import KW_ONLY, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -87,27 +88,17 @@ def agent_message(a: AgentRecord) -> pb.Agent:
     )
 
 
+@dataclass(eq=False)
 class AdminService(PolicyAdmin, AuditAdmin, FederationAdmin, admin_grpc.AdminBase):
-    def __init__(
-        self,
-        core: ServerCore,
-        registry: Registry,
-        *,
-        executor: Executor | None,
-        socket_path: Path,
-        owner_uid: int,
-        policy: PolicyPlane | None = None,
-        audit: ServerAudit | None = None,
-        federation: FederationRegistry | None = None,
-    ) -> None:
-        self.federation = federation
-        self.core = core
-        self.registry = registry
-        self.executor = executor
-        self.socket_path = socket_path
-        self.owner_uid = owner_uid
-        self.policy = policy
-        self.server_audit = audit
+    core: ServerCore  # issuance, the bundle, authorities, readiness
+    registry: Registry  # entries, tokens, agents
+    _: KW_ONLY
+    executor: Executor | None  # where blocking calls run
+    socket_path: Path  # the admin socket: the addr of every actor
+    owner_uid: int  # who may call besides root
+    policy: PolicyPlane | None = None  # policy and rollout methods; None: UNAVAILABLE
+    server_audit: ServerAudit | None = None  # audit methods; None: UNAVAILABLE
+    federation: FederationRegistry | None = None  # federation methods; None: FAILED_PRECONDITION
 
     # -- the caller ------------------------------------------------------------
     def actor(self, stream: Stream[Any, Any]) -> Actor:

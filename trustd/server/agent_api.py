@@ -19,6 +19,7 @@ import datetime as dt
 import ssl
 from collections.abc import AsyncIterator
 from concurrent.futures import Executor
+from dataclasses import dataclass
 from typing import Any
 
 import grpclib.server
@@ -65,18 +66,12 @@ def _addr(stream: Stream[Any, Any]) -> str | None:
     return f"{addr[0]}:{addr[1]}" if addr else None
 
 
+@dataclass(eq=False)
 class AgentApi(agent_grpc.AgentAPIBase, Edge):
-    def __init__(
-        self,
-        registry: Registry,
-        hub: ChangeHub,
-        executor: Executor | None,
-        policy: PolicyPlane | None = None,
-    ) -> None:
-        self.registry = registry
-        self.hub = hub
-        self.executor = executor
-        self.policy = policy
+    registry: Registry  # joins, agents, and what they may sign
+    hub: ChangeHub  # wakes the watches
+    executor: Executor | None  # where blocking calls run
+    policy: PolicyPlane | None = None  # WatchPolicy and ReportPolicy; None: UNAVAILABLE
 
     # -- the caller ------------------------------------------------------------
     async def _agent(self, stream: Stream[Any, Any]) -> tuple[AgentRecord, Actor]:

@@ -299,7 +299,7 @@ class TrustdServer:
             socket_path=self.cfg.admin_socket_path,
             owner_uid=os.getuid(),
             policy=self.policy,
-            audit=self._server_audit,
+            server_audit=self._server_audit,
             federation=self.federation,
         )
         self._admin_server = grpclib.server.Server([admin, health])

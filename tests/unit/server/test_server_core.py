@@ -6,21 +6,19 @@ import datetime as dt
 import hashlib
 import hmac
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, utils
+from server_rig import START, Rig, make_rig
 
 from trustd.audit import Actor, AuditEvent, MemoryAuditSink
-from trustd.ca.authority import AuthorityManager, RotationSchedule
 from trustd.ca.errors import InvalidCsrError, InvalidTtlError, NoActiveAuthorityError, SigningError
-from trustd.ca.issuer import IssuedSvid, X509Issuer
+from trustd.ca.issuer import IssuedSvid
 from trustd.ca.kms.base import KeyRef
 from trustd.ca.kms.memory import MemoryKeyManager
-from trustd.clock import FakeClock
 from trustd.entries import RegistrationEntry
 from trustd.errors import (
     AlreadyExistsError,
@@ -31,75 +29,12 @@ from trustd.errors import (
 )
 from trustd.registry import CreateEntry, CreateToken, Registry
 from trustd.selectors import InvalidSelectorError, Selector
-from trustd.server.core import ServerCore, SvidRequest
-from trustd.spiffeid import InvalidSpiffeIdError, SpiffeId, TrustDomain
-from trustd.store.sqlite import SqliteStore
-from trustd.telemetry.metrics import ServerMetrics
+from trustd.server.core import SvidRequest
+from trustd.spiffeid import InvalidSpiffeIdError, SpiffeId
 
 ADMIN = Actor(kind="unix", id="uid:0", uid=0, addr="/run/trustd/admin.sock")
 AGENT = Actor(kind="spiffe", id="spiffe://trustd.local/trustd/agent/join_token/a1")
 WEB = "spiffe://trustd.local/ns/shop/sa/web"
-START = dt.datetime(2026, 3, 1, 12, 0, 0, tzinfo=dt.UTC)
-
-
-@dataclass
-class Rig:
-    core: ServerCore
-    registry: Registry
-    store: SqliteStore
-    audit: MemoryAuditSink
-    metrics: ServerMetrics
-    clock: FakeClock
-    km: MemoryKeyManager
-
-
-def make_rig(*, km: Any = None, activate: bool = True) -> Rig:
-    real_km = MemoryKeyManager()
-    clock = FakeClock(START)
-    store = SqliteStore(":memory:")
-    authorities = AuthorityManager(
-        store=store,
-        key_manager=real_km,
-        trust_domain=TrustDomain.parse("trustd.local"),
-        schedule=RotationSchedule(ca_ttl=dt.timedelta(hours=24)),
-        clock=clock,
-    )
-    if activate:
-        authorities.ensure_active()
-    issuer = X509Issuer(
-        key_manager=km(real_km) if km else real_km,
-        default_ttl=dt.timedelta(hours=1),
-        max_ttl=dt.timedelta(hours=24),
-    )
-    auditor = MemoryAuditSink()
-    metrics = ServerMetrics()
-    core = ServerCore(
-        trust_domain=TrustDomain.parse("trustd.local"),
-        store=store,
-        key_manager=real_km,
-        authorities=authorities,
-        issuer=issuer,
-        audit=auditor,
-        clock=clock,
-        metrics=metrics,
-    )
-    registry = Registry(
-        store=store,
-        audit=auditor,
-        clock=clock,
-        issuance=core,
-        max_ttl=issuer.max_ttl,
-        notify=core.hub.notify,
-    )
-    return Rig(
-        core=core,
-        registry=registry,
-        store=store,
-        audit=auditor,
-        metrics=metrics,
-        clock=clock,
-        km=real_km,
-    )
 
 
 def replace_audit(rig: Rig, audit: MemoryAuditSink) -> Registry:
