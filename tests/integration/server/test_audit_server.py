@@ -23,6 +23,7 @@ from trustd.config import load_server_config
 from trustd.errors import UnavailableError
 from trustd.registry import CreateEntry, CreateToken
 from trustd.server.app import TrustdServer
+from trustd.server.auditing import ServerAudit
 
 pytestmark = pytest.mark.integration
 ADMIN = Actor.unix(uid=0, addr="admin.sock")
@@ -49,7 +50,7 @@ def _server(tmp: Path, extra: str = "") -> TrustdServer:
 
 
 def _events(tmp: Path) -> list[dict[str, Any]]:
-    lines = []
+    lines: list[dict[str, Any]] = []
     for f in sorted((tmp / "d" / "audit").glob("audit-*.jsonl")):
         lines.extend(json.loads(x) for x in f.read_text().splitlines() if x.strip())
     return lines
@@ -194,6 +195,7 @@ def test_verify_through_the_server_finds_a_tail_cut_after_the_last_checkpoint(
             for n in range(3):
                 srv.registry.entries.create(
                     ADMIN, CreateEntry(spiffe_id=f"spiffe://trustd.local/ns/a/sa/t{n}", selectors=(f"unix:uid:{20 + n}",)))
+            assert isinstance(srv.audit, ServerAudit)  # no sink was passed in: the server's own
             log = srv.audit.log
             head = log.head
             assert log.last_checkpoint is not None and log.last_checkpoint.seq <= head.seq - 2
