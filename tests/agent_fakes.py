@@ -18,7 +18,7 @@ import contextlib
 import datetime as dt
 import functools
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,13 @@ from envoy.service.discovery.v3.discovery_pb2 import DiscoveryRequest, Discovery
 from trustd.agent.cache import AgentSettings
 from trustd.agent.metrics import AgentMetrics
 from trustd.agent.service import AgentService
-from trustd.agent.upstream import BundleUpdate, EntryUpdate, SvidRequest
+from trustd.agent.upstream import (
+    BundleUpdate,
+    EntryUpdate,
+    JwtSvidRequest,
+    SignedJwtSvid,
+    SvidRequest,
+)
 from trustd.bundle import Bundle
 from trustd.ca.issuer import IssuedSvid
 from trustd.clock import Clock, SystemClock
@@ -312,7 +318,9 @@ class FakeUpstream:
         for q in list(self._bundle_watchers):
             q.put_nowait(update)
 
-    async def watch_entries(self, *, since_revision: int | None) -> AsyncIterator[EntryUpdate]:
+    async def watch_entries(
+        self, *, since_revision: int | None
+    ) -> AsyncGenerator[EntryUpdate, None]:
         if not self.available:
             raise UnavailableError("server is down")
         q: asyncio.Queue[EntryUpdate | Exception] = asyncio.Queue()
@@ -329,7 +337,7 @@ class FakeUpstream:
         finally:
             self._entry_watchers.discard(q)
 
-    async def watch_bundles(self) -> AsyncIterator[BundleUpdate]:
+    async def watch_bundles(self) -> AsyncGenerator[BundleUpdate, None]:
         if not self.available:
             raise UnavailableError("server is down")
         q: asyncio.Queue[BundleUpdate | Exception] = asyncio.Queue()
@@ -371,6 +379,10 @@ class FakeUpstream:
                 )
             )
         return out
+
+    async def sign_jwt_svid(self, request: JwtSvidRequest) -> SignedJwtSvid:
+        # no JWT keys here: JwtFakeUpstream (tests/unit/workloadapi) signs JWT-SVIDs
+        raise NotImplementedError("this fake server signs no JWT-SVIDs")
 
     def issue_for(
         self, entry: RegistrationEntry, public_key: ec.EllipticCurvePublicKey

@@ -43,7 +43,7 @@ def _policies_from_repo() -> dict[str, str]:
     return {p.stem: p.read_text() for p in sorted((ROOT / "policies").glob("*.yaml"))}
 
 
-PKCS11 = {
+PKCS11: dict[str, Any] = {
     "server": {
         "replicas": 3,
         "keyManager": {
@@ -64,7 +64,7 @@ PKCS11 = {
     "policies": _policies_from_repo(),
 }
 
-VAULT_APPROLE = {
+VAULT_APPROLE: dict[str, Any] = {
     "trustDomain": "prod.example.org",
     "logLevel": "warning",
     "server": {
@@ -115,9 +115,9 @@ VAULT_APPROLE = {
     "policies": {"mesh-default": (ROOT / "policies" / "mesh-default.yaml").read_text()},
 }
 
-NO_PERSISTENCE = {"server": {"replicas": 2, "persistence": {"enabled": False}}}
+NO_PERSISTENCE: dict[str, Any] = {"server": {"replicas": 2, "persistence": {"enabled": False}}}
 
-CASES = {
+CASES: dict[str, Any] = {
     "defaults": {},
     "pkcs11-3-replicas-policies": PKCS11,
     "vault-approle-upstream-syslog": VAULT_APPROLE,

@@ -208,7 +208,7 @@ async def _main(tmp: Path) -> None:
             before, "trustd_proxy_connections_total", 'mode="tls"')
         assert tls > 0 and plain == 0, (plain, tls)
         show = _cli(env, "policy", "show", "--spiffe-id", SERVER_ID, "--port", str(inbound))
-        assert show["peer_authentication"]["mode"] == "STRICT", show  # type: ignore[index]
+        assert show["peer_authentication"]["mode"] == "STRICT", show
 
         await _rollout(env, "DISABLE", loop)
         await asyncio.sleep(2)

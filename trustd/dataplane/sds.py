@@ -23,7 +23,7 @@ import os
 import random
 from typing import Any
 
-import grpc  # type: ignore[import-untyped]  # no stubs in the venv; see the report
+import grpc
 import structlog
 from envoy.config.core.v3 import base_pb2
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_spiffe_validator_config_pb2

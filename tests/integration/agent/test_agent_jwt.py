@@ -62,7 +62,7 @@ def _audit_text(data_dir: Path) -> str:
 
 
 async def _entry_for_me(srv: TrustdServer, agent: AgentService) -> None:
-    await asyncio.to_thread(srv.registry.entries.create, ADMIN, CreateEntry(spiffe_id=ME, selectors=[f"unix:uid:{os.getuid()}"]))
+    await asyncio.to_thread(srv.registry.entries.create, ADMIN, CreateEntry(spiffe_id=ME, selectors=(f"unix:uid:{os.getuid()}",)))
     me = workload_key(Caller(uid=os.getuid(), gid=os.getgid(), pid=0))
     await wait_until(
         lambda: any(str(e.spiffe_id) == ME for e in agent.cache.matching_entries(me)),
@@ -193,6 +193,7 @@ async def test_jwt_bundles_are_pushed_to_a_jwt_source_when_the_keys_rotate(
             assert updates.is_set()
             [second_kid] = kids() - {first_kid}
             bundle = source.get_bundle_for_trust_domain(TrustDomain(TD))
+            assert bundle is not None
             JwtSvid.parse_and_validate(before.token, bundle, {"backend"})
 
             # the last sixth: the new key signs; the old one stays published
@@ -202,6 +203,7 @@ async def test_jwt_bundles_are_pushed_to_a_jwt_source_when_the_keys_rotate(
             assert _header(after.token)["kid"] == second_kid
             assert kids() == {first_kid, second_kid}
             bundle = source.get_bundle_for_trust_domain(TrustDomain(TD))
+            assert bundle is not None
             assert str(JwtSvid.parse_and_validate(after.token, bundle, {"backend"}).spiffe_id) == ME
         finally:
             await asyncio.to_thread(source.close)

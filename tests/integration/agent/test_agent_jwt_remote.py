@@ -194,9 +194,9 @@ def test_agent_api_signs_jwt_svids_only_for_the_agents_own_entries(tmp_path: Pat
                 await link.start()
                 links.append(link)
             one, two = links
-            mine = srv.registry.entries.create(ADMIN, CreateEntry(spiffe_id=ME, selectors=["unix:uid:1000"]))
+            mine = srv.registry.entries.create(ADMIN, CreateEntry(spiffe_id=ME, selectors=("unix:uid:1000",)))
             pinned = srv.registry.entries.create(
-                ADMIN, CreateEntry(spiffe_id=TOOL, selectors=["unix:uid:1001"], agent_id=two.agent_id))
+                ADMIN, CreateEntry(spiffe_id=TOOL, selectors=("unix:uid:1001",), agent_id=two.agent_id))
             signed = await one.sign_jwt_svid(
                 JwtSvidRequest(entry_id=mine.id, audience=("backend",))
             )

@@ -125,7 +125,9 @@ async def test_two_uids_never_get_each_others_svid() -> None:
             assert [r["uri"] for r in answers["[]"]["ok"] if r["kind"] == "svid"] == [mine_id]
             for odd in (["DEFAULT"], ["default "]):
                 # Unknown: a stream is answered without it (and waits), a fetch fails.
-                expected = {"error": "NOT_FOUND"} if mode == "fetch" else {"ok": []}
+                expected: dict[str, object] = (
+                    {"error": "NOT_FOUND"} if mode == "fetch" else {"ok": []}
+                )
                 assert answers[json.dumps(odd)] == expected, odd
             assert answers[json.dumps([f"spiffe://{TD}/ns/shop/sa/*"])] == {
                 "error": "INVALID_ARGUMENT"

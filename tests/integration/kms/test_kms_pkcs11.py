@@ -49,7 +49,9 @@ def manager(softhsm: SoftHsm) -> Iterator[Pkcs11KeyManager]:
 
 
 def _raw_private_key(softhsm: SoftHsm, session: pkcs11.Session, label: str) -> pkcs11.PrivateKey:
-    return session.get_key(object_class=pkcs11.ObjectClass.PRIVATE_KEY, label=label)
+    key = session.get_key(object_class=pkcs11.ObjectClass.PRIVATE_KEY, label=label)
+    assert isinstance(key, pkcs11.PrivateKey)
+    return key
 
 
 def test_manager_satisfies_the_key_manager_protocol(manager: Pkcs11KeyManager) -> None:

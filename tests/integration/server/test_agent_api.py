@@ -109,7 +109,7 @@ def test_join_sync_sign_and_deltas(tmp_path: Path) -> None:
         try:
             token = srv.registry.tokens.create(ADMIN, CreateToken(ttl=dt.timedelta(minutes=5))).token
             entry = srv.registry.entries.create(
-                ADMIN, CreateEntry(spiffe_id="spiffe://trustd.local/ns/a/sa/b", selectors=["unix:uid:1000"]))
+                ADMIN, CreateEntry(spiffe_id="spiffe://trustd.local/ns/a/sa/b", selectors=("unix:uid:1000",)))
             link = _link(srv, tmp_path, token)
             await link.start()
             assert link.agent_id
@@ -129,7 +129,7 @@ def test_join_sync_sign_and_deltas(tmp_path: Path) -> None:
             ]
 
             second = await asyncio.to_thread(srv.registry.entries.create, ADMIN, CreateEntry(spiffe_id="spiffe://trustd.local/ns/a/sa/c",
-                selectors=["unix:uid:1001"]))
+                selectors=("unix:uid:1001",)))
             delta = await _next(entries)
             assert not delta.full and [e.id for e in delta.upserted] == [second.id]
             await asyncio.to_thread(srv.registry.entries.delete, ADMIN, second.id)
@@ -332,7 +332,7 @@ def test_evicted_agent_is_cut_off(tmp_path: Path) -> None:
         try:
             token = srv.registry.tokens.create(ADMIN, CreateToken(ttl=dt.timedelta(minutes=5))).token
             entry = srv.registry.entries.create(
-                ADMIN, CreateEntry(spiffe_id="spiffe://trustd.local/ns/a/sa/b", selectors=["unix:uid:1000"]))
+                ADMIN, CreateEntry(spiffe_id="spiffe://trustd.local/ns/a/sa/b", selectors=("unix:uid:1000",)))
             link = _link(srv, tmp_path, token)
             await link.start()
             entries = link.watch_entries(since_revision=None).__aiter__()
@@ -386,10 +386,10 @@ def test_each_agent_gets_only_the_entries_it_may_serve(tmp_path: Path) -> None:
             a, b = links
             assert a.agent_id and b.agent_id
             everywhere = srv.registry.entries.create(
-                ADMIN, CreateEntry(spiffe_id="spiffe://trustd.local/ns/x/sa/all", selectors=["unix:uid:1"]))
+                ADMIN, CreateEntry(spiffe_id="spiffe://trustd.local/ns/x/sa/all", selectors=("unix:uid:1",)))
             only_a = srv.registry.entries.create(
                 ADMIN, CreateEntry(spiffe_id="spiffe://trustd.local/ns/x/sa/a",
-                selectors=["unix:uid:2"],
+                selectors=("unix:uid:2",),
                 agent_id=a.agent_id))
             snap_a = await _next(a.watch_entries(since_revision=None).__aiter__())
             b_entries = b.watch_entries(since_revision=None).__aiter__()
@@ -402,7 +402,7 @@ def test_each_agent_gets_only_the_entries_it_may_serve(tmp_path: Path) -> None:
             assert ok.entry_id == only_a.id
             # a later entry for a: b's delta does not carry it
             await asyncio.to_thread(srv.registry.entries.create, ADMIN, CreateEntry(spiffe_id="spiffe://trustd.local/ns/x/sa/a2",
-                selectors=["unix:uid:3"],
+                selectors=("unix:uid:3",),
                 agent_id=a.agent_id))
             delta_b = await _next(b_entries)
             assert delta_b.upserted == ()
@@ -491,7 +491,7 @@ def test_a_remote_agent_gets_federated_bundles_and_federates_with(tmp_path: Path
                 ADMIN,
                 CreateEntry(
                     spiffe_id="spiffe://trustd.local/ns/a/sa/b",
-                    selectors=["unix:uid:1000"],
+                    selectors=("unix:uid:1000",),
                     federates_with=("spiffe://partner.example",),
                 ),
             )

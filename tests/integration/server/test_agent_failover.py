@@ -18,7 +18,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import yaml
@@ -26,6 +28,7 @@ import yaml
 pytestmark = pytest.mark.integration
 TRUSTD = str(Path(sys.executable).parent / "trustd")
 TD = "trustd.local"
+T = TypeVar("T")
 
 
 def _free_port() -> int:
@@ -45,7 +48,7 @@ def _cli(admin: Path, *args: str, timeout: float = 60) -> str:
     return out.stdout
 
 
-def _until(what: str, check, timeout: float = 60.0):  # type: ignore[no-untyped-def]
+def _until(what: str, check: Callable[[], T], timeout: float = 60.0) -> T:
     deadline = time.monotonic() + timeout
     last: object = None
     while time.monotonic() < deadline:

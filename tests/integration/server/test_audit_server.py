@@ -23,6 +23,7 @@ from trustd.config import load_server_config
 from trustd.errors import UnavailableError
 from trustd.registry import CreateEntry, CreateToken
 from trustd.server.app import TrustdServer
+from trustd.server.auditing import ServerAudit
 
 pytestmark = pytest.mark.integration
 ADMIN = Actor.unix(uid=0, addr="admin.sock")
@@ -49,7 +50,7 @@ def _server(tmp: Path, extra: str = "") -> TrustdServer:
 
 
 def _events(tmp: Path) -> list[dict[str, Any]]:
-    lines = []
+    lines: list[dict[str, Any]] = []
     for f in sorted((tmp / "d" / "audit").glob("audit-*.jsonl")):
         lines.extend(json.loads(x) for x in f.read_text().splitlines() if x.strip())
     return lines
@@ -80,7 +81,7 @@ def test_every_action_is_recorded_with_the_kernel_actor(tmp_path: Path) -> None:
         await srv.start()
         await srv.wait_ready()
         try:
-            entry = srv.registry.entries.create(ADMIN, CreateEntry(spiffe_id="spiffe://trustd.local/ns/a/sa/b", selectors=["unix:uid:7"]))
+            entry = srv.registry.entries.create(ADMIN, CreateEntry(spiffe_id="spiffe://trustd.local/ns/a/sa/b", selectors=("unix:uid:7",)))
             srv.core.mint(ADMIN, spiffe_id="spiffe://trustd.local/ns/a/sa/b", csr=_csr(), ttl=None)
             token = srv.registry.tokens.create(ADMIN, CreateToken(ttl=dt.timedelta(minutes=1))).token
             srv.core.authority_op(ADMIN, "prepare")
@@ -131,7 +132,7 @@ def test_admin_action_fails_and_leaves_nothing_when_audit_cannot_be_written(
         try:
             _break_writes(srv, monkeypatch)
             with pytest.raises(UnavailableError):
-                srv.registry.entries.create(ADMIN, CreateEntry(spiffe_id="spiffe://trustd.local/ns/a/sa/c", selectors=["unix:uid:8"]))
+                srv.registry.entries.create(ADMIN, CreateEntry(spiffe_id="spiffe://trustd.local/ns/a/sa/c", selectors=("unix:uid:8",)))
             assert srv.store.list_entries() == []
             with pytest.raises(UnavailableError):
                 srv.core.authority_op(ADMIN, "prepare")
@@ -167,7 +168,7 @@ def test_syslog_sink_from_config_forwards_events(tmp_path: Path) -> None:
         await srv.start()
         await srv.wait_ready()
         try:
-            srv.registry.entries.create(ADMIN, CreateEntry(spiffe_id="spiffe://trustd.local/ns/a/sa/s", selectors=["unix:uid:9"]))
+            srv.registry.entries.create(ADMIN, CreateEntry(spiffe_id="spiffe://trustd.local/ns/a/sa/s", selectors=("unix:uid:9",)))
             for _ in range(100):
                 if b"admin.entry.create" in b"".join(received):
                     break
@@ -193,7 +194,8 @@ def test_verify_through_the_server_finds_a_tail_cut_after_the_last_checkpoint(
         try:
             for n in range(3):
                 srv.registry.entries.create(
-                    ADMIN, CreateEntry(spiffe_id=f"spiffe://trustd.local/ns/a/sa/t{n}", selectors=[f"unix:uid:{20 + n}"]))
+                    ADMIN, CreateEntry(spiffe_id=f"spiffe://trustd.local/ns/a/sa/t{n}", selectors=(f"unix:uid:{20 + n}",)))
+            assert isinstance(srv.audit, ServerAudit)  # no sink was passed in: the server's own
             log = srv.audit.log
             head = log.head
             assert log.last_checkpoint is not None and log.last_checkpoint.seq <= head.seq - 2
@@ -227,7 +229,7 @@ def test_offline_verify_finds_a_torn_last_line(
         await srv.start()
         await srv.wait_ready()
         try:
-            srv.registry.entries.create(ADMIN, CreateEntry(spiffe_id="spiffe://trustd.local/ns/a/sa/o", selectors=["unix:uid:11"]))
+            srv.registry.entries.create(ADMIN, CreateEntry(spiffe_id="spiffe://trustd.local/ns/a/sa/o", selectors=("unix:uid:11",)))
         finally:
             await srv.stop()
 
@@ -255,7 +257,7 @@ def test_start_sets_a_torn_last_line_aside_and_the_chain_goes_on(
         await srv.start()
         await srv.wait_ready()
         try:
-            srv.registry.entries.create(ADMIN, CreateEntry(spiffe_id="spiffe://trustd.local/ns/a/sa/r", selectors=["unix:uid:12"]))
+            srv.registry.entries.create(ADMIN, CreateEntry(spiffe_id="spiffe://trustd.local/ns/a/sa/r", selectors=("unix:uid:12",)))
         finally:
             await srv.stop()
         segment = _segments(tmp_path)[-1]
@@ -278,7 +280,7 @@ def test_start_sets_a_torn_last_line_aside_and_the_chain_goes_on(
             assert recovered["details"]["segment"] == segment.name
             assert recovered["details"]["offset"] == where["offset"]
             assert recovered["details"]["length"] == len(torn)
-            srv.registry.entries.create(ADMIN, CreateEntry(spiffe_id="spiffe://trustd.local/ns/a/sa/s", selectors=["unix:uid:13"]))
+            srv.registry.entries.create(ADMIN, CreateEntry(spiffe_id="spiffe://trustd.local/ns/a/sa/s", selectors=("unix:uid:13",)))
             assert _events(tmp_path)[-1]["type"] == "admin.entry.create"
             sock = str(srv.cfg.admin_socket_path)
             capsys.readouterr()

@@ -93,7 +93,11 @@ def test_lost_listen_connection_reconnects_and_wakes_every_topic(
     assert killed, "no LISTEN connection found to cut"
     # each server wakes every topic once after it listens again (it may have missed some)
     for topic in TOPICS:
-        _until(f"{topic} woken after reconnect", lambda t=topic: b.hub.version(t) >= 1)
+
+        def woken(t: str = topic) -> bool:
+            return b.hub.version(t) >= 1
+
+        _until(f"{topic} woken after reconnect", woken)
     assert b.feed.listening.is_set()
     a.hub.notify("agents")
     _until("notifications flow again", lambda: b.hub.version("agents") >= 2)

@@ -35,10 +35,10 @@ class _Recorder:
         self.count += 1
 
 
-async def _synced(up: FakeUpstream, clock: FakeClock, **kw: object) -> AgentCache:
+async def _synced(up: FakeUpstream, clock: FakeClock) -> AgentCache:
     cache = AgentCache(
-        upstream=up, trust_domain=up.trust_domain, clock=clock, metrics=AgentMetrics(), **kw
-    )  # type: ignore[arg-type]
+        upstream=up, trust_domain=up.trust_domain, clock=clock, metrics=AgentMetrics()
+    )
     await _pull(up, cache)
     return cache
 

@@ -13,7 +13,9 @@ import stat
 import subprocess
 import sys
 import threading
+from collections.abc import Generator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from audit_helpers import (
@@ -45,7 +47,7 @@ from trustd.clock import FakeClock
 from trustd.errors import UnavailableError
 
 
-def read_events(directory: Path) -> list[dict[str, object]]:
+def read_events(directory: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in all_lines(directory)]
 
 
@@ -620,6 +622,7 @@ def test_tail_follow_yields_new_events_across_rotation(open_log: OpenLog, audit_
     log.append(make_event(99))
     assert next(follow).seq == 17
     assert next(reader).seq == 17
+    assert isinstance(reader, Generator)  # tail's iterator is a generator: close() releases it
     reader.close()
     stop.set()
     log.append(make_event(100))

@@ -510,11 +510,11 @@ def odd_lines() -> list[bytes]:
         "9999-12-31T23:59:59.999999Z", "1969-12-31T23:59:59.999999Z",
     ]  # fmt: skip
     lines += [sealed_bytes(canonical_body(time=t)) for t in times]
-    lines += [
-        sealed_bytes(canonical_body(details=d))
-        for d in ({}, {"a": []}, {"a": {}}, {"a": [1, "x", None, True]}, {"b": 1, "a": 2},
-                  {"a": {"b": [1]}}, {"a": 1.25}, {"a": -(10**17)}, {"a": "\u00e9"})
-    ]  # fmt: skip
+    details: tuple[dict[str, Any], ...] = (
+        {}, {"a": []}, {"a": {}}, {"a": [1, "x", None, True]}, {"b": 1, "a": 2},
+        {"a": {"b": [1]}}, {"a": 1.25}, {"a": -(10**17)}, {"a": "\u00e9"},
+    )  # fmt: skip
+    lines += [sealed_bytes(canonical_body(details=d)) for d in details]
     lines += [sealed_bytes(canonical_body(prev_hash=p)) for p in ("A" * 64, "x" * 64, "a" * 63)]
     lines.append(sealed_bytes(base.replace(b":", b": ")))
     lines.append(sealed_bytes(base.replace(b'"outcome":"success"', b'"outcome":"failure"')))
@@ -602,13 +602,12 @@ def damages(directory: Path, km: MemoryKeyManager, rnd: random.Random) -> Iterat
         elif kind == 2:  # the same event in another (valid) JSON form, with its hash
             event = json.loads(line)
             event.pop("hash")
-            form = rnd.choice(
-                [
-                    {"separators": (", ", ": ")},
-                    {"ensure_ascii": False, "separators": (",", ":")},
-                    {"separators": (",", ":"), "indent": None, "sort_keys": False},
-                ]
-            )
+            forms: list[dict[str, Any]] = [
+                {"separators": (", ", ": ")},
+                {"ensure_ascii": False, "separators": (",", ":")},
+                {"separators": (",", ":"), "indent": None, "sort_keys": False},
+            ]
+            form = rnd.choice(forms)
             if rnd.random() < 0.5:
                 event["resource"] = rnd.choice(["caf\u00e9", "a\\b", 'q"q', "tab\there", "ok"])
             if rnd.random() < 0.3:

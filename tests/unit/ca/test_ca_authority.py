@@ -162,7 +162,7 @@ def test_old_ca_that_signed_nothing_leaves_by_its_own_expiry() -> None:
     am.activate()
     assert a.id in _bundle_ids(am.bundle())
     rig.clock.set(a.certificate.not_valid_after_utc)
-    events = []
+    events: list[str] = []
     while (event := am.rotate()) is not None and len(events) < 5:  # one step per tick
         events.append(event)
     assert "pruned" in events

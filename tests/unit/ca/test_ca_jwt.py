@@ -167,7 +167,7 @@ def test_first_key_is_made_in_the_key_manager_and_signs() -> None:
 
 def test_kid_is_the_rfc7638_thumbprint() -> None:
     # RFC 7638 §3.1 example key, and the thumbprint it gives
-    jwk = {
+    jwk: dict[str, object] = {
         "e": "AQAB",
         "kty": "RSA",
         "n": "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSo"

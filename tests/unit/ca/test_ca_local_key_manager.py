@@ -99,8 +99,9 @@ def test_keys_survive_a_restart_with_the_same_kek(tmp_path: Path) -> None:
     km.close()
     again = LocalKeyManager(tmp_path / "keys", KEK)
     assert again.public_key(ref) == pub
+    assert isinstance(pub, ec.EllipticCurvePublicKey)
     digest = hashlib.sha256(b"x").digest()
-    pub.verify(again.sign(ref, digest), digest, ec.ECDSA(utils.Prehashed(hashes.SHA256())))  # type: ignore[union-attr]
+    pub.verify(again.sign(ref, digest), digest, ec.ECDSA(utils.Prehashed(hashes.SHA256())))
 
 
 def test_wrong_kek_is_permission_denied_and_leaks_nothing(tmp_path: Path) -> None:

@@ -662,7 +662,7 @@ def test_entry_list_on_an_80_column_terminal_shows_whole_ids(
 ) -> None:
     sid = f"spiffe://trustd.local/ns/cli/sa/{uuid.uuid4().hex[:10]}"  # 42 characters
     very_long = f"spiffe://trustd.local/ns/cli/{'sa/' * 12}{uuid.uuid4().hex[:8]}"
-    ids = {}
+    ids: dict[str, str] = {}
     for s in (sid, very_long):
         code, out, _ = run_cli(capsys, "entry", "create", "--spiffe-id", s,
                                "--selector", f"unix:uid:{len(ids) + 4000}", "--ttl", "1h")  # fmt: skip

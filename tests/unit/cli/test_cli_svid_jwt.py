@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import structlog
 
-from trustd.audit import MemoryAuditSink
+from trustd.audit import AuditEvent, MemoryAuditSink
 from trustd.ca.jwt import validate_jwt_svid
 from trustd.cli.main import main
 from trustd.config import ServerConfig
@@ -88,7 +88,7 @@ def _claims(token: str) -> dict[str, Any]:
     return doc
 
 
-def _events(server: TrustdServer) -> list[dict[str, Any]]:
+def _events(server: TrustdServer) -> list[AuditEvent]:
     assert isinstance(server.audit, MemoryAuditSink)
     return [e for e in server.audit.events if e.type == "admin.svid.mint"]
 
@@ -110,7 +110,9 @@ def test_mint_jwt_prints_only_the_token(
     event = _events(server)[-1]
     assert event.outcome == "success" and event.details["jwt"] is True
     assert event.details["jti"] == claims["jti"]
-    assert token not in json.dumps(server.audit.events, default=str)  # type: ignore[attr-defined]
+    sink = server.audit
+    assert isinstance(sink, MemoryAuditSink)
+    assert token not in json.dumps(sink.events, default=str)
 
 
 def test_mint_jwt_json_names_the_token_by_jti_kid_and_expiry(

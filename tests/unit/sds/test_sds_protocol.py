@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -113,7 +114,7 @@ async def _read(call: Any) -> DiscoveryResponse:
     return resp
 
 
-def _not_served(logs: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+def _not_served(logs: Sequence[Mapping[str, Any]], name: str) -> list[Mapping[str, Any]]:
     return [e for e in logs if e["event"] == "sds resource not served" and e["name"] == name]
 
 
@@ -390,8 +391,12 @@ async def test_ack_without_change_sends_nothing(tmp_path: Path) -> None:
         await call.write(sds_request(["default"], version=r1.version_info, nonce=r1.nonce))
         # A bundle change does not touch 'default': nothing is sent for it.
         up.rotate_ca()
-        await wait_until(lambda: len(agent.cache.own_bundle.x509_authorities) == 2,
-                         what="bundle synced")
+
+        def synced() -> bool:
+            own = agent.cache.own_bundle
+            return own is not None and len(own.x509_authorities) == 2
+
+        await wait_until(synced, what="bundle synced")
         clock.advance(dt.timedelta(minutes=40))
         await agent.cache.rotate_due()
         r2 = await call.read()

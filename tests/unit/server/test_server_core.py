@@ -80,9 +80,9 @@ def _events(rig: Rig, type_: str) -> list[AuditEvent]:
 def test_create_entry_stores_it_and_records_who_did_it(rig: Rig) -> None:
     entry = rig.registry.entries.create(
         ADMIN, CreateEntry(spiffe_id=WEB,
-        selectors=["unix:uid:1000", "unix:path:/usr/bin/web", "unix:uid:1000"],
+        selectors=("unix:uid:1000", "unix:path:/usr/bin/web", "unix:uid:1000"),
         ttl=dt.timedelta(minutes=30),
-        dns_names=["Web.Shop.svc."]))
+        dns_names=("Web.Shop.svc.",)))
     assert rig.store.get_entry(entry.id) == entry
     assert entry.selectors == tuple(
         sorted({Selector.parse("unix:uid:1000"), Selector.parse("unix:path:/usr/bin/web")})
@@ -95,9 +95,9 @@ def test_create_entry_stores_it_and_records_who_did_it(rig: Rig) -> None:
 
 
 def test_duplicate_entry_is_already_exists_and_audited(rig: Rig) -> None:
-    rig.registry.entries.create(ADMIN, CreateEntry(spiffe_id=WEB, selectors=["unix:uid:1000"]))
+    rig.registry.entries.create(ADMIN, CreateEntry(spiffe_id=WEB, selectors=("unix:uid:1000",)))
     with pytest.raises(AlreadyExistsError, match="exists already"):
-        rig.registry.entries.create(ADMIN, CreateEntry(spiffe_id=WEB, selectors=["unix:uid:1000"]))
+        rig.registry.entries.create(ADMIN, CreateEntry(spiffe_id=WEB, selectors=("unix:uid:1000",)))
     assert len(rig.store.list_entries()) == 1
     assert [e.outcome for e in _events(rig, "admin.entry.create")] == ["success", "failure"]
 
@@ -105,18 +105,18 @@ def test_duplicate_entry_is_already_exists_and_audited(rig: Rig) -> None:
 @pytest.mark.parametrize(
     ("spiffe_id", "selectors", "error", "why"),
     [
-        ("spiffe://Trustd.local/a", ["unix:uid:1"], InvalidSpiffeIdError, "lower-case"),
-        ("spiffe://trustd.local/a/../b", ["unix:uid:1"], InvalidSpiffeIdError, "'..'"),
-        ("spiffe://other.example/a", ["unix:uid:1"], InvalidArgumentError, "trust domain"),
-        ("spiffe://trustd.local", ["unix:uid:1"], InvalidArgumentError, "needs a path"),
-        ("spiffe://trustd.local/trustd/agent/x", ["unix:uid:1"], InvalidArgumentError, "reserved"),
-        (WEB, [], InvalidArgumentError, "at least one --selector"),
-        (WEB, ["k8s:ns:default"], InvalidSelectorError, "unknown selector type 'k8s'"),
-        (WEB, ["unix:uid:root"], InvalidSelectorError, "must be a whole number"),
+        ("spiffe://Trustd.local/a", ("unix:uid:1",), InvalidSpiffeIdError, "lower-case"),
+        ("spiffe://trustd.local/a/../b", ("unix:uid:1",), InvalidSpiffeIdError, "'..'"),
+        ("spiffe://other.example/a", ("unix:uid:1",), InvalidArgumentError, "trust domain"),
+        ("spiffe://trustd.local", ("unix:uid:1",), InvalidArgumentError, "needs a path"),
+        ("spiffe://trustd.local/trustd/agent/x", ("unix:uid:1",), InvalidArgumentError, "reserved"),
+        (WEB, (), InvalidArgumentError, "at least one --selector"),
+        (WEB, ("k8s:ns:default",), InvalidSelectorError, "unknown selector type 'k8s'"),
+        (WEB, ("unix:uid:root",), InvalidSelectorError, "must be a whole number"),
     ],
 )
 def test_invalid_entries_are_refused_and_nothing_is_stored(
-    rig: Rig, spiffe_id: str, selectors: list[str], error: type[TrustdError], why: str
+    rig: Rig, spiffe_id: str, selectors: tuple[str, ...], error: type[TrustdError], why: str
 ) -> None:
     with pytest.raises(error, match=why):
         rig.registry.entries.create(ADMIN, CreateEntry(spiffe_id=spiffe_id, selectors=selectors))
@@ -136,7 +136,7 @@ def test_invalid_entries_are_refused_and_nothing_is_stored(
 )
 def test_entry_ttl_out_of_range_is_refused(rig: Rig, ttl: dt.timedelta, why: str) -> None:
     with pytest.raises(InvalidTtlError, match=why):
-        rig.registry.entries.create(ADMIN, CreateEntry(spiffe_id=WEB, selectors=["unix:uid:1"], ttl=ttl))
+        rig.registry.entries.create(ADMIN, CreateEntry(spiffe_id=WEB, selectors=("unix:uid:1",), ttl=ttl))
     assert rig.store.list_entries() == []
 
 
@@ -146,13 +146,13 @@ def test_entry_ttl_out_of_range_is_refused(rig: Rig, ttl: dt.timedelta, why: str
 )
 def test_bad_dns_names_are_refused(rig: Rig, name: str) -> None:
     with pytest.raises(InvalidArgumentError, match="invalid dns name"):
-        rig.registry.entries.create(ADMIN, CreateEntry(spiffe_id=WEB, selectors=["unix:uid:1"], dns_names=[name]))
+        rig.registry.entries.create(ADMIN, CreateEntry(spiffe_id=WEB, selectors=("unix:uid:1",), dns_names=(name,)))
 
 
 def test_entry_is_not_created_when_the_audit_log_is_down(rig: Rig) -> None:
     rig.audit.fail_with = UnavailableError("audit log unavailable")
     with pytest.raises(UnavailableError):
-        rig.registry.entries.create(ADMIN, CreateEntry(spiffe_id=WEB, selectors=["unix:uid:1"]))
+        rig.registry.entries.create(ADMIN, CreateEntry(spiffe_id=WEB, selectors=("unix:uid:1",)))
     assert rig.store.list_entries() == []
 
 
@@ -168,12 +168,12 @@ class RecordFailsAuditor(MemoryAuditSink):
 def test_entry_is_undone_when_its_audit_event_cannot_be_written(rig: Rig) -> None:
     rig.registry = replace_audit(rig, RecordFailsAuditor())
     with pytest.raises(UnavailableError):
-        rig.registry.entries.create(ADMIN, CreateEntry(spiffe_id=WEB, selectors=["unix:uid:1"]))
+        rig.registry.entries.create(ADMIN, CreateEntry(spiffe_id=WEB, selectors=("unix:uid:1",)))
     assert rig.store.list_entries() == []
 
 
 def test_delete_entry(rig: Rig) -> None:
-    entry = rig.registry.entries.create(ADMIN, CreateEntry(spiffe_id=WEB, selectors=["unix:uid:1"]))
+    entry = rig.registry.entries.create(ADMIN, CreateEntry(spiffe_id=WEB, selectors=("unix:uid:1",)))
     assert rig.registry.entries.delete(ADMIN, entry.id) == entry
     assert rig.store.list_entries() == []
     with pytest.raises(NotFoundError):
@@ -185,7 +185,7 @@ def test_delete_entry(rig: Rig) -> None:
 
 
 def _entry(rig: Rig, spiffe_id: str = WEB, ttl: dt.timedelta | None = None) -> RegistrationEntry:
-    return rig.registry.entries.create(ADMIN, CreateEntry(spiffe_id=spiffe_id, selectors=["unix:uid:1000"], ttl=ttl))
+    return rig.registry.entries.create(ADMIN, CreateEntry(spiffe_id=spiffe_id, selectors=("unix:uid:1000",), ttl=ttl))
 
 
 def test_a_batch_signs_the_good_requests_and_fails_the_bad_alone(rig: Rig) -> None:

@@ -92,7 +92,9 @@ def test_ensure_ca_makes_an_active_jwt_key_too_and_audits_it() -> None:
     assert jwt_event.details["jwt"] is True and jwt_event.details["automatic"] is True
     bundle = rig.core.bundle()
     assert len(bundle.jwt_authorities) == 1 and len(bundle.x509_authorities) == 1
-    uses = [k["use"] for k in bundle.to_spiffe_json()["keys"]]  # type: ignore[union-attr]
+    keys = bundle.to_spiffe_json()["keys"]
+    assert isinstance(keys, list)
+    uses = [k["use"] for k in keys]
     assert uses == ["x509-svid", "jwt-svid"]
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import sqlite3
 import stat
 import threading
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,9 +30,9 @@ NOW = dt.datetime(2026, 3, 1, 12, 0, 0, tzinfo=dt.UTC)
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> SqliteStore:
+def store(tmp_path: Path) -> Iterator[SqliteStore]:
     s = SqliteStore(tmp_path / "trustd.db")
-    yield s  # type: ignore[misc]
+    yield s
     s.close()
 
 
@@ -380,15 +382,11 @@ def test_agents_round_trip(store: SqliteStore) -> None:
     )
     store.save_agent(rec)
     assert store.get_agent("a1") == rec
-    store.save_agent(AgentRecord(**{**_fields(rec), "evicted": True}))
+    store.save_agent(dataclasses.replace(rec, evicted=True))
     assert store.get_agent("a1").evicted
     assert [a.id for a in store.list_agents()] == ["a1"]
     with pytest.raises(NotFoundError):
         store.get_agent("a2")
-
-
-def _fields(rec: AgentRecord) -> dict[str, object]:
-    return {f: getattr(rec, f) for f in rec.__dataclass_fields__}
 
 
 def test_documents_with_compare_and_set(store: SqliteStore) -> None:

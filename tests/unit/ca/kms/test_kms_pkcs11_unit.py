@@ -75,7 +75,7 @@ def test_pin_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 )
 def test_exactly_one_pin_source(kwargs: dict[str, str | None]) -> None:
     with pytest.raises(ConfigError, match="exactly one of pin, pinFile or pinEnv"):
-        resolve_pin(**kwargs)  # type: ignore[arg-type]
+        resolve_pin(**kwargs)
 
 
 def test_missing_pin_env_and_file_are_config_errors(
