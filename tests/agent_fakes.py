@@ -576,7 +576,11 @@ def other_user_env(**extra: str) -> dict[str, str]:
     """Environment for a client run as another uid: this venv's packages and the repo."""
     env = {
         "PATH": "/usr/bin:/bin",
-        "PYTHONPATH": f"{SITE_PACKAGES}:{REPO_ROOT}:{REPO_ROOT / 'tests'}",
+        # other_uid_site first: its sitecustomize keeps Debian's dist-packages out
+        "PYTHONPATH": (
+            f"{REPO_ROOT / 'tests' / 'other_uid_site'}:{SITE_PACKAGES}:{REPO_ROOT}:"
+            f"{REPO_ROOT / 'tests'}"
+        ),
         "PYTHONDONTWRITEBYTECODE": "1",
         "HOME": "/tmp",
     }

@@ -475,7 +475,7 @@ def test_the_cli_run_by_another_uid_is_refused(up: Up) -> None:
         capture_output=True,
         text=True,
         env={
-            "PYTHONPATH": f"{SITE_PACKAGES}:{REPO}",
+            "PYTHONPATH": f"{REPO / 'tests' / 'other_uid_site'}:{SITE_PACKAGES}:{REPO}",
             "PATH": "/usr/bin:/bin",
             "HOME": "/tmp",
             "TRUSTD_ADMIN_SOCKET": str(up.admin_socket),

@@ -103,7 +103,9 @@ def server_id(data_dir: Path) -> str:
         return text
     text = f"srv-{secrets.token_hex(8)}"
     tmp = path.with_name(".server-id.tmp")
-    tmp.write_text(text + "\n")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text + "\n")
     os.replace(tmp, path)
     return text
 

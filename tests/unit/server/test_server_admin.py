@@ -365,7 +365,11 @@ def _as_other_uid(sock: Path) -> dict[str, Any]:
     python = "/usr/bin/python3.11" if Path("/usr/bin/python3.11").exists() else sys.executable
     proc = subprocess.run(
         [python, "-c", ADMIN_CALL_AS_OTHER_UID, str(sock)],
-        env={"PYTHONPATH": f"{SITE_PACKAGES}:{REPO}", "PATH": "/usr/bin:/bin", "HOME": "/tmp"},
+        env={
+            "PYTHONPATH": f"{REPO / 'tests' / 'other_uid_site'}:{SITE_PACKAGES}:{REPO}",
+            "PATH": "/usr/bin:/bin",
+            "HOME": "/tmp",
+        },
         user=OTHER_UID,
         group=OTHER_UID,
         extra_groups=[],
