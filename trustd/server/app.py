@@ -149,6 +149,7 @@ class TrustdServer:
             audit=self.audit,
             changes=self.hub,
             settle_period=cfg.rollout.settle_period,
+            server_id=self.server_id,
         )
         self.registry = Registry(
             store=self.store,

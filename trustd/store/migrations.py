@@ -72,4 +72,22 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE entries ADD COLUMN agent_id TEXT
     """,
+    # 3: what every proxy reports (through whichever server its agent talks to), and
+    # named leases: one server at a time does a job such as advancing the rollout
+    """
+    CREATE TABLE proxy_statuses (
+        proxy_id TEXT PRIMARY KEY,
+        spiffe_id TEXT NOT NULL,
+        acked_version BIGINT NOT NULL,
+        report TEXT NOT NULL,
+        server_id TEXT NOT NULL,
+        updated_at BIGINT NOT NULL
+    );
+    CREATE INDEX proxy_statuses_updated ON proxy_statuses (updated_at);
+    CREATE TABLE leases (
+        name TEXT PRIMARY KEY,
+        holder TEXT NOT NULL,
+        expires_at BIGINT NOT NULL
+    )
+    """,
 ]

@@ -27,6 +27,7 @@ from trustd.store.base import (
     EntryChange,
     JoinTokenRecord,
     LedgerRecord,
+    ProxyReportRecord,
 )
 from trustd.store.migrations import MIGRATIONS
 
@@ -448,17 +449,128 @@ class SqlStore:
         return None if row is None else str(row[0])
 
     def put_doc(self, key: str, value: str, *, expect: str | None = "\0any") -> bool:
-        """Write a document. With ``expect``, only if the current value equals it (None: absent)."""
+        """Write a document. With ``expect``, only if the current value equals it (None: absent).
+
+        The comparison is part of the write (``UPDATE ... WHERE value = ?``; an INSERT that
+        the primary key refuses), so of two servers racing on one PostgreSQL exactly one
+        wins, whatever the isolation level.
+        """
+        try:
+            with self._tx() as run:
+                if expect == "\0any":
+                    cur = run("UPDATE docs SET value = ? WHERE key = ?", (value, key))
+                    if cur.rowcount == 0:
+                        run("INSERT INTO docs (key, value) VALUES (?, ?)", (key, value))
+                    return True
+                if expect is None:
+                    run("INSERT INTO docs (key, value) VALUES (?, ?)", (key, value))
+                    return True
+                cur = run(
+                    "UPDATE docs SET value = ? WHERE key = ? AND value = ?", (value, key, expect)
+                )
+                return bool(cur.rowcount == 1)
+        except self.integrity_errors:
+            return False  # inserted meanwhile by someone else
+
+    # -- proxy reports -------------------------------------------------------
+    _REPORT_COLS = "proxy_id, spiffe_id, acked_version, report, server_id, updated_at"
+
+    def save_proxy_report(self, record: ProxyReportRecord) -> None:
+        """The proxy's latest report; an ACK newer than the report's version is kept."""
         with self._tx() as run:
-            row = run("SELECT value FROM docs WHERE key = ?", (key,)).fetchone()
-            current = None if row is None else str(row[0])
-            if expect not in ("\0any", current):
-                return False
-            if row is None:
-                run("INSERT INTO docs (key, value) VALUES (?, ?)", (key, value))
+            run(
+                f"INSERT INTO proxy_statuses ({self._REPORT_COLS}) VALUES (?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (proxy_id) DO UPDATE SET spiffe_id = excluded.spiffe_id, "
+                "acked_version = CASE WHEN proxy_statuses.acked_version > excluded.acked_version "
+                "THEN proxy_statuses.acked_version ELSE excluded.acked_version END, "
+                "report = excluded.report, server_id = excluded.server_id, "
+                "updated_at = excluded.updated_at",
+                (
+                    record.proxy_id,
+                    record.spiffe_id,
+                    record.acked_version,
+                    record.report,
+                    record.server_id,
+                    _ts(record.updated_at),
+                ),
+            )
+
+    def ack_proxy(self, proxy_id: str, version: int, now: dt.datetime) -> bool:
+        """Raise a reporting proxy's acknowledged version (never lowers it); False when the
+        proxy has not reported yet (an ACK alone names no identity)."""
+        with self._tx() as run:
+            cur = run(
+                "UPDATE proxy_statuses SET acked_version = ?, updated_at = ? "
+                "WHERE proxy_id = ? AND acked_version < ?",
+                (version, _ts(now), proxy_id, version),
+            )
+            return bool(cur.rowcount == 1)
+
+    def list_proxy_reports(self, *, since: dt.datetime | None = None) -> list[ProxyReportRecord]:
+        with self._tx() as run:
+            if since is None:
+                rows = run(
+                    f"SELECT {self._REPORT_COLS} FROM proxy_statuses ORDER BY proxy_id"
+                ).fetchall()
             else:
-                run("UPDATE docs SET value = ? WHERE key = ?", (value, key))
-        return True
+                rows = run(
+                    f"SELECT {self._REPORT_COLS} FROM proxy_statuses WHERE updated_at >= ? "
+                    "ORDER BY proxy_id",
+                    (_ts(since),),
+                ).fetchall()
+        return [
+            ProxyReportRecord(
+                proxy_id=r[0],
+                spiffe_id=r[1],
+                acked_version=int(r[2]),
+                report=r[3],
+                server_id=r[4],
+                updated_at=_dtn(r[5]),
+            )
+            for r in rows
+        ]
+
+    def delete_proxy_report(self, proxy_id: str) -> None:
+        with self._tx() as run:
+            run("DELETE FROM proxy_statuses WHERE proxy_id = ?", (proxy_id,))
+
+    def prune_proxy_reports(self, before: dt.datetime) -> int:
+        """Forget proxies no server heard from since ``before``; returns how many."""
+        with self._tx() as run:
+            cur = run("DELETE FROM proxy_statuses WHERE updated_at < ?", (_ts(before),))
+            return int(cur.rowcount or 0)
+
+    # -- leases --------------------------------------------------------------
+    def take_lease(self, name: str, holder: str, now: dt.datetime, ttl: dt.timedelta) -> bool:
+        """Take or renew the lease ``name`` until ``now + ttl``: True when ``holder`` has it.
+
+        Compare-and-set in one statement: it is taken over only once it expired, so a
+        holder that died loses it after ``ttl`` and two servers never hold it together.
+        """
+        expires = _ts(now + ttl)
+        try:
+            with self._tx() as run:
+                cur = run(
+                    "UPDATE leases SET holder = ?, expires_at = ? "
+                    "WHERE name = ? AND (holder = ? OR expires_at <= ?)",
+                    (holder, expires, name, holder, _ts(now)),
+                )
+                if cur.rowcount == 1:
+                    return True
+                row = run("SELECT holder FROM leases WHERE name = ?", (name,)).fetchone()
+                if row is not None:
+                    return False
+                run(
+                    "INSERT INTO leases (name, holder, expires_at) VALUES (?, ?, ?)",
+                    (name, holder, expires),
+                )
+                return True
+        except self.integrity_errors:
+            return False  # another holder inserted it first
+
+    def release_lease(self, name: str, holder: str) -> None:
+        with self._tx() as run:
+            run("DELETE FROM leases WHERE name = ? AND holder = ?", (name, holder))
 
     def check(self) -> None:
         with self._tx() as run:
