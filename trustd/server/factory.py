@@ -100,10 +100,15 @@ def server_id(data_dir: Path) -> str:
     except FileNotFoundError:
         text = ""
     if re.fullmatch(r"srv-[0-9a-f]{16}", text):
+        if path.stat().st_mode & 0o077:
+            os.chmod(path, 0o600)  # one written 0644 by an earlier version
         return text
     text = f"srv-{secrets.token_hex(8)}"
     tmp = path.with_name(".server-id.tmp")
-    tmp.write_text(text + "\n")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # SPEC §3: 0600 in D
+    with os.fdopen(fd, "w") as f:
+        f.write(text + "\n")
+    os.chmod(tmp, 0o600)
     os.replace(tmp, path)
     return text
 
