@@ -195,15 +195,16 @@ class AuthorityManager:
                 hook(event, subject)
 
         if not self._store.replace_authorities(
-            records, expect=slot_fingerprint(before), before_write=before_write
+            records,
+            expect=slot_fingerprint(before),
+            before_write=before_write,
+            bump="bundle.sequence",
         ):
             self._reload_signer()
             raise ConcurrentRotationError(
                 "another server changed the CA slots at the same time; nothing was changed "
                 "here: look at 'trustd authority list' and retry if still needed"
             )
-        seq = int(self._store.get_doc("bundle.sequence") or "0") + 1
-        self._store.put_doc("bundle.sequence", str(seq))
         self._reload_signer()
         log.info(
             "authority " + event,

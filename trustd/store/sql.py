@@ -274,6 +274,7 @@ class SqlStore:
         *,
         expect: str | None = None,
         before_write: Callable[[], None] | None = None,
+        bump: str | None = None,
     ) -> bool:
         """Write the whole slot set at once: a rotation never leaves half of it behind.
 
@@ -282,6 +283,9 @@ class SqlStore:
         database cannot both rotate. ``before_write`` runs once the check has passed,
         with the slots locked until the commit (the audit event is written there, so it
         records a change that is sure to happen); if it raises, nothing is written.
+        ``bump`` names a counter document (the bundle sequence) raised in the same
+        transaction, so a server killed after the write cannot leave the new slots under
+        the old sequence (agents follow the sequence).
         """
         with self._tx() as run:
             if self.kind == "postgresql":  # SQLite's transactions are BEGIN IMMEDIATE already
@@ -300,6 +304,8 @@ class SqlStore:
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     self._authority_params(record),
                 )
+            if bump is not None:
+                self._bump(run, bump)
         return True
 
     def list_authorities(self) -> list[AuthorityRecord]:
@@ -471,6 +477,20 @@ class SqlStore:
                 return bool(cur.rowcount == 1)
         except self.integrity_errors:
             return False  # inserted meanwhile by someone else
+
+    def _bump(self, run: Callable[..., Cursor], key: str) -> int:
+        cur = run(
+            "UPDATE docs SET value = CAST(CAST(value AS BIGINT) + 1 AS TEXT) WHERE key = ?", (key,)
+        )
+        if cur.rowcount == 0:
+            run("INSERT INTO docs (key, value) VALUES (?, ?)", (key, "1"))
+        row = run("SELECT value FROM docs WHERE key = ?", (key,)).fetchone()
+        return int(row[0])
+
+    def bump_counter(self, key: str) -> int:
+        """Raise a counter document by one, atomically (two servers never both get N)."""
+        with self._tx() as run:
+            return self._bump(run, key)
 
     # -- proxy reports -------------------------------------------------------
     _REPORT_COLS = "proxy_id, spiffe_id, acked_version, report, server_id, updated_at"
