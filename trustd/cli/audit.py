@@ -68,6 +68,25 @@ def verify(
     f = fmt(ctx, output)
     if not f.tabular:
         emit(report, f)
+    elif report.get("servers"):  # several servers on one PostgreSQL: one line per chain
+        head = report.get("head_seq")
+        own = report["problem"]
+        if own.startswith("the chain of server "):
+            own = ""  # the top-level problem names a mirrored chain, reported below
+        typer.echo(
+            f"{report.get('server_id') or 'this server'} (this server): "
+            + (f"damaged: {own}" if own else
+               f"ok: {report['events_checked']} events (seq {report['first_seq']}..{report['last_seq']}), "
+               f"{report['checkpoints_checked']} signed checkpoints"
+               + (f", head (seq {head}) on disk" if head is not None else ""))
+        )  # fmt: skip
+        for o in report["servers"]:
+            typer.echo(
+                f"{o['server_id']} (mirrored): "
+                + (f"ok: {o['events_checked']} events (seq {o['first_seq']}..{o['last_seq']}), "
+                   f"{o['checkpoints_checked']} signed checkpoints"
+                   if o["ok"] else f"damaged at seq {o['first_bad_seq']}: {o['problem']}")
+            )  # fmt: skip
     elif report["ok"]:
         head = report.get("head_seq")
         typer.echo(

@@ -90,4 +90,25 @@ MIGRATIONS: list[str] = [
         expires_at BIGINT NOT NULL
     )
     """,
+    # 4: every server's audit chain mirrored (exact lines), so that export and verify
+    # through any server cover every chain of the deployment
+    """
+    CREATE TABLE audit_events (
+        server_id TEXT NOT NULL,
+        seq BIGINT NOT NULL,
+        at TEXT NOT NULL,
+        line TEXT NOT NULL,
+        PRIMARY KEY (server_id, seq)
+    );
+    CREATE TABLE audit_checkpoints (
+        server_id TEXT NOT NULL,
+        n BIGINT NOT NULL,
+        line TEXT NOT NULL,
+        PRIMARY KEY (server_id, n)
+    );
+    CREATE TABLE audit_keys (
+        server_id TEXT PRIMARY KEY,
+        key_file TEXT NOT NULL
+    )
+    """,
 ]

@@ -560,6 +560,81 @@ class SqlStore:
             cur = run("DELETE FROM proxy_statuses WHERE updated_at < ?", (_ts(before),))
             return int(cur.rowcount or 0)
 
+    # -- audit mirror --------------------------------------------------------
+    def audit_mirror_head(self, server_id: str) -> int:
+        """The newest seq of ``server_id``'s chain the store holds (0: none)."""
+        with self._tx() as run:
+            row = run(
+                "SELECT MAX(seq) FROM audit_events WHERE server_id = ?", (server_id,)
+            ).fetchone()
+        return int(row[0]) if row and row[0] is not None else 0
+
+    def mirror_audit_events(self, server_id: str, rows: Sequence[tuple[int, str, str]]) -> None:
+        """(seq, time, exact line) rows; one already held is left as it is."""
+        with self._tx() as run:
+            for seq, at, line in rows:
+                run(
+                    "INSERT INTO audit_events (server_id, seq, at, line) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (server_id, seq) DO NOTHING",
+                    (server_id, seq, at, line),
+                )
+
+    def audit_mirror_checkpoint_count(self, server_id: str) -> int:
+        with self._tx() as run:
+            row = run(
+                "SELECT MAX(n) FROM audit_checkpoints WHERE server_id = ?", (server_id,)
+            ).fetchone()
+        return int(row[0]) + 1 if row and row[0] is not None else 0
+
+    def mirror_audit_checkpoints(self, server_id: str, first: int, lines: Sequence[str]) -> None:
+        """Checkpoint lines ``first``, ``first + 1``... of the server's checkpoint file."""
+        with self._tx() as run:
+            for i, line in enumerate(lines):
+                run(
+                    "INSERT INTO audit_checkpoints (server_id, n, line) VALUES (?, ?, ?) "
+                    "ON CONFLICT (server_id, n) DO NOTHING",
+                    (server_id, first + i, line),
+                )
+
+    def mirror_audit_key(self, server_id: str, key_file: str) -> None:
+        """The server's audit-key.json (key references, never keys)."""
+        with self._tx() as run:
+            run(
+                "INSERT INTO audit_keys (server_id, key_file) VALUES (?, ?) "
+                "ON CONFLICT (server_id) DO UPDATE SET key_file = excluded.key_file",
+                (server_id, key_file),
+            )
+
+    def audit_mirror_servers(self) -> list[str]:
+        with self._tx() as run:
+            rows = run(
+                "SELECT server_id FROM audit_events UNION SELECT server_id FROM audit_keys"
+            ).fetchall()
+        return sorted(str(r[0]) for r in rows)
+
+    def audit_mirror_lines(self, server_id: str, *, after: int, limit: int) -> list[tuple[int, str]]:
+        with self._tx() as run:
+            rows = run(
+                "SELECT seq, line FROM audit_events WHERE server_id = ? AND seq > ? "
+                "ORDER BY seq LIMIT ?",
+                (server_id, after, limit),
+            ).fetchall()
+        return [(int(r[0]), str(r[1])) for r in rows]
+
+    def audit_mirror_checkpoint_lines(self, server_id: str) -> list[str]:
+        with self._tx() as run:
+            rows = run(
+                "SELECT line FROM audit_checkpoints WHERE server_id = ? ORDER BY n", (server_id,)
+            ).fetchall()
+        return [str(r[0]) for r in rows]
+
+    def audit_mirror_key(self, server_id: str) -> str | None:
+        with self._tx() as run:
+            row = run(
+                "SELECT key_file FROM audit_keys WHERE server_id = ?", (server_id,)
+            ).fetchone()
+        return None if row is None else str(row[0])
+
     # -- leases --------------------------------------------------------------
     def take_lease(self, name: str, holder: str, now: dt.datetime, ttl: dt.timedelta) -> bool:
         """Take or renew the lease ``name`` until ``now + ttl``: True when ``holder`` has it.
