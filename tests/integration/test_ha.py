@@ -15,7 +15,8 @@ What must hold:
   and the wire is mTLS;
 - A restarts and rejoins: it serves (a mint through it), shows the rollout and both
   proxies; its audit shipper catches up, so every line of A's chain is in the
-  database and `audit verify` through B reports both chains intact;
+  database, `audit verify` through B reports both chains intact and `audit export`
+  through B has both chains in time order;
 - every minted serial is in the ledger, none twice.
 """
 
@@ -378,6 +379,15 @@ def test_two_servers_act_as_one_and_survive_a_kill(workdir: Path, fresh_db: str)
         assert [s["server_id"] for s in report["servers"]] == [a_id], report
         assert report["servers"][0]["ok"], report
         assert report["servers"][0]["events_checked"] >= mirrored[-1] > 0, report
+        # `audit export` through B: both chains, in time order, A's lines exactly as stored.
+        exported = _cli(b.admin, "audit", "export").splitlines()
+        a_set = set(a_lines()[: mirrored[-1]])
+        assert a_set <= set(exported), len(a_set - set(exported))
+        b_local = [line for f in sorted((b.data / "audit").glob("audit-*.jsonl"))
+                   for line in f.read_text().splitlines() if line]  # fmt: skip
+        assert set(b_local[:-1]) <= set(exported)  # its last line may be the export's own event
+        times = [json.loads(line)["time"] for line in exported]
+        assert times == sorted(times)
     finally:
         for t in (traffic, minting):
             if t is not None:
