@@ -10,8 +10,15 @@ import psycopg
 import pytest
 from cryptography import x509
 
-from trustd.ca.authority import ACTIVE, OLD, PREPARED, AuthorityManager, RotationSchedule
-from trustd.ca.kms.base import KeyAlgorithm, KeyRef
+from trustd.ca.authority import (
+    ACTIVE,
+    OLD,
+    PENDING_KEY_GRACE,
+    PREPARED,
+    AuthorityManager,
+    RotationSchedule,
+)
+from trustd.ca.kms.base import KeyAlgorithm, KeyRef, PublicKey
 from trustd.ca.kms.memory import MemoryKeyManager
 from trustd.clock import FakeClock
 from trustd.errors import UnavailableError
@@ -28,7 +35,8 @@ class Killed(BaseException):
 
 
 class DyingKeyManager(MemoryKeyManager):
-    """Shares the KMS's keys; once armed, the server dies right after the KMS made a key."""
+    """Shares the KMS's keys; once armed, the server dies once the KMS made a key, before
+    its CA certificate and slot exist."""
 
     def __init__(self, shared: MemoryKeyManager) -> None:
         super().__init__()
@@ -39,9 +47,12 @@ class DyingKeyManager(MemoryKeyManager):
     def create_key(self, name: str, algorithm: KeyAlgorithm = KeyAlgorithm.EC_P256) -> KeyRef:
         ref = super().create_key(name, algorithm)
         self.created.append(ref)
-        if self.armed:
-            raise Killed
         return ref
+
+    def public_key(self, ref: KeyRef) -> PublicKey:
+        if self.armed:  # the key exists; the server dies while making its certificate
+            raise Killed
+        return super().public_key(ref)
 
     def retire(self, ref: KeyRef) -> None:
         if self.armed:
@@ -93,7 +104,7 @@ def _at(cert: x509.Certificate, fraction: float) -> dt.datetime:
     return cert.not_valid_before_utc + life * fraction
 
 
-def test_a_server_killed_between_the_kms_key_and_the_slot_write_changes_no_slot(
+def test_a_server_killed_between_the_kms_key_and_the_slot_write_changes_no_slot_and_its_key_is_retired(
     pair: Pair,
 ) -> None:
     active = pair.b.ensure_active()
@@ -112,6 +123,14 @@ def test_a_server_killed_between_the_kms_key_and_the_slot_write_changes_no_slot(
     assert orphan.key_id not in {r.key_ref.key_id for r in records}
     assert len(pair.b.bundle().x509_authorities) == 2
     assert pair.sequence() == seq + 1
+    # The orphaned key is retired by the survivor's tick once the grace period is over.
+    assert orphan.key_id in pair.kms._keys
+    assert pair.b.rotate() is None and orphan.key_id in pair.kms._keys  # not yet
+    pair.clock.advance(PENDING_KEY_GRACE + dt.timedelta(seconds=1))
+    assert pair.b.rotate() is None
+    assert orphan.key_id not in pair.kms._keys
+    assert all(r.key_ref.key_id in pair.kms._keys for r in pair.b.records())  # slots keep theirs
+    assert pair.stores[1].get_doc("ca.pending-keys") == "[]"
 
 
 def test_a_server_killed_inside_the_activation_leaves_the_old_slots_for_the_other(
