@@ -23,6 +23,8 @@ Usage: ``python bench/issuance.py [--cpu 0] [--runs 5] [--seconds 2] [--profile]
        ``python bench/issuance.py --kms vault-transit`` (against a bao it starts, beside
        OpenBao PKI's sign-verbatim on the same process) and ``--audit`` (audited against
        unaudited issuance); see bench/issuance_modes.py.
+       ``python bench/issuance.py --servers 1|2 [--clients 8] [--seconds 2]``: through N
+       server processes on PostgreSQL and a transit key (bench/issuance_servers.py).
 """
 
 from __future__ import annotations
@@ -215,7 +217,21 @@ def main() -> int:
     )
     ap.add_argument("--kms", choices=("local", "vault-transit"), default="local")
     ap.add_argument("--audit", action="store_true", help="audited against unaudited issuance")
+    ap.add_argument(
+        "--servers",
+        type=int,
+        choices=(1, 2),
+        help="instead: through N `trustd server`s on one PostgreSQL and one transit key "
+        "(bench/issuance_servers.py)",
+    )
+    ap.add_argument("--clients", type=int, default=8, help="with --servers: concurrent callers")
     args = ap.parse_args()
+
+    if args.servers is not None:
+        import issuance_servers  # type: ignore[import-not-found]
+
+        issuance_servers.run(args.servers, args.clients, args.seconds * 5, args.seconds)
+        return 0
 
     tlog.configure("warning", "json", stream=sys.stderr)
     if args.kms == "vault-transit" or args.audit:

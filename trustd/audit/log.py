@@ -584,6 +584,11 @@ class AuditLog:
         return self._dir
 
     @property
+    def key_manager(self) -> KeyManager:
+        """Where the audit key lives (what verifies this log's checkpoints)."""
+        return self._km
+
+    @property
     def key_ref(self) -> KeyRef:
         """The audit key that signs checkpoints."""
         return self._key_ref

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -47,6 +48,11 @@ log = structlog.get_logger(__name__)
 PREPARED = "prepared"
 ACTIVE = "active"
 OLD = "old"
+# CA keys made in the KMS whose slot is not written yet. A server killed between the
+# key's creation and the slot write leaves its key here; any server's rotation tick
+# retires it once it is this old and still in no slot.
+PENDING_KEYS_DOC = "ca.pending-keys"
+PENDING_KEY_GRACE = dt.timedelta(minutes=5)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -195,15 +201,16 @@ class AuthorityManager:
                 hook(event, subject)
 
         if not self._store.replace_authorities(
-            records, expect=slot_fingerprint(before), before_write=before_write
+            records,
+            expect=slot_fingerprint(before),
+            before_write=before_write,
+            bump="bundle.sequence",
         ):
             self._reload_signer()
             raise ConcurrentRotationError(
                 "another server changed the CA slots at the same time; nothing was changed "
                 "here: look at 'trustd authority list' and retry if still needed"
             )
-        seq = int(self._store.get_doc("bundle.sequence") or "0") + 1
-        self._store.put_doc("bundle.sequence", str(seq))
         self._reload_signer()
         log.info(
             "authority " + event,
@@ -225,6 +232,7 @@ class AuthorityManager:
         name = f"ca-{uuid.uuid4().hex[:16]}"
         ref = self._km.create_key(name, self.schedule.key_algorithm)
         try:
+            self._pending_add(ref, now)
             pub = self._km.public_key(ref)
             ski = der.key_identifier(pub)
             subject = x509.Name(
@@ -243,6 +251,7 @@ class AuthorityManager:
         except BaseException:
             try:
                 self._km.retire(ref)
+                self._pending_remove(ref)
             except TrustdError:
                 log.warning("could not retire an unused CA key", key=name)
             raise
@@ -347,9 +356,55 @@ class AuthorityManager:
         except BaseException:
             try:
                 self._km.retire(subject.key_ref)
+                self._pending_remove(subject.key_ref)
             except TrustdError:
                 log.warning("could not retire an unused CA key", key=subject.key_ref.key_id)
             raise
+        try:
+            self._pending_remove(subject.key_ref)  # in a slot now
+        except TrustdError as exc:  # the sweep sees it in a slot and leaves it alone
+            log.warning("pending CA key not cleared", key=subject.key_ref.key_id, error=str(exc))
+
+    # -- CA keys made but not (yet) in a slot --------------------------------
+    def _pending_update(self, change: Callable[[list[dict[str, object]]], list[dict[str, object]]]) -> None:
+        for _ in range(20):  # compare-and-set: servers may add theirs at the same time
+            raw = self._store.get_doc(PENDING_KEYS_DOC)
+            items: list[dict[str, object]] = json.loads(raw) if raw else []
+            new = change(items)
+            if new == items or self._store.put_doc(
+                PENDING_KEYS_DOC, json.dumps(new, sort_keys=True), expect=raw
+            ):
+                return
+        raise ConcurrentRotationError("the pending CA keys kept changing; retry")
+
+    def _pending_add(self, ref: KeyRef, now: dt.datetime) -> None:
+        entry: dict[str, object] = {"key": ref.to_json(), "at": int(now.timestamp())}
+        self._pending_update(lambda items: [*items, entry])
+
+    def _pending_remove(self, ref: KeyRef) -> None:
+        want = ref.to_json()
+        self._pending_update(lambda items: [i for i in items if i["key"] != want])
+
+    def sweep_pending_keys(self) -> list[KeyRef]:
+        """Retire CA keys a server made and never put in a slot (it was killed in
+        between), once older than PENDING_KEY_GRACE; returns what was retired."""
+        raw = self._store.get_doc(PENDING_KEYS_DOC)
+        if not raw:
+            return []
+        in_slots = {(r.key_ref.backend, r.key_ref.key_id) for r in self.records()}
+        cutoff = self._clock.now() - PENDING_KEY_GRACE
+        retired: list[KeyRef] = []
+        for item in json.loads(raw):
+            ref = KeyRef.from_json(dict(item["key"]))
+            if int(item["at"]) > cutoff.timestamp() or ref.backend != self._km.kind:
+                continue
+            if (ref.backend, ref.key_id) not in in_slots:
+                self._km.retire(ref)
+                log.warning("retired a CA key no slot holds (its server stopped before "
+                            "writing the slot)", key=ref.key_id)  # fmt: skip
+                retired.append(ref)
+            self._pending_remove(ref)
+        return retired
 
     def activate(self) -> AuthorityRecord:
         with self._lock:
@@ -471,6 +526,10 @@ class AuthorityManager:
             now = self._clock.now()
             records = self.records()
             self._reload_signer()  # another server sharing the store may have rotated
+            try:
+                self.sweep_pending_keys()
+            except TrustdError as exc:  # the next tick tries again
+                log.warning("unused CA keys not swept yet", error=str(exc))
             active = self._by_state(records, ACTIVE)
             if active is None:
                 self.ensure_active()

@@ -362,8 +362,7 @@ class JwtKeyring:
             raise ConcurrentRotationError(
                 "another server changed the jwt keys at the same time; nothing was changed here"
             )
-        seq = int(self._store.get_doc(SEQUENCE_DOC) or "0") + 1
-        self._store.put_doc(SEQUENCE_DOC, str(seq))
+        self._store.bump_counter(SEQUENCE_DOC)  # atomic: two servers never both write N+1
         log.info(
             "jwt key " + event,
             trust_domain=str(self._td),

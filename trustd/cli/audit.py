@@ -68,6 +68,34 @@ def verify(
     f = fmt(ctx, output)
     if not f.tabular:
         emit(report, f)
+    else:
+        _print_verified(report)
+    if not report["ok"]:
+        seq = report.get("first_bad_seq")
+        raise CheckFailed(f"audit log damaged at seq {seq}: {report['problem']}" if seq is not None else f"audit log damaged: {report['problem']}")
+
+
+def _print_verified(report: dict[str, Any]) -> None:
+    """The table form of a verify report: one line, or one per chain with several servers."""
+    if report.get("servers"):  # several servers on one PostgreSQL: one line per chain
+        head = report.get("head_seq")
+        own = report["problem"]
+        if own.startswith("the chain of server "):
+            own = ""  # the top-level problem names a mirrored chain, reported below
+        typer.echo(
+            f"{report.get('server_id') or 'this server'} (this server): "
+            + (f"damaged: {own}" if own else
+               f"ok: {report['events_checked']} events (seq {report['first_seq']}..{report['last_seq']}), "
+               f"{report['checkpoints_checked']} signed checkpoints"
+               + (f", head (seq {head}) on disk" if head is not None else ""))
+        )  # fmt: skip
+        for o in report["servers"]:
+            typer.echo(
+                f"{o['server_id']} (mirrored): "
+                + (f"ok: {o['events_checked']} events (seq {o['first_seq']}..{o['last_seq']}), "
+                   f"{o['checkpoints_checked']} signed checkpoints"
+                   if o["ok"] else f"damaged at seq {o['first_bad_seq']}: {o['problem']}")
+            )  # fmt: skip
     elif report["ok"]:
         head = report.get("head_seq")
         typer.echo(
@@ -75,9 +103,6 @@ def verify(
             f"{report['checkpoints_checked']} signed checkpoints"
             + (f", the running server's head (seq {head}) is on disk" if head is not None else "")
         )
-    if not report["ok"]:
-        seq = report.get("first_bad_seq")
-        raise CheckFailed(f"audit log damaged at seq {seq}: {report['problem']}" if seq is not None else f"audit log damaged: {report['problem']}")
 
 
 def _verify_copy(directory: Path, keys_file: Path) -> dict[str, Any]:

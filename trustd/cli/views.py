@@ -266,4 +266,25 @@ def verified(msg: pb.VerifyAuditResponse) -> dict[str, Any]:
         "checkpoints_checked": msg.checkpoints_checked,
         "last_checkpoint_seq": _opt(msg, "last_checkpoint_seq"),
         "head_seq": _opt(msg, "head_seq"),
+        **({"server_id": msg.server_id} if msg.server_id else {}),
+        **(
+            {
+                "servers": [
+                    {
+                        "server_id": o.server_id,
+                        "ok": o.ok,
+                        "first_bad_seq": _opt(o, "first_bad_seq"),
+                        "problem": o.problem,
+                        "events_checked": o.events_checked,
+                        "first_seq": _opt(o, "first_seq"),
+                        "last_seq": _opt(o, "last_seq"),
+                        "checkpoints_checked": o.checkpoints_checked,
+                        "last_checkpoint_seq": _opt(o, "last_checkpoint_seq"),
+                    }
+                    for o in msg.servers
+                ]
+            }
+            if msg.servers
+            else {}
+        ),
     }

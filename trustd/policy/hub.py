@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 import structlog
 
@@ -33,6 +34,60 @@ from trustd.policy.status import ProxyStatus
 log = structlog.get_logger(__name__)
 
 Listener = Callable[[PolicySet], None]
+
+
+class StatusBook(Protocol):
+    """Where the proxies' reports and ACKs are kept: this process's memory
+    (:class:`MemoryStatusBook`) or, with several servers, the shared store."""
+
+    def report(self, status: ProxyStatus) -> None: ...
+    def ack(self, proxy_id: str, version: int) -> None: ...
+    def forget(self, proxy_id: str) -> None: ...
+    def statuses(
+        self, *, now: dt.datetime, max_age: dt.timedelta | None
+    ) -> tuple[ProxyStatus, ...]: ...
+
+
+class PublishConflictError(FailedPreconditionError):
+    """The policy changed elsewhere (another server) between reading and publishing."""
+
+
+Commit = Callable[[PolicySet, PolicySet], None]
+
+
+class MemoryStatusBook:
+    """The latest report of every proxy and its newest ACK, in memory."""
+
+    def __init__(self) -> None:
+        self._statuses: dict[str, ProxyStatus] = {}
+        self._acks: dict[str, int] = {}
+
+    def report(self, status: ProxyStatus) -> None:
+        self._statuses[status.proxy_id] = status
+        self.ack(status.proxy_id, status.acked_version)
+
+    def ack(self, proxy_id: str, version: int) -> None:
+        if version > self._acks.get(proxy_id, 0):
+            self._acks[proxy_id] = version
+
+    def forget(self, proxy_id: str) -> None:
+        self._statuses.pop(proxy_id, None)
+        self._acks.pop(proxy_id, None)
+
+    def statuses(
+        self, *, now: dt.datetime, max_age: dt.timedelta | None
+    ) -> tuple[ProxyStatus, ...]:
+        out = []
+        for pid, st in sorted(self._statuses.items()):
+            if (
+                max_age is not None
+                and st.reported_at is not None
+                and now - st.reported_at > max_age
+            ):
+                continue
+            acked = max(st.acked_version, self._acks.get(pid, 0))
+            out.append(replace(st, acked_version=acked) if acked != st.acked_version else st)
+        return tuple(out)
 
 
 def merge_objects(
@@ -63,14 +118,19 @@ class PolicyHub:
         clock: Clock,
         initial: PolicySet | None = None,
         recent_plaintext: dt.timedelta = RECENT_PLAINTEXT,
+        book: StatusBook | None = None,
+        commit: Commit | None = None,
     ) -> None:
+        """``book``: where reports are kept (memory by default). ``commit(previous, new)``
+        runs before a publication takes effect and may refuse it by raising
+        :class:`PublishConflictError` (the server compares-and-sets the stored policy)."""
         self._clock = clock
         self._recent = recent_plaintext  # plaintext this recent blocks a server going STRICT
         self._current = initial or PolicySet.empty()
         self._listeners: dict[int, tuple[str | None, Listener]] = {}
         self._next_listener = 0
-        self._statuses: dict[str, ProxyStatus] = {}
-        self._acks: dict[str, int] = {}
+        self._book: StatusBook = book or MemoryStatusBook()
+        self._commit = commit
         self._publishing = False
         self.published: list[tuple[int, str]] = []  # (version, reason), for tests and status
 
@@ -85,6 +145,8 @@ class PolicyHub:
                 f"policy version {policy.version} is not newer than {self._current.version}: "
                 "build it as a successor of the current policy"
             )
+        if self._commit is not None:
+            self._commit(self._current, policy)
         self._current = policy
         self.published.append((policy.version, reason))
         log.info(
@@ -101,6 +163,21 @@ class PolicyHub:
             self._publishing = False
         self._maybe_settle()
         return policy
+
+    def adopt(self, policy: PolicySet) -> bool:
+        """Take a newer policy published elsewhere (another server) as the current one,
+        telling the local listeners; an older or equal version is ignored."""
+        if policy.version <= self._current.version:
+            return False
+        self._current = policy
+        log.info("policy adopted", policy_version=policy.version, policy_hash=policy.content_hash)
+        self._publishing = True
+        try:
+            for _, listener in list(self._listeners.values()):
+                listener(policy)
+        finally:
+            self._publishing = False
+        return True
 
     # -- admin operations ----------------------------------------------------
 
@@ -154,34 +231,21 @@ class PolicyHub:
         return unsubscribe
 
     def ack(self, proxy_id: str, version: int) -> None:
-        if version > self._acks.get(proxy_id, 0):
-            self._acks[proxy_id] = version
+        self._book.ack(proxy_id, version)
         self._maybe_settle()
 
     def report(self, status: ProxyStatus) -> None:
-        self._statuses[status.proxy_id] = status
-        self.ack(status.proxy_id, status.acked_version)
+        self._book.report(status)
+        self._maybe_settle()
 
     def forget(self, proxy_id: str) -> None:
         """Drop a proxy that went away (its ACKs no longer hold anything back)."""
-        self._statuses.pop(proxy_id, None)
-        self._acks.pop(proxy_id, None)
+        self._book.forget(proxy_id)
         self._maybe_settle()
 
     def statuses(self, *, max_age: dt.timedelta | None = None) -> tuple[ProxyStatus, ...]:
         """The latest report of every proxy, with its newest ACK folded in."""
-        now = self._clock.now()
-        out = []
-        for pid, st in sorted(self._statuses.items()):
-            if (
-                max_age is not None
-                and st.reported_at is not None
-                and now - st.reported_at > max_age
-            ):
-                continue
-            acked = max(st.acked_version, self._acks.get(pid, 0))
-            out.append(replace(st, acked_version=acked) if acked != st.acked_version else st)
-        return tuple(out)
+        return self._book.statuses(now=self._clock.now(), max_age=max_age)
 
     def source(self, proxy_id: str) -> HubPolicySource:
         return HubPolicySource(self, proxy_id)
@@ -193,7 +257,10 @@ class PolicyHub:
         floor = min((st.acked_version for st in servers), default=self._current.version)
         settled = self._current.settle(floor)
         if settled is not None:
-            self.publish(settled, reason=f"every server proxy runs version {floor}")
+            try:
+                self.publish(settled, reason=f"every server proxy runs version {floor}")
+            except PublishConflictError as exc:  # another server published first; it settles
+                log.info("policy not settled here", reason=str(exc))
 
 
 class HubPolicySource:

@@ -405,6 +405,10 @@ class RolloutEngine:
         self._need()
         return self._status()
 
+    def reload(self) -> None:
+        """Read the state again from the store (another server may have changed it)."""
+        self._s = self._store.load()
+
     def has_rollout(self) -> bool:
         return self._s is not None
 
@@ -555,6 +559,12 @@ class RolloutEngine:
         step = self._steps()[s["stepIndex"]]
         started = _time(s["phaseStartedAt"]) or now
         servers, clients = self._affected(statuses)
+        if s["phase"] == "gate" and step.gate is None:
+            # Entered but not published (the publication lost a race with another
+            # server's): publish it now.
+            self._begin_publication(statuses)
+            self._save()
+            return True
         if s["phase"] == "gate":
             noisy = self._noisy(step.gate or "plaintext", servers, statuses)
             quiet_since = _time(s["quietSince"])

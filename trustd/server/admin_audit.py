@@ -6,16 +6,22 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
+import tempfile
 import threading
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO, cast
 
 from grpclib.server import Stream
 
 from trustd.api.admin.v1 import admin_pb2 as pb
 from trustd.api.edge import Edge, server_stream, unary
-from trustd.audit import AuditLog, parse_time
-from trustd.audit.events import Actor
+from trustd.audit import AuditEvent, AuditLog, parse_time
+from trustd.audit.events import AUDIT_EXPORT, Actor
+from trustd.audit.export import export_events
+from trustd.audit.mirror import merge_by_time, mirror_directory, verify_mirror
+from trustd.audit.reader import EventFilter, count_records, iter_records
+from trustd.audit.verify import VerifyReport
 from trustd.errors import InvalidArgumentError, TrustdError, UnavailableError
 from trustd.server.auditing import ServerAudit
 
@@ -86,14 +92,35 @@ class AuditAdmin(Edge):
             raise UnavailableError("this server keeps no audit log of its own")
         return self.server_audit.log
 
+    def _mirrored_servers(self) -> list[str]:
+        """The other servers whose chains the shared store mirrors (none with SQLite)."""
+        audit = self.server_audit
+        if audit is None or audit.mirror is None:
+            return []
+        return [sid for sid in audit.mirror.audit_mirror_servers() if sid != audit.server_id]
+
+    def _verify_all(self) -> tuple[VerifyReport, list[tuple[str, VerifyReport]]]:
+        log = self._log()
+        local = log.verify()
+        audit = self.server_audit
+        others: list[tuple[str, VerifyReport]] = []
+        if audit is not None and audit.mirror is not None:
+            for sid in self._mirrored_servers():
+                with tempfile.TemporaryDirectory(prefix="trustd-audit-mirror-") as tmp:
+                    others.append(
+                        (sid, verify_mirror(audit.mirror, sid, Path(tmp), key_manager=log.key_manager))
+                    )
+        return local, others
+
     @unary
     async def AuditVerify(self, s: Stream[Any, Any], req: pb.Empty) -> pb.VerifyAuditResponse:
-        r = await self.run(self._log().verify)
+        r, others = await self.run(self._verify_all)
         msg = pb.VerifyAuditResponse(
-            ok=r.ok,
+            ok=r.ok and all(o.ok for _, o in others),
             problem=r.problem,
             events_checked=r.events_checked,
             checkpoints_checked=r.checkpoints_checked,
+            server_id=self.server_audit.server_id if self.server_audit is not None else "",
         )
         for name in (
             "first_bad_seq",
@@ -104,6 +131,21 @@ class AuditAdmin(Edge):
         ):
             if getattr(r, name) is not None:
                 setattr(msg, name, getattr(r, name))
+        for sid, o in others:
+            sub = msg.servers.add(
+                server_id=sid,
+                ok=o.ok,
+                problem=o.problem,
+                events_checked=o.events_checked,
+                checkpoints_checked=o.checkpoints_checked,
+            )
+            for name in ("first_bad_seq", "first_seq", "last_seq", "last_checkpoint_seq"):
+                if getattr(o, name) is not None:
+                    setattr(sub, name, getattr(o, name))
+            if r.ok and not o.ok and not msg.problem:  # the first damaged chain names itself
+                msg.problem = f"the chain of server {sid}: {o.problem}"
+                if o.first_bad_seq is not None:
+                    msg.first_bad_seq = o.first_bad_seq
         return msg
 
     @unary
@@ -121,6 +163,11 @@ class AuditAdmin(Edge):
         filters = _filters(req, self.core.clock.now())
         fmt = req.format or "jsonl"
         actor = self.actor(s)
+        mirrors = await self.run(self._mirrored_servers)
+        if mirrors:
+            async for part in self._export_all(log, mirrors, filters, fmt, actor):
+                yield part
+            return
         total = await self.run(lambda: log.count(**filters))
         yield pb.ExportAuditChunk(total=total)
         loop = asyncio.get_running_loop()
@@ -146,6 +193,75 @@ class AuditAdmin(Edge):
         if failure:
             raise failure[0]
         yield pb.ExportAuditChunk(done=count)
+
+    async def _export_all(
+        self,
+        log: AuditLog,
+        mirrors: list[str],
+        filters: dict[str, Any],
+        fmt: str,
+        actor: Actor,
+    ) -> AsyncIterator[pb.ExportAuditChunk]:
+        """Every chain of the deployment (this server's log and the mirrored ones of the
+        others), merged in time order."""
+        audit = self.server_audit
+        assert audit is not None and audit.mirror is not None
+        mirror = audit.mirror
+        tmp = tempfile.TemporaryDirectory(prefix="trustd-audit-mirror-")
+        try:
+            where = EventFilter(
+                since=filters["since"],
+                until=filters["until"],
+                types=tuple(filters["types"]),
+                outcome=filters["outcome"],
+            )
+
+            def prepare() -> tuple[list[Path], int]:
+                dirs = []
+                for sid in mirrors:
+                    d = Path(tmp.name) / sid
+                    if mirror_directory(mirror, sid, d):
+                        dirs.append(d)
+                total = log.count(**filters) + sum(count_records(d, where=where) for d in dirs)
+                return dirs, total
+
+            dirs, total = await self.run(prepare)
+            yield pb.ExportAuditChunk(total=total)
+            loop = asyncio.get_running_loop()
+            queue: asyncio.Queue[str | None] = asyncio.Queue(maxsize=8)
+            writer = _QueueWriter(loop, queue)
+            failure: list[BaseException] = []
+
+            def produce() -> int:
+                try:
+                    log.append(  # as AuditLog.export does: no export goes unrecorded
+                        AuditEvent(
+                            type=AUDIT_EXPORT, actor=actor, action="export", resource="audit",
+                            details={"format": fmt, "since": where.since, "until": where.until,
+                                     "types": list(where.types), "outcome": where.outcome,
+                                     "servers": [audit.server_id, *mirrors]},
+                        )
+                    )  # fmt: skip
+                    chains = [log.iter_events(**filters)]
+                    chains += [iter_records(d, where=where) for d in dirs]
+                    n = export_events(merge_by_time(chains), cast(TextIO, writer), format=fmt)
+                    writer.flush()
+                    return int(n)
+                except BaseException as exc:
+                    failure.append(exc)
+                    return 0
+                finally:
+                    asyncio.run_coroutine_threadsafe(queue.put(None), loop).result()
+
+            task = loop.run_in_executor(self.executor, produce)
+            while (chunk := await queue.get()) is not None:
+                yield pb.ExportAuditChunk(data=chunk)
+            count = await task
+            if failure:
+                raise failure[0]
+            yield pb.ExportAuditChunk(done=count)
+        finally:
+            tmp.cleanup()
 
     @server_stream
     async def AuditTail(

@@ -103,7 +103,15 @@ class TrustdServer:
         self.upstream = factory.make_upstream(cfg, self.metrics)
         # The audit key lives in the key manager, which may be down at start: the log is
         # opened (with retries) in _bring_up_ca; until then every audited action fails.
-        self._server_audit = ServerAudit() if audit is None else None
+        self.server_id = factory.server_id(cfg.data_path)
+        self._server_audit = (
+            ServerAudit(
+                server_id=self.server_id,
+                mirror=self.store if self.store.kind == "postgresql" else None,
+            )
+            if audit is None
+            else None
+        )
         self.audit: AuditSink = audit or self._server_audit  # type: ignore[assignment]
         self.authorities = AuthorityManager(
             store=self.store,
@@ -121,7 +129,6 @@ class TrustdServer:
             max_ttl=cfg.svid.max_ttl,
         )
         self.hub = ChangeHub()
-        self.server_id = factory.server_id(cfg.data_path)
         self._change_feed = factory.make_change_feed(cfg, self.server_id, self.hub)
         self.authorities.subscribe(lambda _bundle: self.hub.notify("bundle"))
         self.core = ServerCore(
@@ -152,6 +159,7 @@ class TrustdServer:
             audit=self.audit,
             changes=self.hub,
             settle_period=cfg.rollout.settle_period,
+            server_id=self.server_id,
         )
         self.federation = FederationRegistry(
             store=self.store,

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from trustd.audit import AuditEvent, AuditLog
+from trustd.audit.mirror import AuditShipper, MirrorStore
 from trustd.audit.syslog import SyslogConfig, SyslogForwarder, tls_client_context
 from trustd.ca.kms.base import KeyManager
 from trustd.clock import Clock
@@ -23,10 +24,13 @@ class ServerAudit:
     if one is configured, follows the log).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, server_id: str = "", mirror: MirrorStore | None = None) -> None:
         self._log: AuditLog | None = None
         self._forwarder: SyslogForwarder | None = None
+        self._shipper: AuditShipper | None = None
         self.reason = "starting"  # why the log is not open yet
+        self.server_id = server_id  # names this server's chain among several
+        self.mirror = mirror  # with PostgreSQL: where every server's chain is mirrored
 
     @property
     def is_open(self) -> bool:
@@ -34,6 +38,13 @@ class ServerAudit:
 
     def open(self, log: AuditLog, forwarder: SyslogForwarder | None = None) -> None:
         self._log, self._forwarder = log, forwarder
+        if self.mirror is not None and self.server_id:
+            self._shipper = AuditShipper(log, self.mirror, self.server_id)
+            self._shipper.start()
+
+    @property
+    def shipper(self) -> AuditShipper | None:
+        return self._shipper
 
     @property
     def log(self) -> AuditLog:
@@ -58,6 +69,8 @@ class ServerAudit:
             self._forwarder.stop()
         if self._log is not None:
             self._log.close()
+        if self._shipper is not None:  # after the close: its final checkpoint is copied too
+            self._shipper.stop()
 
 
 def audit_directory(cfg: ServerConfig) -> Path:

@@ -100,6 +100,8 @@ def server_id(data_dir: Path) -> str:
     except FileNotFoundError:
         text = ""
     if re.fullmatch(r"srv-[0-9a-f]{16}", text):
+        if path.stat().st_mode & 0o077:
+            os.chmod(path, 0o600)  # one written 0644 by an earlier version
         return text
     text = f"srv-{secrets.token_hex(8)}"
     tmp = path.with_name(".server-id.tmp")

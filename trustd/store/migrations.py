@@ -90,4 +90,43 @@ MIGRATIONS: list[str] = [
     );
     ALTER TABLE entries ADD COLUMN federates_with TEXT
     """,
+    # 4: what every proxy reports (through whichever server its agent talks to), and
+    # named leases: one server at a time does a job such as advancing the rollout
+    """
+    CREATE TABLE proxy_statuses (
+        proxy_id TEXT PRIMARY KEY,
+        spiffe_id TEXT NOT NULL,
+        acked_version BIGINT NOT NULL,
+        report TEXT NOT NULL,
+        server_id TEXT NOT NULL,
+        updated_at BIGINT NOT NULL
+    );
+    CREATE INDEX proxy_statuses_updated ON proxy_statuses (updated_at);
+    CREATE TABLE leases (
+        name TEXT PRIMARY KEY,
+        holder TEXT NOT NULL,
+        expires_at BIGINT NOT NULL
+    )
+    """,
+    # 5: every server's audit chain mirrored (exact lines), so that export and verify
+    # through any server cover every chain of the deployment
+    """
+    CREATE TABLE audit_events (
+        server_id TEXT NOT NULL,
+        seq BIGINT NOT NULL,
+        at TEXT NOT NULL,
+        line TEXT NOT NULL,
+        PRIMARY KEY (server_id, seq)
+    );
+    CREATE TABLE audit_checkpoints (
+        server_id TEXT NOT NULL,
+        n BIGINT NOT NULL,
+        line TEXT NOT NULL,
+        PRIMARY KEY (server_id, n)
+    );
+    CREATE TABLE audit_keys (
+        server_id TEXT PRIMARY KEY,
+        key_file TEXT NOT NULL
+    )
+    """,
 ]

@@ -28,6 +28,7 @@ from trustd.store.base import (
     FederationRecord,
     JoinTokenRecord,
     LedgerRecord,
+    ProxyReportRecord,
 )
 from trustd.store.migrations import MIGRATIONS
 
@@ -279,6 +280,7 @@ class SqlStore:
         *,
         expect: str | None = None,
         before_write: Callable[[], None] | None = None,
+        bump: str | None = None,
     ) -> bool:
         """Write the whole slot set at once: a rotation never leaves half of it behind.
 
@@ -287,6 +289,9 @@ class SqlStore:
         database cannot both rotate. ``before_write`` runs once the check has passed,
         with the slots locked until the commit (the audit event is written there, so it
         records a change that is sure to happen); if it raises, nothing is written.
+        ``bump`` names a counter document (the bundle sequence) raised in the same
+        transaction, so a server killed after the write cannot leave the new slots under
+        the old sequence (agents follow the sequence).
         """
         with self._tx() as run:
             if self.kind == "postgresql":  # SQLite's transactions are BEGIN IMMEDIATE already
@@ -305,6 +310,8 @@ class SqlStore:
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     self._authority_params(record),
                 )
+            if bump is not None:
+                self._bump(run, bump)
         return True
 
     def list_authorities(self) -> list[AuthorityRecord]:
@@ -546,17 +553,217 @@ class SqlStore:
         return None if row is None else str(row[0])
 
     def put_doc(self, key: str, value: str, *, expect: str | None = "\0any") -> bool:
-        """Write a document. With ``expect``, only if the current value equals it (None: absent)."""
+        """Write a document. With ``expect``, only if the current value equals it (None: absent).
+
+        The comparison is part of the write (``UPDATE ... WHERE value = ?``; an INSERT that
+        the primary key refuses), so of two servers racing on one PostgreSQL exactly one
+        wins, whatever the isolation level.
+        """
+        try:
+            with self._tx() as run:
+                if expect == "\0any":
+                    cur = run("UPDATE docs SET value = ? WHERE key = ?", (value, key))
+                    if cur.rowcount == 0:
+                        run("INSERT INTO docs (key, value) VALUES (?, ?)", (key, value))
+                    return True
+                if expect is None:
+                    run("INSERT INTO docs (key, value) VALUES (?, ?)", (key, value))
+                    return True
+                cur = run(
+                    "UPDATE docs SET value = ? WHERE key = ? AND value = ?", (value, key, expect)
+                )
+                return bool(cur.rowcount == 1)
+        except self.integrity_errors:
+            return False  # inserted meanwhile by someone else
+
+    def _bump(self, run: Callable[..., Cursor], key: str) -> int:
+        cur = run(
+            "UPDATE docs SET value = CAST(CAST(value AS BIGINT) + 1 AS TEXT) WHERE key = ?", (key,)
+        )
+        if cur.rowcount == 0:
+            run("INSERT INTO docs (key, value) VALUES (?, ?)", (key, "1"))
+        row = run("SELECT value FROM docs WHERE key = ?", (key,)).fetchone()
+        return int(row[0])
+
+    def bump_counter(self, key: str) -> int:
+        """Raise a counter document by one, atomically (two servers never both get N)."""
         with self._tx() as run:
-            row = run("SELECT value FROM docs WHERE key = ?", (key,)).fetchone()
-            current = None if row is None else str(row[0])
-            if expect not in ("\0any", current):
-                return False
-            if row is None:
-                run("INSERT INTO docs (key, value) VALUES (?, ?)", (key, value))
+            return self._bump(run, key)
+
+    # -- proxy reports -------------------------------------------------------
+    _REPORT_COLS = "proxy_id, spiffe_id, acked_version, report, server_id, updated_at"
+
+    def save_proxy_report(self, record: ProxyReportRecord) -> None:
+        """The proxy's latest report; an ACK newer than the report's version is kept."""
+        with self._tx() as run:
+            run(
+                f"INSERT INTO proxy_statuses ({self._REPORT_COLS}) VALUES (?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (proxy_id) DO UPDATE SET spiffe_id = excluded.spiffe_id, "
+                "acked_version = CASE WHEN proxy_statuses.acked_version > excluded.acked_version "
+                "THEN proxy_statuses.acked_version ELSE excluded.acked_version END, "
+                "report = excluded.report, server_id = excluded.server_id, "
+                "updated_at = excluded.updated_at",
+                (
+                    record.proxy_id,
+                    record.spiffe_id,
+                    record.acked_version,
+                    record.report,
+                    record.server_id,
+                    _ts(record.updated_at),
+                ),
+            )
+
+    def ack_proxy(self, proxy_id: str, version: int, now: dt.datetime) -> bool:
+        """Raise a reporting proxy's acknowledged version (never lowers it); False when the
+        proxy has not reported yet (an ACK alone names no identity)."""
+        with self._tx() as run:
+            cur = run(
+                "UPDATE proxy_statuses SET acked_version = ?, updated_at = ? "
+                "WHERE proxy_id = ? AND acked_version < ?",
+                (version, _ts(now), proxy_id, version),
+            )
+            return bool(cur.rowcount == 1)
+
+    def list_proxy_reports(self, *, since: dt.datetime | None = None) -> list[ProxyReportRecord]:
+        with self._tx() as run:
+            if since is None:
+                rows = run(
+                    f"SELECT {self._REPORT_COLS} FROM proxy_statuses ORDER BY proxy_id"
+                ).fetchall()
             else:
-                run("UPDATE docs SET value = ? WHERE key = ?", (value, key))
-        return True
+                rows = run(
+                    f"SELECT {self._REPORT_COLS} FROM proxy_statuses WHERE updated_at >= ? "
+                    "ORDER BY proxy_id",
+                    (_ts(since),),
+                ).fetchall()
+        return [
+            ProxyReportRecord(
+                proxy_id=r[0],
+                spiffe_id=r[1],
+                acked_version=int(r[2]),
+                report=r[3],
+                server_id=r[4],
+                updated_at=_dtn(r[5]),
+            )
+            for r in rows
+        ]
+
+    def delete_proxy_report(self, proxy_id: str) -> None:
+        with self._tx() as run:
+            run("DELETE FROM proxy_statuses WHERE proxy_id = ?", (proxy_id,))
+
+    def prune_proxy_reports(self, before: dt.datetime) -> int:
+        """Forget proxies no server heard from since ``before``; returns how many."""
+        with self._tx() as run:
+            cur = run("DELETE FROM proxy_statuses WHERE updated_at < ?", (_ts(before),))
+            return int(cur.rowcount or 0)
+
+    # -- audit mirror --------------------------------------------------------
+    def audit_mirror_head(self, server_id: str) -> int:
+        """The newest seq of ``server_id``'s chain the store holds (0: none)."""
+        with self._tx() as run:
+            row = run(
+                "SELECT MAX(seq) FROM audit_events WHERE server_id = ?", (server_id,)
+            ).fetchone()
+        return int(row[0]) if row and row[0] is not None else 0
+
+    def mirror_audit_events(self, server_id: str, rows: Sequence[tuple[int, str, str]]) -> None:
+        """(seq, time, exact line) rows; one already held is left as it is."""
+        with self._tx() as run:
+            for seq, at, line in rows:
+                run(
+                    "INSERT INTO audit_events (server_id, seq, at, line) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (server_id, seq) DO NOTHING",
+                    (server_id, seq, at, line),
+                )
+
+    def audit_mirror_checkpoint_count(self, server_id: str) -> int:
+        with self._tx() as run:
+            row = run(
+                "SELECT MAX(n) FROM audit_checkpoints WHERE server_id = ?", (server_id,)
+            ).fetchone()
+        return int(row[0]) + 1 if row and row[0] is not None else 0
+
+    def mirror_audit_checkpoints(self, server_id: str, first: int, lines: Sequence[str]) -> None:
+        """Checkpoint lines ``first``, ``first + 1``... of the server's checkpoint file."""
+        with self._tx() as run:
+            for i, line in enumerate(lines):
+                run(
+                    "INSERT INTO audit_checkpoints (server_id, n, line) VALUES (?, ?, ?) "
+                    "ON CONFLICT (server_id, n) DO NOTHING",
+                    (server_id, first + i, line),
+                )
+
+    def mirror_audit_key(self, server_id: str, key_file: str) -> None:
+        """The server's audit-key.json (key references, never keys)."""
+        with self._tx() as run:
+            run(
+                "INSERT INTO audit_keys (server_id, key_file) VALUES (?, ?) "
+                "ON CONFLICT (server_id) DO UPDATE SET key_file = excluded.key_file",
+                (server_id, key_file),
+            )
+
+    def audit_mirror_servers(self) -> list[str]:
+        with self._tx() as run:
+            rows = run(
+                "SELECT server_id FROM audit_events UNION SELECT server_id FROM audit_keys"
+            ).fetchall()
+        return sorted(str(r[0]) for r in rows)
+
+    def audit_mirror_lines(self, server_id: str, *, after: int, limit: int) -> list[tuple[int, str]]:
+        with self._tx() as run:
+            rows = run(
+                "SELECT seq, line FROM audit_events WHERE server_id = ? AND seq > ? "
+                "ORDER BY seq LIMIT ?",
+                (server_id, after, limit),
+            ).fetchall()
+        return [(int(r[0]), str(r[1])) for r in rows]
+
+    def audit_mirror_checkpoint_lines(self, server_id: str) -> list[str]:
+        with self._tx() as run:
+            rows = run(
+                "SELECT line FROM audit_checkpoints WHERE server_id = ? ORDER BY n", (server_id,)
+            ).fetchall()
+        return [str(r[0]) for r in rows]
+
+    def audit_mirror_key(self, server_id: str) -> str | None:
+        with self._tx() as run:
+            row = run(
+                "SELECT key_file FROM audit_keys WHERE server_id = ?", (server_id,)
+            ).fetchone()
+        return None if row is None else str(row[0])
+
+    # -- leases --------------------------------------------------------------
+    def take_lease(self, name: str, holder: str, now: dt.datetime, ttl: dt.timedelta) -> bool:
+        """Take or renew the lease ``name`` until ``now + ttl``: True when ``holder`` has it.
+
+        Compare-and-set in one statement: it is taken over only once it expired, so a
+        holder that died loses it after ``ttl`` and two servers never hold it together.
+        """
+        expires = _ts(now + ttl)
+        try:
+            with self._tx() as run:
+                cur = run(
+                    "UPDATE leases SET holder = ?, expires_at = ? "
+                    "WHERE name = ? AND (holder = ? OR expires_at <= ?)",
+                    (holder, expires, name, holder, _ts(now)),
+                )
+                if cur.rowcount == 1:
+                    return True
+                row = run("SELECT holder FROM leases WHERE name = ?", (name,)).fetchone()
+                if row is not None:
+                    return False
+                run(
+                    "INSERT INTO leases (name, holder, expires_at) VALUES (?, ?, ?)",
+                    (name, holder, expires),
+                )
+                return True
+        except self.integrity_errors:
+            return False  # another holder inserted it first
+
+    def release_lease(self, name: str, holder: str) -> None:
+        with self._tx() as run:
+            run("DELETE FROM leases WHERE name = ? AND holder = ?", (name, holder))
 
     def check(self) -> None:
         with self._tx() as run:

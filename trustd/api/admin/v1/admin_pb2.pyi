@@ -474,7 +474,7 @@ class ListFederationsResponse(_message.Message):
     def __init__(self, federations: _Optional[_Iterable[_Union[Federation, _Mapping]]] = ...) -> None: ...
 
 class VerifyAuditResponse(_message.Message):
-    __slots__ = ("ok", "first_bad_seq", "problem", "events_checked", "first_seq", "last_seq", "checkpoints_checked", "last_checkpoint_seq", "head_seq")
+    __slots__ = ("ok", "first_bad_seq", "problem", "events_checked", "first_seq", "last_seq", "checkpoints_checked", "last_checkpoint_seq", "head_seq", "server_id", "servers")
     OK_FIELD_NUMBER: _ClassVar[int]
     FIRST_BAD_SEQ_FIELD_NUMBER: _ClassVar[int]
     PROBLEM_FIELD_NUMBER: _ClassVar[int]
@@ -484,6 +484,8 @@ class VerifyAuditResponse(_message.Message):
     CHECKPOINTS_CHECKED_FIELD_NUMBER: _ClassVar[int]
     LAST_CHECKPOINT_SEQ_FIELD_NUMBER: _ClassVar[int]
     HEAD_SEQ_FIELD_NUMBER: _ClassVar[int]
+    SERVER_ID_FIELD_NUMBER: _ClassVar[int]
+    SERVERS_FIELD_NUMBER: _ClassVar[int]
     ok: bool
     first_bad_seq: int
     problem: str
@@ -493,7 +495,31 @@ class VerifyAuditResponse(_message.Message):
     checkpoints_checked: int
     last_checkpoint_seq: int
     head_seq: int
-    def __init__(self, ok: _Optional[bool] = ..., first_bad_seq: _Optional[int] = ..., problem: _Optional[str] = ..., events_checked: _Optional[int] = ..., first_seq: _Optional[int] = ..., last_seq: _Optional[int] = ..., checkpoints_checked: _Optional[int] = ..., last_checkpoint_seq: _Optional[int] = ..., head_seq: _Optional[int] = ...) -> None: ...
+    server_id: str
+    servers: _containers.RepeatedCompositeFieldContainer[ServerAuditReport]
+    def __init__(self, ok: _Optional[bool] = ..., first_bad_seq: _Optional[int] = ..., problem: _Optional[str] = ..., events_checked: _Optional[int] = ..., first_seq: _Optional[int] = ..., last_seq: _Optional[int] = ..., checkpoints_checked: _Optional[int] = ..., last_checkpoint_seq: _Optional[int] = ..., head_seq: _Optional[int] = ..., server_id: _Optional[str] = ..., servers: _Optional[_Iterable[_Union[ServerAuditReport, _Mapping]]] = ...) -> None: ...
+
+class ServerAuditReport(_message.Message):
+    __slots__ = ("server_id", "ok", "first_bad_seq", "problem", "events_checked", "first_seq", "last_seq", "checkpoints_checked", "last_checkpoint_seq")
+    SERVER_ID_FIELD_NUMBER: _ClassVar[int]
+    OK_FIELD_NUMBER: _ClassVar[int]
+    FIRST_BAD_SEQ_FIELD_NUMBER: _ClassVar[int]
+    PROBLEM_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_CHECKED_FIELD_NUMBER: _ClassVar[int]
+    FIRST_SEQ_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEQ_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINTS_CHECKED_FIELD_NUMBER: _ClassVar[int]
+    LAST_CHECKPOINT_SEQ_FIELD_NUMBER: _ClassVar[int]
+    server_id: str
+    ok: bool
+    first_bad_seq: int
+    problem: str
+    events_checked: int
+    first_seq: int
+    last_seq: int
+    checkpoints_checked: int
+    last_checkpoint_seq: int
+    def __init__(self, server_id: _Optional[str] = ..., ok: _Optional[bool] = ..., first_bad_seq: _Optional[int] = ..., problem: _Optional[str] = ..., events_checked: _Optional[int] = ..., first_seq: _Optional[int] = ..., last_seq: _Optional[int] = ..., checkpoints_checked: _Optional[int] = ..., last_checkpoint_seq: _Optional[int] = ...) -> None: ...
 
 class AuditKeysResponse(_message.Message):
     __slots__ = ("keys",)
