@@ -318,6 +318,12 @@ class PolicyLayer:
     # -- authorization ---------------------------------------------------
 
     def authorize(self, server: SpiffeId, port: int, peer: SpiffeId | None) -> AuthzDecision:
+        """DENY rules first, then ALLOW (none applying: allowed), as Istio does, with one
+        addition for federation: a peer from another trust domain is only ever allowed by
+        an ALLOW rule that names it in ``principals``. Federating makes a foreign bundle
+        trusted for authentication; it never makes a foreign workload authorized by
+        default, nor through a rule that names only namespaces or every source."""
+        foreign = peer is not None and peer.trust_domain != server.trust_domain
         allows: list[AuthorizationPolicy] = []
         for obj in self.objects:
             if not isinstance(obj, AuthorizationPolicy):
@@ -325,16 +331,28 @@ class PolicyLayer:
             if scope_level(obj.metadata.namespace, obj.spec.selector, server) is None:
                 continue
             if obj.spec.action == "DENY":
-                if any(_rule_matches(r, peer, port) for r in obj.spec.rules):
+                if any(_rule_matches(r, peer, port, server) for r in obj.spec.rules):
                     return AuthzDecision(
                         allowed=False, reason=f"denied by {obj.ref}", policy=obj.ref
                     )
             else:
                 allows.append(obj)
+        if foreign:
+            for obj in allows:
+                if any(_names_peer(r, peer, port) for r in obj.spec.rules):
+                    return AuthzDecision(
+                        allowed=True, reason=f"allowed by {obj.ref}", policy=obj.ref
+                    )
+            return AuthzDecision(
+                allowed=False,
+                reason=f"{peer} is from another trust domain: only an AuthorizationPolicy "
+                "ALLOW rule naming it in principals admits a federated peer",
+                policy=None,
+            )
         if not allows:
             return AuthzDecision(allowed=True, reason="no ALLOW policy applies", policy=None)
         for obj in allows:
-            if any(_rule_matches(r, peer, port) for r in obj.spec.rules):
+            if any(_rule_matches(r, peer, port, server) for r in obj.spec.rules):
                 return AuthzDecision(allowed=True, reason=f"allowed by {obj.ref}", policy=obj.ref)
         names = ", ".join(o.ref for o in allows)
         who = str(peer) if peer is not None else "a plaintext peer"
@@ -436,18 +454,34 @@ def _client_decision(
     )
 
 
-def _rule_matches(rule: Any, peer: SpiffeId | None, port: int) -> bool:
-    if rule.from_ is not None and not any(_source_matches(s, peer) for s in rule.from_):
+def _rule_matches(rule: Any, peer: SpiffeId | None, port: int, server: SpiffeId) -> bool:
+    if rule.from_ is not None and not any(_source_matches(s, peer, server) for s in rule.from_):
         return False
     return rule.to is None or any(port in op.ports for op in rule.to)
 
 
-def _source_matches(source: Any, peer: SpiffeId | None) -> bool:
+def _source_matches(source: Any, peer: SpiffeId | None, server: SpiffeId) -> bool:
     if peer is None:
         return False
     if source.principals and not any(compile_glob(g).matches(peer) for g in source.principals):
         return False
-    return not (source.namespaces and peer.namespace not in source.namespaces)
+    if not source.namespaces:
+        return True
+    # a namespace is a namespace of this trust domain: another's /ns/shop/ is not "shop"
+    return peer.trust_domain == server.trust_domain and peer.namespace in source.namespaces
+
+
+def _names_peer(rule: Any, peer: SpiffeId | None, port: int) -> bool:
+    """An ALLOW rule that names ``peer`` in ``principals`` (and covers the port)."""
+    if peer is None or rule.from_ is None:
+        return False
+    named = any(
+        s.principals
+        and any(compile_glob(g).matches(peer) for g in s.principals)
+        and not s.namespaces  # a namespaces condition is about this trust domain only
+        for s in rule.from_
+    )
+    return named and (rule.to is None or any(port in op.ports for op in rule.to))
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -376,3 +376,47 @@ def test_show_explains_the_effective_policy() -> None:
         "instanceModes": ["STRICT"],
     }
     assert out["authorizationPolicies"] == ["AuthorizationPolicy/shop/a"]
+
+
+# -- federated peers: authenticated by a foreign bundle, never authorized by default ------
+
+FOREIGN = SpiffeId.parse("spiffe://other.td/ns/shop/sa/front")
+
+
+def test_a_federated_peer_needs_an_allow_rule_naming_it() -> None:
+    nothing = policy("")
+    d = nothing.authorize(WEB, 80, FOREIGN)
+    assert not d.allowed and "another trust domain" in d.reason
+    assert nothing.authorize(WEB, 80, FRONT).allowed  # our own peers: allowed as before
+
+    allow_all = policy(authz("all", "shop", "  rules:\n  - {}\n"))
+    assert allow_all.authorize(WEB, 80, FRONT).allowed
+    assert not allow_all.authorize(WEB, 80, FOREIGN).allowed  # "every source" is not a name
+
+    by_ns = policy(authz("ns", "shop", "  rules:\n  - from: [{namespaces: [shop]}]\n"))
+    assert by_ns.authorize(WEB, 80, FRONT).allowed
+    assert not by_ns.authorize(WEB, 80, FOREIGN).allowed  # other.td's "shop" is not ours
+
+    named = policy(
+        authz(
+            "named",
+            "shop",
+            f"  rules:\n  - from: [{{principals: ['{FOREIGN}']}}]\n    to: [{{ports: [80]}}]\n",
+        )
+    )
+    assert named.authorize(WEB, 80, FOREIGN).allowed
+    assert not named.authorize(WEB, 81, FOREIGN).allowed  # the rule's ports still hold
+    assert not named.authorize(WEB, 80, FRONT).allowed  # and it names nobody else
+
+
+def test_deny_still_applies_to_a_named_federated_peer() -> None:
+    ps = policy(
+        authz("named", "shop", f"  rules:\n  - from: [{{principals: ['{FOREIGN}']}}]\n")
+        + authz(
+            "deny",
+            "shop",
+            "  action: DENY\n  rules:\n  - from: [{principals: ['spiffe://other.td/**']}]\n",
+        )
+    )
+    d = ps.authorize(WEB, 80, FOREIGN)
+    assert not d.allowed and d.policy == "AuthorizationPolicy/shop/deny"
