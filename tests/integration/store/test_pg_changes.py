@@ -75,9 +75,11 @@ def test_unknown_topics_and_foreign_payloads_are_ignored(
         conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, "drop-tables srv-x"))
         conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, "garbage"))
         conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, "policy srv-x"))
-    _until("the valid one arrives", lambda: b.hub.version("policy") == 1)
-    assert a.hub.version("policy") == 1
-    assert b.feed.received == 1
+    _until("the valid one reaches b", lambda: b.hub.version("policy") == 1)
+    _until("the valid one reaches a", lambda: a.hub.version("policy") == 1)
+    time.sleep(0.5)  # anything else would have arrived by now
+    assert a.hub.version("policy") == 1 and b.hub.version("policy") == 1
+    assert b.feed.received == 1 and a.feed.received == 1
 
 
 def test_lost_listen_connection_reconnects_and_wakes_every_topic(
