@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import re
 import secrets
 import socket
@@ -27,18 +28,20 @@ SOFTHSM_MODULE = Path("/usr/lib/softhsm/libsofthsm2.so")
 
 
 def _port_pair() -> int:
-    """A free port P whose P+1 is free too (bao dev puts its cluster listener on P+1)."""
-    for _ in range(50):
-        with socket.socket() as a:
-            a.bind(("127.0.0.1", 0))
-            port = a.getsockname()[1]
-            if port >= 65535:
-                continue
-            with socket.socket() as b:
-                try:
-                    b.bind(("127.0.0.1", port + 1))
-                except OSError:
-                    continue
+    """A free port P whose P+1 is free too (bao dev puts its cluster listener on P+1).
+
+    Drawn below Linux's ephemeral range (32768-60999): there, a busy machine's outgoing
+    connections take ports at random, and P+1 is often one of them.
+    """
+    rng = random.SystemRandom()
+    for _ in range(500):
+        port = rng.randrange(20000, 32766)
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + 1))
+        except OSError:
+            continue
         return port
     raise RuntimeError("no free port pair on 127.0.0.1")
 
