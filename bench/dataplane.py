@@ -47,8 +47,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from trustd.dataplane.testing import (
+from dataplane_testing import (
     EnvoyProcess,
     ThrowawayCA,
     envoy_cluster,

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-
-from trustd.dataplane.testing import ThrowawayCA
+from dataplane_testing import ThrowawayCA
 
 
 @pytest.fixture(scope="session")

@@ -10,10 +10,11 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+from dataplane_testing import IssuedSvid, RecordingApp
+
 from trustd.dataplane import Proxy, StaticIdentitySource, StaticPolicySource, parse_config
 from trustd.dataplane.identity import Identity
 from trustd.dataplane.proxy import DenialEvent
-from trustd.dataplane.testing import IssuedSvid, RecordingApp
 from trustd.policy import PolicySet, load_text
 from trustd.policy.effective import PolicyLayer
 

@@ -18,8 +18,8 @@ from dataplane_helpers import (
     run,
     server_proxy,
 )
+from dataplane_testing import ThrowawayCA
 
-from trustd.dataplane.testing import ThrowawayCA
 from trustd.dataplane.tls import client_context
 
 ALLOW_FRONTEND_ONLY = (

@@ -17,11 +17,11 @@ from dataplane_helpers import (
     run,
     server_proxy,
 )
+from dataplane_testing import ThrowawayCA
 
 from trustd.dataplane import Proxy, StaticIdentitySource, StaticPolicySource, parse_config
 from trustd.dataplane.identity import Identity
 from trustd.dataplane.proxy import DenialEvent
-from trustd.dataplane.testing import ThrowawayCA
 from trustd.policy import PolicySet
 
 

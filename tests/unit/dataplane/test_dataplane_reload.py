@@ -20,8 +20,7 @@ from dataplane_helpers import (
     run,
     server_proxy,
 )
-
-from trustd.dataplane.testing import ThrowawayCA
+from dataplane_testing import ThrowawayCA
 
 
 async def open_tls(

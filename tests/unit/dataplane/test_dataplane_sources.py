@@ -7,6 +7,7 @@ import ssl
 from pathlib import Path
 
 import pytest
+from dataplane_testing import ThrowawayCA
 
 from trustd.dataplane import (
     FileIdentitySource,
@@ -16,7 +17,6 @@ from trustd.dataplane import (
     parse_config,
 )
 from trustd.dataplane.identity import Identity
-from trustd.dataplane.testing import ThrowawayCA
 from trustd.dataplane.tls import disable_session_cache, server_context
 from trustd.errors import InvalidArgumentError
 
