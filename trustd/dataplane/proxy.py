@@ -483,15 +483,18 @@ class Proxy:
                 listener=ib.label, reason=reason, detail=detail, peer=peer, ps=ps, ident=ident
             )
 
+        context = self._tls.server(ident)
         try:
             async with asyncio.timeout(self.config.handshake_timeout.total_seconds()):
                 client, info = await self._core.tls_server(
-                    reader, writer, prefix=prefix, context=self._tls.server(ident)
+                    reader, writer, prefix=prefix, context=context
                 )
         except (HandshakeError, TimeoutError, OSError) as exc:
             deny("handshake_failed", str(exc) or "the tls handshake timed out")
             writer.transport.abort()
             return None
+        if info.version != "TLSv1.3":  # a TLS 1.2 session id may now sit in its cache
+            self._tls.retire_server(context)
         if info.session_reused:  # never expected: the session cache is off
             deny("resumed_session", "a resumed tls session skips validation: refused")
             client.abort()
