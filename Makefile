@@ -44,12 +44,15 @@ test-asan: $(NATIVE)
 	TRUSTD_NATIVE_CFLAGS="-fsanitize=address -fno-omit-frame-pointer -O1 -g" \
 	  $(BIN)/python setup.py -q build_ext --build-lib $(ASAN) --build-temp $(ASAN)/tmp 2>&1 | grep -v -i 'beta' || true
 	TRUSTD_NATIVE_MODULE="$$(ls $(ASAN)/trustd/dataplane/_native*.so)" \
+	  LD_PRELOAD="$$(gcc -print-file-name=libasan.so)" ASAN_OPTIONS=detect_leaks=0 \
+	  $(BIN)/python -c 'from trustd.dataplane.native import load_native; assert load_native().SANITIZED, "not the ASAN build"'
+	TRUSTD_NATIVE_MODULE="$$(ls $(ASAN)/trustd/dataplane/_native*.so)" \
 	  TRUSTD_FUZZ_ITERATIONS=3000000 ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
 	  LD_PRELOAD="$$(gcc -print-file-name=libasan.so)" \
 	  $(BIN)/pytest -q -p no:cacheprovider -k 'native' tests/unit/dataplane tests/integration/dataplane/test_dataplane_process.py
 	TRUSTD_NATIVE_MODULE="$$(ls $(ASAN)/trustd/dataplane/_native*.so)" \
 	  TRUSTD_SIDECAR_PRELOAD="$$(gcc -print-file-name=libasan.so)" ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
-	  $(BIN)/python bench/dataplane.py --sidecars trustd-native --seconds 2 --runs 1 --asan-check
+	  $(BIN)/python bench/dataplane.py --sidecars trustd-native --seconds 2 --runs 1 --idle 1000 --asan-check
 
 unit: $(NATIVE)
 	$(BIN)/pytest -q tests/unit

@@ -39,6 +39,7 @@
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
+#include <openssl/rand.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
@@ -192,6 +193,94 @@ static void cache_put(lconf *lc, const unsigned char *key, int allowed, int64_t 
         }
     }
     pthread_mutex_unlock(&lc->mu);
+}
+
+/* ------------------------------------------------------------------------ */
+/* verified chains, per SSL_CTX: what a resumed session is decided on        */
+/*
+ * Server contexts issue session tickets (TLS 1.2 and 1.3). OpenSSL draws the
+ * ticket keys at random for every SSL_CTX, and there is one SSL_CTX per
+ * identity version (SVID and bundles), so a ticket only ever resumes under
+ * the bundle that verified its peer: a new bundle means a new context, and
+ * an older ticket gets a full handshake. A resumed session carries the
+ * peer's leaf but not the chain, so each context keeps the chains it
+ * verified in full handshakes, keyed by the leaf's SHA-256; a resumed
+ * session is then decided like a full handshake (the decision cache, else
+ * Python's SVID check and authorization on that chain), and refused when
+ * its chain is unknown.
+ */
+
+typedef struct chentry {
+    unsigned char key[32];
+    STACK_OF(X509) *chain;
+    struct chentry *next;
+} chentry;
+
+typedef struct chainstore {
+    pthread_mutex_t mu;
+    chentry *buckets[CACHE_BUCKETS];
+    int entries;
+} chainstore;
+
+static int chain_index = -1;
+
+static void chainstore_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl,
+                            void *argp) {
+    chainstore *cs = ptr;
+    if (!cs) return;
+    for (int i = 0; i < CACHE_BUCKETS; i++) {
+        chentry *e = cs->buckets[i];
+        while (e) {
+            chentry *n = e->next;
+            sk_X509_pop_free(e->chain, X509_free);
+            free(e);
+            e = n;
+        }
+    }
+    pthread_mutex_destroy(&cs->mu);
+    free(cs);
+}
+
+static chainstore *chainstore_of(SSL *ssl) {
+    return chain_index < 0 ? NULL : SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), chain_index);
+}
+
+static void chain_put(chainstore *cs, const unsigned char *key, STACK_OF(X509) *chain) {
+    unsigned b = ((unsigned)key[0] | ((unsigned)key[1] << 8)) % CACHE_BUCKETS;
+    pthread_mutex_lock(&cs->mu);
+    for (chentry *e = cs->buckets[b]; e; e = e->next) {
+        if (memcmp(e->key, key, 32) == 0) {
+            pthread_mutex_unlock(&cs->mu);
+            return;
+        }
+    }
+    if (cs->entries < CACHE_MAX) {
+        chentry *e = calloc(1, sizeof *e);
+        if (e && (e->chain = X509_chain_up_ref(chain)) != NULL) {
+            memcpy(e->key, key, 32);
+            e->next = cs->buckets[b];
+            cs->buckets[b] = e;
+            cs->entries++;
+        } else {
+            free(e);
+        }
+    }
+    pthread_mutex_unlock(&cs->mu);
+}
+
+/* a new reference to the chain verified for this leaf, or NULL */
+static STACK_OF(X509) *chain_get(chainstore *cs, const unsigned char *key) {
+    unsigned b = ((unsigned)key[0] | ((unsigned)key[1] << 8)) % CACHE_BUCKETS;
+    STACK_OF(X509) *out = NULL;
+    pthread_mutex_lock(&cs->mu);
+    for (chentry *e = cs->buckets[b]; e; e = e->next) {
+        if (memcmp(e->key, key, 32) == 0) {
+            out = X509_chain_up_ref(e->chain);
+            break;
+        }
+    }
+    pthread_mutex_unlock(&cs->mu);
+    return out;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -565,11 +654,7 @@ static void verdict(conn *c, int allowed) {
 
 static void handshake_done(conn *c) {
     side *s = c->tls == 1 ? &c->a : &c->b;
-    if (SSL_session_reused(s->ssl)) {
-        deny(c, "resumed_session", "a resumed tls session skips validation: refused", NULL);
-        conn_finish(c, 1);
-        return;
-    }
+    int reused = SSL_session_reused(s->ssl);
     X509 *peer = SSL_get0_peer_certificate(s->ssl);
     if (peer == NULL) {
         deny(c, "no_certificate", "the peer presented no certificate", NULL);
@@ -582,6 +667,22 @@ static void handshake_done(conn *c) {
         conn_finish(c, 1);
         return;
     }
+    chainstore *cs = chainstore_of(s->ssl);
+    STACK_OF(X509) *held = NULL; /* our reference, for a resumed session */
+    STACK_OF(X509) *chain;
+    if (reused) {
+        held = cs ? chain_get(cs, c->key) : NULL;
+        if (held == NULL) {
+            deny(c, "resumed_session",
+                 "a resumed tls session whose chain this context did not verify: refused", NULL);
+            conn_finish(c, 1);
+            return;
+        }
+        chain = held;
+    } else {
+        chain = SSL_get0_verified_chain(s->ssl);
+        if (cs && chain) chain_put(cs, c->key, chain);
+    }
     int allowed = 0;
     char *reason = NULL, *detail = NULL, *peer_id = NULL;
     if (cache_get(c->lc, c->key, real_ns() / 1000000000LL, &allowed, &reason, &detail,
@@ -590,12 +691,14 @@ static void handshake_done(conn *c) {
         free(reason);
         free(detail);
         free(peer_id);
+        if (held) sk_X509_pop_free(held, X509_free);
         verdict(c, allowed);
         return;
     }
     /* a leaf this generation has not seen: Python decides once */
     event *ev = calloc(1, sizeof *ev);
     if (!ev) {
+        if (held) sk_X509_pop_free(held, X509_free);
         conn_finish(c, 1);
         return;
     }
@@ -607,7 +710,6 @@ static void handshake_done(conn *c) {
     unsigned char *p = NULL;
     ev->leaf_len = i2d_X509(peer, &p);
     ev->leaf = p;
-    STACK_OF(X509) *chain = SSL_get0_verified_chain(s->ssl);
     int n = chain ? sk_X509_num(chain) : 0;
     if (n > 0) {
         ev->chain = calloc((size_t)n, sizeof *ev->chain);
@@ -621,6 +723,7 @@ static void handshake_done(conn *c) {
             }
         }
     }
+    if (held) sk_X509_pop_free(held, X509_free);
     c->state = S_VERDICT;
     c->wnext = c->w->waiting;
     c->w->waiting = c;
@@ -1183,9 +1286,28 @@ static int tlsctx_init(TlsContextObject *self, PyObject *args, PyObject *kwds) {
         goto out;
     }
     SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
-    SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET | SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION);
-    SSL_CTX_set_num_tickets(ctx, 0);
+    /* servers: stateless tickets under this context's own random keys (see chainstore), no
+       session-ID cache; clients offer no session */
+    SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION |
+                                 (server ? 0 : SSL_OP_NO_TICKET));
+    SSL_CTX_set_num_tickets(ctx, server ? 1 : 0);
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+    SSL_CTX_set_timeout(ctx, 600);
+    if (server) {
+        chainstore *cs = calloc(1, sizeof *cs);
+        if (!cs) {
+            PyErr_NoMemory();
+            goto out;
+        }
+        pthread_mutex_init(&cs->mu, NULL);
+        SSL_CTX_set_ex_data(ctx, chain_index, cs);
+        /* a random session-ID context: a session of one context never resumes on another */
+        unsigned char sid[16];
+        if (RAND_bytes(sid, sizeof sid) != 1 || !SSL_CTX_set_session_id_context(ctx, sid, sizeof sid)) {
+            ssl_error("cannot set the session id context");
+            goto out;
+        }
+    }
     SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
                               SSL_MODE_RELEASE_BUFFERS);
     SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, NULL);
@@ -1652,7 +1774,19 @@ static PyObject *native_fuzz(PyObject *Py_UNUSED(mod), PyObject *args) {
     Py_buffer sample;
     if (!PyArg_ParseTuple(args, "LKO!y*", &iterations, &seed, &TlsContextType, &ctxobj, &sample))
         return NULL;
-    SSL_CTX *ctx = ((TlsContextObject *)ctxobj)->ctx;
+    /* the proxy's settings without a certificate: OpenSSL parses every ClientHello in full,
+       then stops (no cipher can be chosen) instead of spending each input on key exchange */
+    (void)ctxobj;
+    SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+    if (!ctx) {
+        PyBuffer_Release(&sample);
+        return ssl_error("cannot create an SSL_CTX");
+    }
+    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET | SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION);
+    SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, NULL);
+    SSL_CTX_set1_groups_list(ctx, "X25519:P-256:P-384");
     uint64_t s = seed ? seed : 0x9e3779b97f4a7c15ULL;
     long long counts[4] = {0, 0, 0, 0};
     int bad = 0;
@@ -1712,6 +1846,7 @@ static PyObject *native_fuzz(PyObject *Py_UNUSED(mod), PyObject *args) {
         counts[3]++;
     }
     Py_END_ALLOW_THREADS
+    SSL_CTX_free(ctx);
     free(in);
     PyBuffer_Release(&sample);
     if (bad) {
@@ -1749,6 +1884,11 @@ static struct PyModuleDef native_module = {
 
 PyMODINIT_FUNC PyInit__native(void) {
     if (PyType_Ready(&TlsContextType) < 0 || PyType_Ready(&EngineType) < 0) return NULL;
+    chain_index = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, chainstore_free);
+    if (chain_index < 0) {
+        PyErr_SetString(PyExc_RuntimeError, "cannot register the chain store with OpenSSL");
+        return NULL;
+    }
     PyObject *m = PyModule_Create(&native_module);
     if (!m) return NULL;
     Py_INCREF(&TlsContextType);
@@ -1758,6 +1898,11 @@ PyMODINIT_FUNC PyInit__native(void) {
         Py_DECREF(m);
         return NULL;
     }
+#if defined(__SANITIZE_ADDRESS__)
+    PyModule_AddIntConstant(m, "SANITIZED", 1); /* built with AddressSanitizer */
+#else
+    PyModule_AddIntConstant(m, "SANITIZED", 0);
+#endif
     PyModule_AddIntConstant(m, "MODE_STRICT", MODE_STRICT);
     PyModule_AddIntConstant(m, "MODE_PERMISSIVE", MODE_PERMISSIVE);
     PyModule_AddIntConstant(m, "MODE_DISABLE", MODE_DISABLE);

@@ -87,6 +87,7 @@ def _client_hello(ca: ThrowawayCA) -> bytes:
     return outgoing.read()
 
 
+@pytest.mark.timeout(1800)  # make test-asan: two million inputs under AddressSanitizer
 def test_fuzz_the_sniffer_and_client_hello_parsing(ca: ThrowawayCA) -> None:
     """Random and mutated ClientHellos through the native sniffer and OpenSSL's handshake
     (``make test-asan`` runs millions of them under AddressSanitizer)."""
