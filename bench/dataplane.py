@@ -412,6 +412,11 @@ def main() -> int:
     )
     ap.add_argument("--latency-seconds", type=int, default=5, help="wrk duration for latency")
     ap.add_argument("--sidecars", default=",".join(SIDECARS), help="comma-separated sidecars")
+    ap.add_argument(
+        "--scenarios",
+        default="keepalive_1k,bulk_1m,handshakes",
+        help="comma-separated CPU scenarios to run",
+    )
     ap.add_argument("--json", action="store_true", help="print the results as JSON too")
     ap.add_argument(
         "--asan-check",
@@ -519,6 +524,8 @@ def main() -> int:
                 ("bulk_1m", "ka", "/1m", max(1, args.connections // 2)),
                 ("handshakes", "hs", "/1k", args.connections),
             )
+            chosen = set(args.scenarios.split(","))
+            scenarios = tuple(sc for sc in scenarios if sc[0] in chosen)
             runs: dict[str, dict[str, list[dict[str, Any]]]] = {}
             for i in range(args.runs):
                 print(f"run {i + 1}/{args.runs}", flush=True)

@@ -198,12 +198,14 @@ static void cache_put(lconf *lc, const unsigned char *key, int allowed, int64_t 
 /* ------------------------------------------------------------------------ */
 /* verified chains, per SSL_CTX: what a resumed session is decided on        */
 /*
- * Server contexts issue session tickets (TLS 1.2 and 1.3). OpenSSL draws the
- * ticket keys at random for every SSL_CTX, and there is one SSL_CTX per
- * identity version (SVID and bundles), so a ticket only ever resumes under
- * the bundle that verified its peer: a new bundle means a new context, and
- * an older ticket gets a full handshake. A resumed session carries the
- * peer's leaf but not the chain, so each context keeps the chains it
+ * Server contexts resume sessions from their own session cache (TLS 1.2
+ * session IDs, TLS 1.3 stateful tickets), under a random session-ID context.
+ * There is one SSL_CTX per identity version (SVID and bundles), so a session
+ * only ever resumes under the bundle that verified its peer: a new bundle
+ * means a new context with an empty cache, and a full handshake. (A stateful
+ * cache, not stateless tickets: a ticket would make OpenSSL decrypt and parse
+ * the peer certificate again on every resumption.) A resumed session carries
+ * the peer's leaf but not the chain, so each context keeps the chains it
  * verified in full handshakes, keyed by the leaf's SHA-256; a resumed
  * session is then decided like a full handshake (the decision cache, else
  * Python's SVID check and authorization on that chain), and refused when
@@ -1286,12 +1288,12 @@ static int tlsctx_init(TlsContextObject *self, PyObject *args, PyObject *kwds) {
         goto out;
     }
     SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
-    /* servers: stateless tickets under this context's own random keys (see chainstore), no
-       session-ID cache; clients offer no session */
-    SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION |
-                                 (server ? 0 : SSL_OP_NO_TICKET));
+    /* servers: a session cache of this context alone (TLS 1.2 session IDs, TLS 1.3 stateful
+       tickets; see chainstore); clients offer no session */
+    SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_TICKET);
     SSL_CTX_set_num_tickets(ctx, server ? 1 : 0);
-    SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+    SSL_CTX_set_session_cache_mode(ctx, server ? SSL_SESS_CACHE_SERVER : SSL_SESS_CACHE_OFF);
+    SSL_CTX_sess_set_cache_size(ctx, CACHE_MAX);
     SSL_CTX_set_timeout(ctx, 600);
     if (server) {
         chainstore *cs = calloc(1, sizeof *cs);
