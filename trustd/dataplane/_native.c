@@ -327,6 +327,8 @@ typedef struct side {
     struct conn *c;
     int fd;
     SSL *ssl;
+    struct buf *out;  /* TLS: records OpenSSL wrote, not yet sent (see out_write) */
+    int shut_pending; /* TLS: FIN once `out` is sent (after close_notify) */
     int rd_eof;
     int wr_shut;
 } side;
@@ -534,6 +536,10 @@ static void side_close(side *s, int abort) {
         SSL_free(s->ssl);
         s->ssl = NULL;
     }
+    if (s->out) {
+        pool_put(s->c->w, s->out);
+        s->out = NULL;
+    }
     if (s->fd >= 0) {
         if (abort) {
             struct linger lg = {1, 0};
@@ -639,6 +645,76 @@ static void admit(conn *c);
 static void connect_target(conn *c);
 static void pump(conn *c);
 
+/*
+ * The write side of a TLS socket: OpenSSL writes its records into a pooled
+ * buffer of the connection, and side_flush sends them with one send() for up
+ * to 64 KiB of records instead of one write() per 16 KiB record.
+ */
+static BIO_METHOD *out_method;
+
+static int out_write(BIO *b, const char *data, int len) {
+    side *s = BIO_get_data(b);
+    BIO_clear_retry_flags(b);
+    if (len <= 0) return 0;
+    if (!s->out && !(s->out = pool_get(s->c->w))) return -1;
+    buf *o = s->out;
+    if (o->off == o->len) o->off = o->len = 0;
+    if (o->len == BUFSZ && o->off > 0) {
+        memmove(o->data, o->data + o->off, o->len - o->off);
+        o->len -= o->off;
+        o->off = 0;
+    }
+    size_t room = BUFSZ - o->len;
+    if (room == 0) {
+        BIO_set_retry_write(b); /* full: SSL_write says WANT_WRITE, side_flush makes room */
+        return -1;
+    }
+    size_t n = (size_t)len < room ? (size_t)len : room;
+    memcpy(o->data + o->len, data, n);
+    o->len += n;
+    return (int)n;
+}
+
+static long out_ctrl(BIO *b, int cmd, long num, void *ptr) {
+    side *s = BIO_get_data(b);
+    switch (cmd) {
+    case BIO_CTRL_FLUSH:
+        return 1; /* side_flush sends, after every OpenSSL call */
+    case BIO_CTRL_WPENDING:
+    case BIO_CTRL_PENDING:
+        return s && s->out ? (long)(s->out->len - s->out->off) : 0;
+    default:
+        return 0;
+    }
+}
+
+static int out_create(BIO *b) {
+    BIO_set_init(b, 1);
+    return 1;
+}
+
+/* send what OpenSSL wrote: 1 all sent, 0 the socket is full (EPOLLOUT follows), -1 broken */
+static int side_flush(side *s) {
+    buf *o = s->out;
+    while (o && o->len > o->off) {
+        ssize_t r = send(s->fd, o->data + o->off, o->len - o->off, MSG_NOSIGNAL);
+        if (r < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return 0;
+            return -1;
+        }
+        o->off += (size_t)r;
+    }
+    if (o) {
+        pool_put(s->c->w, o);
+        s->out = NULL;
+    }
+    if (s->shut_pending) {
+        s->shut_pending = 0;
+        shutdown(s->fd, SHUT_WR);
+    }
+    return 1;
+}
+
 /* the verdict for the peer is known: go on, or refuse */
 static void verdict(conn *c, int allowed) {
     if (!allowed) {
@@ -735,13 +811,24 @@ static void handshake_done(conn *c) {
 
 static void handshake_step(conn *c) {
     side *s = c->tls == 1 ? &c->a : &c->b;
-    ERR_clear_error();
-    int r = SSL_do_handshake(s->ssl);
+    int r, err, f;
+    for (;;) {
+        ERR_clear_error();
+        r = SSL_do_handshake(s->ssl);
+        err = r == 1 ? SSL_ERROR_NONE : SSL_get_error(s->ssl, r);
+        f = side_flush(s); /* our flight (or alert) goes out now */
+        if (err == SSL_ERROR_WANT_WRITE && f == 1) continue;
+        break;
+    }
+    if (f < 0 && err != SSL_ERROR_SSL) {
+        deny(c, "handshake_failed", "the peer closed the connection during the handshake", NULL);
+        conn_finish(c, 1);
+        return;
+    }
     if (r == 1) {
         handshake_done(c);
         return;
     }
-    int err = SSL_get_error(s->ssl, r);
     if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE) return;
     char detail[256];
     tls_error_detail(detail, sizeof detail, err);
@@ -751,11 +838,16 @@ static void handshake_step(conn *c) {
 
 static void start_tls(conn *c, side *s, int server) {
     s->ssl = SSL_new(c->lc->ctx);
-    if (!s->ssl || !SSL_set_fd(s->ssl, s->fd)) {
+    BIO *rb = s->ssl ? BIO_new_socket(s->fd, BIO_NOCLOSE) : NULL;
+    BIO *wb = rb ? BIO_new(out_method) : NULL;
+    if (!wb) {
+        BIO_free(rb);
         deny(c, "handshake_failed", "tls handshake failed: cannot start tls", NULL);
         conn_finish(c, 1);
         return;
     }
+    BIO_set_data(wb, s);
+    SSL_set_bio(s->ssl, rb, wb);
     if (server) SSL_set_accept_state(s->ssl);
     else SSL_set_connect_state(s->ssl);
     c->tls = (s == &c->a) ? 1 : 2;
@@ -871,15 +963,23 @@ static ssize_t side_read(side *s, unsigned char *p, size_t n) {
     return -1;
 }
 
+#define TLS_CHUNK (60 * 1024) /* plaintext per SSL_write: its records fit one output buffer */
+
 static ssize_t side_write(side *s, const unsigned char *p, size_t n) {
     if (s->ssl) {
-        ERR_clear_error();
-        int r = SSL_write(s->ssl, p, (int)(n > INT32_MAX ? INT32_MAX : n));
-        if (r > 0) return r;
-        int err = SSL_get_error(s->ssl, r);
-        if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE) return AGAIN;
-        ERR_clear_error();
-        return -1;
+        for (;;) {
+            int f = side_flush(s);
+            if (f < 0) return -1;
+            if (f == 0) return AGAIN;
+            ERR_clear_error();
+            int r = SSL_write(s->ssl, p, (int)(n > TLS_CHUNK ? TLS_CHUNK : n));
+            if (r > 0) return side_flush(s) < 0 ? -1 : r;
+            int err = SSL_get_error(s->ssl, r);
+            if (err == SSL_ERROR_WANT_WRITE) continue; /* the buffer was full: flush, retry */
+            if (err == SSL_ERROR_WANT_READ) return AGAIN;
+            ERR_clear_error();
+            return -1;
+        }
     }
     ssize_t r = send(s->fd, p, n, MSG_NOSIGNAL);
     if (r >= 0) return r;
@@ -894,6 +994,9 @@ static void side_shut(side *s) {
         ERR_clear_error();
         SSL_shutdown(s->ssl); /* close_notify; reading on stays possible */
         ERR_clear_error();
+        s->shut_pending = 1; /* FIN after the close_notify is out */
+        side_flush(s);
+        return;
     }
     shutdown(s->fd, SHUT_WR);
 }
@@ -915,7 +1018,7 @@ static int flow(conn *c, side *src, side *dst, buf **bp, int64_t *counter) {
         }
         if (src->rd_eof) {
             side_shut(dst);
-            return 1;
+            return dst->shut_pending ? 0 : 1;
         }
         b = pool_get(c->w);
         if (!b) return -1;
@@ -937,6 +1040,11 @@ static int flow(conn *c, side *src, side *dst, buf **bp, int64_t *counter) {
 }
 
 static void pump(conn *c) {
+    side *t = c->tls == 1 ? &c->a : c->tls == 2 ? &c->b : NULL;
+    if (t && (t->out || t->shut_pending) && side_flush(t) < 0) {
+        conn_finish(c, 1);
+        return;
+    }
     int r1 = flow(c, &c->a, &c->b, &c->ab, &c->l->bytes_ab);
     if (r1 < 0) {
         conn_finish(c, 1);
@@ -1312,6 +1420,7 @@ static int tlsctx_init(TlsContextObject *self, PyObject *args, PyObject *kwds) {
     }
     SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
                               SSL_MODE_RELEASE_BUFFERS);
+    SSL_CTX_set_read_ahead(ctx, 1); /* a record header and its body in one read() */
     SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, NULL);
     if (!SSL_CTX_set_cipher_list(ctx, "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL") ||
         !SSL_CTX_set1_groups_list(ctx, "X25519:P-256:P-384")) {
@@ -1886,6 +1995,12 @@ static struct PyModuleDef native_module = {
 
 PyMODINIT_FUNC PyInit__native(void) {
     if (PyType_Ready(&TlsContextType) < 0 || PyType_Ready(&EngineType) < 0) return NULL;
+    out_method = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "trustd-out");
+    if (!out_method || !BIO_meth_set_write(out_method, out_write) ||
+        !BIO_meth_set_ctrl(out_method, out_ctrl) || !BIO_meth_set_create(out_method, out_create)) {
+        PyErr_SetString(PyExc_RuntimeError, "cannot create the output BIO method");
+        return NULL;
+    }
     chain_index = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, chainstore_free);
     if (chain_index < 0) {
         PyErr_SetString(PyExc_RuntimeError, "cannot register the chain store with OpenSSL");
