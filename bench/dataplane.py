@@ -30,9 +30,9 @@ Scenarios, each run against every sidecar back to back, ``--runs`` times:
 - ``handshakes``: the client Envoy opens a new upstream connection per
   request (``max_requests_per_connection: 1``): CPU seconds per 1,000 new mTLS
   connections, counted by the client Envoy (``upstream_cx_total``);
-- ``latency_1k`` (once): one connection, 1 KiB requests: p50 and p99 latency
-  through the sidecar minus the same over a direct (plaintext) connection to
-  the app, from wrk's latency distribution;
+- ``latency_1k`` (every run): one connection, 1 KiB requests: p50 and p99
+  latency through the sidecar minus the same over a direct (plaintext)
+  connection to the app, from wrk's latency distribution;
 - ``idle_rss`` (once, ``--idle N``, default 9,000): RSS growth of the sidecar
   with N idle mTLS connections open, per connection (each one holds two
   descriptors in the sidecar, so a 20,000 open-files limit caps N below 10,000).
@@ -296,9 +296,7 @@ def unlimited(cluster: dict[str, Any]) -> dict[str, Any]:
     """No circuit breaking (Envoy's default caps a cluster at 1,024 connections)."""
     big = 1_000_000
     cluster["circuit_breakers"] = {
-        "thresholds": [
-            {"max_connections": big, "max_pending_requests": big, "max_requests": big}
-        ]
+        "thresholds": [{"max_connections": big, "max_pending_requests": big, "max_requests": big}]
     }
     return cluster
 
@@ -410,7 +408,7 @@ def main() -> int:
         help="idle connections for RSS (0: skip); each takes two descriptors in the sidecar, "
         "so the open-files limit (20,000 here) caps it below 10,000",
     )
-    ap.add_argument("--latency-seconds", type=int, default=5, help="wrk duration for latency")
+    ap.add_argument("--latency-seconds", type=int, default=4, help="wrk duration for latency")
     ap.add_argument("--sidecars", default=",".join(SIDECARS), help="comma-separated sidecars")
     ap.add_argument(
         "--scenarios",
@@ -527,6 +525,7 @@ def main() -> int:
             chosen = set(args.scenarios.split(","))
             scenarios = tuple(sc for sc in scenarios if sc[0] in chosen)
             runs: dict[str, dict[str, list[dict[str, Any]]]] = {}
+            lat_runs: dict[str, list[dict[str, float]]] = {}
             for i in range(args.runs):
                 print(f"run {i + 1}/{args.runs}", flush=True)
                 for scenario, kind, path, conns in scenarios:
@@ -564,6 +563,26 @@ def main() -> int:
                             flush=True,
                         )
 
+                # latency: one connection, through each sidecar and direct, in every run
+                direct = wrk_latency(
+                    f"http://127.0.0.1:{client.listener_port('direct')}/1k",
+                    seconds=args.latency_seconds,
+                )
+                lat_runs.setdefault("direct", []).append(direct)
+                for target in sidecars:
+                    got = wrk_latency(
+                        f"http://127.0.0.1:{client.listener_port(f'ka_{target}')}/1k",
+                        seconds=args.latency_seconds,
+                    )
+                    got["added_p50_ms"] = got["p50_ms"] - direct["p50_ms"]
+                    got["added_p99_ms"] = got["p99_ms"] - direct["p99_ms"]
+                    lat_runs.setdefault(target, []).append(got)
+                    print(
+                        f"  latency_1k    {target:14} p50={got['p50_ms']:.3f}ms p99={got['p99_ms']:.3f}ms "
+                        f"(direct p50={direct['p50_ms']:.3f}ms p99={direct['p99_ms']:.3f}ms)",
+                        flush=True,
+                    )
+
             results: dict[str, dict[str, Any]] = {}
             for scenario, per in runs.items():
                 for target, rs in per.items():
@@ -589,20 +608,20 @@ def main() -> int:
                         )
                     results.setdefault(scenario, {})[target] = entry
 
-            direct = wrk_latency(
-                f"http://127.0.0.1:{client.listener_port('direct')}/1k",
-                seconds=args.latency_seconds,
-            )
-            lat: dict[str, Any] = {"direct": direct}
+            lat: dict[str, Any] = {
+                "direct": {
+                    "p50_ms": median([r["p50_ms"] for r in lat_runs["direct"]]),
+                    "p99_ms": median([r["p99_ms"] for r in lat_runs["direct"]]),
+                }
+            }
             for target in sidecars:
-                got = wrk_latency(
-                    f"http://127.0.0.1:{client.listener_port(f'ka_{target}')}/1k",
-                    seconds=args.latency_seconds,
-                )
+                rs = lat_runs[target]
                 lat[target] = {
-                    **got,
-                    "added_p50_ms": round(got["p50_ms"] - direct["p50_ms"], 4),
-                    "added_p99_ms": round(got["p99_ms"] - direct["p99_ms"], 4),
+                    "p50_ms": median([r["p50_ms"] for r in rs]),
+                    "p99_ms": median([r["p99_ms"] for r in rs]),
+                    "added_p50_ms": round(median([r["added_p50_ms"] for r in rs]), 4),
+                    "added_p99_ms": round(median([r["added_p99_ms"] for r in rs]), 4),
+                    "runs": len(rs),
                 }
             results["latency_1k"] = lat
 
