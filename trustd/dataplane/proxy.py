@@ -15,6 +15,10 @@ Outbound (client side)::
                    the configured destination SPIFFE ID -> pump
       plaintext -> connect -> pump
 
+Both cores (native and python, see :mod:`trustd.dataplane.native`) follow these
+steps; on the native core they run in C and this class publishes what each
+listener enforces and handles the denials the workers report.
+
 The app connection is only opened once every check has passed, so a refused
 peer never gets a byte to the app. Policy and identity are read when a
 connection arrives: a change applies to new connections and open ones carry
