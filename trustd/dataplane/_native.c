@@ -54,7 +54,8 @@
 #include <unistd.h>
 
 #define MAX_WORKERS 64
-#define BUFSZ (64 * 1024)
+#define BUFSZ (64 * 1024) /* bytes read at a time */
+#define BUFCAP (BUFSZ + 4096) /* room for BUFSZ of plaintext as TLS records */
 #define POOL_MAX 64 /* free buffers kept per worker */
 #define CACHE_BUCKETS 1024
 #define CACHE_MAX 8192
@@ -319,7 +320,7 @@ typedef struct listener {
 typedef struct buf {
     struct buf *next;
     size_t off, len;
-    unsigned char data[BUFSZ];
+    unsigned char data[BUFCAP];
 } buf;
 
 typedef struct side {
@@ -659,12 +660,12 @@ static int out_write(BIO *b, const char *data, int len) {
     if (!s->out && !(s->out = pool_get(s->c->w))) return -1;
     buf *o = s->out;
     if (o->off == o->len) o->off = o->len = 0;
-    if (o->len == BUFSZ && o->off > 0) {
+    if (o->len == BUFCAP && o->off > 0) {
         memmove(o->data, o->data + o->off, o->len - o->off);
         o->len -= o->off;
         o->off = 0;
     }
-    size_t room = BUFSZ - o->len;
+    size_t room = BUFCAP - o->len;
     if (room == 0) {
         BIO_set_retry_write(b); /* full: SSL_write says WANT_WRITE, side_flush makes room */
         return -1;
@@ -963,7 +964,7 @@ static ssize_t side_read(side *s, unsigned char *p, size_t n) {
     return -1;
 }
 
-#define TLS_CHUNK (60 * 1024) /* plaintext per SSL_write: its records fit one output buffer */
+#define TLS_CHUNK BUFSZ /* plaintext per SSL_write: a whole read, its records fit one buffer */
 
 static ssize_t side_write(side *s, const unsigned char *p, size_t n) {
     if (s->ssl) {
