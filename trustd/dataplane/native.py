@@ -429,6 +429,17 @@ class NativeListeners:
 
     # -- shutting down -----------------------------------------------------------
 
+    def abandon(self) -> None:
+        """Undo a start that failed half-way: stop the workers, close the sockets."""
+        self.engine.unlisten()
+        for s in self._sockets:
+            s.close()
+        self._sockets.clear()
+        if self._loop is not None:
+            self._loop.remove_reader(self.engine.fileno())
+            self._loop = None
+        self.engine.close()
+
     async def stop(self, grace: float) -> None:
         """Stop accepting; give open connections ``grace`` seconds, then reset the rest."""
         self.engine.unlisten()

@@ -216,7 +216,7 @@ class Proxy:
             self._publish()
             native.start()
         except BaseException:
-            native.engine.close()
+            native.abandon()
             self._native = None
             raise
 
@@ -227,6 +227,20 @@ class Proxy:
             self._native.publish(self._policy.current(), ident)
 
     async def _start_python(self) -> None:
+        try:
+            await self._listen_python()
+        except BaseException:  # a busy port: close what did open
+            servers = [i.server for i in self._inbound] + [o.server for o in self._outbound]
+            for srv in servers:
+                if srv is not None:
+                    srv.close()
+            for ib in self._inbound:
+                ib.server = None
+            for ob in self._outbound:
+                ob.server = None
+            raise
+
+    async def _listen_python(self) -> None:
         for ib in self._inbound:
             ib.server = await _listen(
                 self._inbound_callback(ib), ib.config.bind, ib.config.port, f"inbound port {ib.config.port}"

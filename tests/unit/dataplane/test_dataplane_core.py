@@ -161,3 +161,36 @@ async def test_several_workers_share_a_port(ca: ThrowawayCA, tmp_path: Path) -> 
     finally:
         await proxy.stop(grace=1)
         await app.stop()
+
+
+@run
+async def test_a_start_that_fails_on_a_busy_port_leaves_nothing_listening(ca: ThrowawayCA) -> None:
+    import socket
+
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    free = probe.getsockname()[1]
+    probe.close()
+    proxy = Proxy(
+        config=parse_config(
+            {
+                "inbound": [
+                    {"port": free, "app": "127.0.0.1:9", "bind": "127.0.0.1"},
+                    {"port": busy.getsockname()[1], "app": "127.0.0.1:9", "bind": "127.0.0.1"},
+                ]
+            }
+        ),
+        identity=StaticIdentitySource(ca.identity(SERVER_ID)),
+        policy=StaticPolicySource(mesh("PERMISSIVE")),
+    )
+    try:
+        with pytest.raises(ProxyConfigError, match="cannot listen on inbound port"):
+            await proxy.start()
+        again = socket.socket()
+        again.bind(("127.0.0.1", free))  # the first listener was closed again
+        again.close()
+    finally:
+        busy.close()
