@@ -22,8 +22,9 @@
  * of its generation, and each generation holds one; an old context is freed
  * when its last connection closes.
  *
- * Session resumption is off: no tickets, no session cache; a handshake that
- * reports a resumed session is refused anyway.
+ * Sessions resume only from the session cache of the context that verified
+ * the peer (one context per SVID and bundle), and every resumed session is
+ * decided again like a full handshake (see the chain store below).
  *
  * Denials and upstream failures are queued as events; an eventfd tells the
  * asyncio loop to fetch them.

@@ -17,8 +17,9 @@
   client never offers a session. On top, the proxy refuses any handshake that
   reports a resumed session (fail closed). Every handshake therefore verifies
   the peer chain against the bundle of the context it runs on, and a new
-  bundle means a new context. (The native core builds its own SSL_CTX with
-  the session cache off: :mod:`trustd.dataplane.native`.)
+  bundle means a new context. (The native core builds its own SSL_CTX per
+  identity version, resumes only from that context's session cache and
+  decides every resumed session again: ``trustd/dataplane/_native.c``.)
 - A context is built on first use after the identity changes. The previous
   one is dropped at once; only connections that already use it keep it alive.
 """
