@@ -6,8 +6,9 @@ Public surface:
   (:mod:`.config`, ``load_config(path)``), run by :func:`serve` / :func:`run`;
 - the seams it reads from: :class:`IdentitySource` (:mod:`.identity`,
   :mod:`.sds`) and :class:`PolicySource` (:mod:`.policysource`);
-- the data-plane core seam :class:`Core` (:mod:`.core`): TLS records and the
-  byte pump, so a native implementation can replace :class:`PythonCore`;
+- the data-plane cores: the native one (:mod:`.native`, C on OpenSSL, whole
+  listeners in its own threads) and the pure-Python fallback behind the
+  per-connection seam :class:`Core` (:mod:`.core`, :class:`PythonCore`);
 - :class:`DenialEvent`, handed to ``on_denial`` for the audit log.
 """
 

@@ -18,6 +18,8 @@
     drainTimeout: 30s              # on shutdown, how long open connections may finish
     reportInterval: 5s             # how often the proxy reports to the control plane
     metricsAddress: 127.0.0.1:15090   # optional: /metrics, /healthz, /readyz
+    core: auto                     # auto | native | python: the data-plane core
+    workers: 1                     # native core: worker threads, one SO_REUSEPORT socket each
     identity: {kind: sds}          # or {kind: files, certFile, keyFile, bundleFile}
     policy: {kind: agent}          # or {kind: files, paths: [policies/]} or {kind: none}
 
@@ -159,6 +161,8 @@ class ProxyConfig(_Model):
     drain_timeout: Duration = dt.timedelta(seconds=30)
     report_interval: Duration = dt.timedelta(seconds=5)
     metrics_address: HostPort | None = None
+    core: Literal["auto", "native", "python"] = "auto"  # the data-plane core (TRUSTD_PROXY_CORE wins)
+    workers: Annotated[int, Field(ge=1, le=64)] = 1  # native worker threads (SO_REUSEPORT)
     identity: Annotated[SdsIdentityConfig | FilesIdentityConfig, Field(discriminator="kind")] = (
         SdsIdentityConfig()
     )

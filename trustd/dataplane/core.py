@@ -1,9 +1,12 @@
-"""The data-plane core: TLS record handling and the byte pump, behind one seam.
+"""The pure-Python data-plane core: TLS record handling and the byte pump per connection.
 
-Everything above this module (listeners, sniffing, policy, SVID checks,
-reloads, metrics) talks to :class:`Core` only. A native core (OpenSSL driven
-from C, splice, pooled buffers) replaces :class:`PythonCore` by implementing
-the same four methods; nothing else changes.
+Two cores run ``trustd proxy`` (``core: auto | native | python``, or
+``TRUSTD_PROXY_CORE``). The native core (:mod:`trustd.dataplane.native`, C on
+OpenSSL) takes whole listeners: it accepts, sniffs, handshakes, authorizes and
+pumps in its own threads, and :class:`trustd.dataplane.proxy.Proxy` hands it
+the listening sockets and a generation of settings per listener. This module
+is the fallback, under asyncio: the proxy's per-connection handlers talk to
+:class:`Core` only, and :class:`PythonCore` implements it.
 
 :class:`PythonCore` runs TLS on ``ssl.SSLObject`` with memory BIOs over
 asyncio streams. That gives it the bytes a sniffer already read (they are fed

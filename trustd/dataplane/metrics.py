@@ -7,6 +7,9 @@ Labels: ``listener`` is ``inbound:<port>`` or ``outbound:<host>:<port>``;
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from trustd.dataplane.verify import REJECT_CODES
@@ -25,10 +28,34 @@ DENIAL_REASONS = (
 )
 
 
+class _Refresh:
+    """Registered first: brings counters kept elsewhere (the native core) up to date
+    before the registry collects the metrics."""
+
+    def __init__(self) -> None:
+        self.hooks: list[Callable[[], None]] = []
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Iterator[Any]:
+        for hook in list(self.hooks):
+            hook()
+        return iter(())
+
+
 class ProxyMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
+        self._refresh = _Refresh()
+        r.register(self._refresh)
+        self.core = Gauge(
+            "trustd_proxy_core",
+            "The data-plane core this proxy runs: 1 for the core label in use (native or python).",
+            ["core"],
+            registry=r,
+        )
         self.connections = Counter(
             "trustd_proxy_connections_total",
             "Connections accepted and forwarded, by listener and mode (tls or plaintext).",
@@ -81,6 +108,10 @@ class ProxyMetrics:
             "SSL contexts built (one server and one client context per SVID or bundle change).",
             registry=r,
         )
+
+    def add_refresh(self, hook: Callable[[], None]) -> None:
+        """Run ``hook`` before every collect (a scrape, :meth:`value`)."""
+        self._refresh.hooks.append(hook)
 
     def value(self, name: str, labels: dict[str, str] | None = None) -> float:
         """A sample's current value (0 when absent), for status reports and tests."""

@@ -15,6 +15,10 @@ Outbound (client side)::
                    the configured destination SPIFFE ID -> pump
       plaintext -> connect -> pump
 
+Both cores (native and python, see :mod:`trustd.dataplane.native`) follow these
+steps; on the native core they run in C and this class publishes what each
+listener enforces and handles the denials the workers report.
+
 The app connection is only opened once every check has passed, so a refused
 peer never gets a byte to the app. Policy and identity are read when a
 connection arrives: a change applies to new connections and open ones carry
@@ -40,6 +44,7 @@ from trustd.dataplane.core import Core, HandshakeError, PythonCore, Stream
 from trustd.dataplane.errors import IdentityUnavailableError, PeerRejectedError, ProxyConfigError
 from trustd.dataplane.identity import Identity, IdentitySource
 from trustd.dataplane.metrics import ProxyMetrics
+from trustd.dataplane.native import NativeListeners, choose_core
 from trustd.dataplane.policysource import PolicySource
 from trustd.dataplane.sniff import SniffResult, sniff
 from trustd.dataplane.tls import TlsContexts
@@ -141,6 +146,10 @@ class Proxy:
         self._policy = policy
         self._clock = clock or SystemClock()
         self._core: Core = core or PythonCore()
+        # an injected per-connection Core means the Python core; else config / TRUSTD_PROXY_CORE
+        self.core_name = "python" if core is not None else choose_core(config.core)
+        self._native: NativeListeners | None = None
+        self.metrics.core.labels(self.core_name).set(1)
         self._on_denial = on_denial
         self._tls = TlsContexts(on_build=self.metrics.tls_contexts.inc)
         self._inbound = [_InboundState(config=c) for c in config.inbound]
@@ -180,6 +189,58 @@ class Proxy:
             ) from None
         self._unsubscribe.append(self._policy.subscribe(self._on_policy))
         self._on_policy(self._policy.current())
+        log.info("proxy core", core=self.core_name, proxy=self.proxy_id)
+        if self.core_name == "native":
+            self._start_native()
+        else:
+            await self._start_python()
+        self._started = True
+        self._reporter = asyncio.create_task(self._report_loop(), name="proxy-report")
+
+    def _start_native(self) -> None:
+        native = NativeListeners(self, workers=self.config.workers)
+        self._native = native
+        self.metrics.add_refresh(native.sync_metrics)
+        try:
+            for ib in self._inbound:
+                ib.port = native.listen_inbound(ib)
+                log.info("inbound listening", port=ib.port, app=ib.config.app, proxy=self.proxy_id)
+            for ob in self._outbound:
+                ob.address = native.listen_outbound(ob)
+                log.info(
+                    "outbound listening",
+                    listen=f"{ob.address[0]}:{ob.address[1]}",
+                    destination=str(ob.destination),
+                    address=ob.config.address,
+                )
+            self._publish()
+            native.start()
+        except BaseException:
+            native.abandon()
+            self._native = None
+            raise
+
+    def _publish(self) -> None:
+        """Hand the native listeners the policy and identity new connections run under."""
+        ident = self._identity.current()
+        if self._native is not None and ident is not None:
+            self._native.publish(self._policy.current(), ident)
+
+    async def _start_python(self) -> None:
+        try:
+            await self._listen_python()
+        except BaseException:  # a busy port: close what did open
+            servers = [i.server for i in self._inbound] + [o.server for o in self._outbound]
+            for srv in servers:
+                if srv is not None:
+                    srv.close()
+            for ib in self._inbound:
+                ib.server = None
+            for ob in self._outbound:
+                ob.server = None
+            raise
+
+    async def _listen_python(self) -> None:
         for ib in self._inbound:
             ib.server = await _listen(
                 self._inbound_callback(ib), ib.config.bind, ib.config.port, f"inbound port {ib.config.port}"
@@ -199,8 +260,6 @@ class Proxy:
                 destination=str(ob.destination),
                 address=ob.config.address,
             )
-        self._started = True
-        self._reporter = asyncio.create_task(self._report_loop(), name="proxy-report")
 
     def _inbound_callback(
         self, ib: _InboundState
@@ -232,6 +291,8 @@ class Proxy:
             await asyncio.gather(self._reporter, return_exceptions=True)
             self._reporter = None
         wait = self.config.drain_timeout.total_seconds() if grace is None else grace
+        if self._native is not None:
+            await self._native.stop(wait)
         if self._tasks:
             _, pending = await asyncio.wait(set(self._tasks), timeout=wait)
             for t in pending:
@@ -258,9 +319,21 @@ class Proxy:
         if ident is None:
             return None
         ps = self._policy.current()
+        native = self._native
+        if native is not None:
+            native.publish(ps, ident)  # what is reported is what the workers enforce
         inbound = []
         for ib in self._inbound:
             mode = self._inbound_mode(ib, ps, ident.spiffe_id)
+            if native is not None:
+                n = native.stats(ib)
+                last_ns = n["last_plaintext_ns"]
+                ib.plaintext_active, ib.plaintext_total = n["plaintext_active"], n["plaintext_total"]
+                ib.tls_active, ib.tls_total = n["tls_active"], n["tls_total"]
+                ib.plaintext_since_mode = n["plaintext_since_mode"]
+                ib.last_plaintext_at = (
+                    dt.datetime.fromtimestamp(last_ns / 1e9, tz=dt.UTC) if last_ns else None
+                )
             inbound.append(
                 InboundStats(
                     port=ib.port,
@@ -274,6 +347,10 @@ class Proxy:
                     plaintext_since_mode=ib.plaintext_since_mode,
                 )
             )
+        if native is not None:
+            for ob in self._outbound:
+                n = native.stats(ob)
+                ob.mtls_total, ob.plaintext_total = n["tls_total"], n["plaintext_total"]
         destinations = [
             Destination(
                 spiffe_id=ob.destination,
@@ -328,6 +405,8 @@ class Proxy:
             not_after=ident.not_after.isoformat(),
             version=ident.version,
         )
+        if self._started:
+            self._publish()
         ready.set()
 
     def _on_policy(self, ps: PolicySet) -> None:
@@ -338,6 +417,7 @@ class Proxy:
         log.info("policy applied", policy_version=ps.version, policy_hash=ps.content_hash)
         self._policy.ack(ps.version)
         if self._started:
+            self._publish()
             self.report_now()
 
     async def _report_loop(self) -> None:
@@ -373,7 +453,7 @@ class Proxy:
         peer: str,
         ps: PolicySet,
         ident: Identity | None,
-        peer_id: SpiffeId | None = None,
+        peer_id: SpiffeId | str | None = None,
     ) -> None:
         self.metrics.denials.labels(listener, reason).inc()
         log.warning(
@@ -421,15 +501,18 @@ class Proxy:
                 listener=ib.label, reason=reason, detail=detail, peer=peer, ps=ps, ident=ident
             )
 
+        context = self._tls.server(ident)
         try:
             async with asyncio.timeout(self.config.handshake_timeout.total_seconds()):
                 client, info = await self._core.tls_server(
-                    reader, writer, prefix=prefix, context=self._tls.server(ident)
+                    reader, writer, prefix=prefix, context=context
                 )
         except (HandshakeError, TimeoutError, OSError) as exc:
             deny("handshake_failed", str(exc) or "the tls handshake timed out")
             writer.transport.abort()
             return None
+        if info.version != "TLSv1.3":  # a TLS 1.2 session id may now sit in its cache
+            self._tls.retire_server(context)
         if info.session_reused:  # never expected: the session cache is off
             deny("resumed_session", "a resumed tls session skips validation: refused")
             client.abort()

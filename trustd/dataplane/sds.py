@@ -160,11 +160,11 @@ class SdsIdentitySource(StaticIdentitySource):
                 continue
             self.accepted_version = resp.version_info
             self.acks += 1
-            await call.write(self._request(version=resp.version_info, nonce=resp.nonce))
             if ident is not None and (
                 self.current() is None or ident.version != self.current_version
             ):
-                self.set(ident)
+                self.set(ident)  # in use before the ACK says so
+            await call.write(self._request(version=resp.version_info, nonce=resp.nonce))
 
     @property
     def current_version(self) -> str | None:

@@ -8,25 +8,24 @@
   (SVIDs carry no DNS names): :mod:`trustd.dataplane.verify` checks the SPIFFE
   ID after every handshake.
 - **No session resumption.** The server context issues no TLS 1.3 tickets
-  (``num_tickets = 0``) and no TLS 1.2 tickets (``OP_NO_TICKET``), and its
-  TLS 1.2 session-ID cache is switched off. Python has no API for the last
-  one, so :func:`disable_session_cache` calls OpenSSL's
-  ``SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF)`` through ctypes
-  after checking that it holds the right ``SSL_CTX`` (its options must read
-  back equal to ``SSLContext.options``). Stock Envoy clients do offer TLS 1.2
-  session IDs, which is how this was found. The client never offers a
-  session. On top, the proxy refuses any handshake that reports a resumed
-  session (fail closed, should the cache ever be on). Every handshake
-  therefore verifies the peer chain against the bundle of the context it runs
-  on, and a new bundle means a new context.
+  (``num_tickets = 0``) and no TLS 1.2 tickets (``OP_NO_TICKET``). Python's
+  ``ssl`` cannot switch off OpenSSL's TLS 1.2 session-ID cache, and stock
+  Envoy clients offer TLS 1.2 session IDs; so a server context that ran a
+  TLS 1.2 handshake (and so may hold that session) is retired at once
+  (:meth:`TlsContexts.retire_server`) and the next handshake runs on a fresh
+  context with an empty cache. TLS 1.3 handshakes keep the context. The
+  client never offers a session. On top, the proxy refuses any handshake that
+  reports a resumed session (fail closed). Every handshake therefore verifies
+  the peer chain against the bundle of the context it runs on, and a new
+  bundle means a new context. (The native core builds its own SSL_CTX per
+  identity version, resumes only from that context's session cache and
+  decides every resumed session again: ``trustd/dataplane/_native.c``.)
 - A context is built on first use after the identity changes. The previous
   one is dropped at once; only connections that already use it keep it alive.
 """
 
 from __future__ import annotations
 
-import _ssl
-import ctypes
 import os
 import ssl
 import tempfile
@@ -74,38 +73,10 @@ def _common(ctx: ssl.SSLContext, ident: Identity) -> ssl.SSLContext:
     return ctx
 
 
-_SSL_CTRL_SET_SESS_CACHE_MODE = 44  # openssl/ssl.h
-_SSL_CTRL_GET_SESS_CACHE_MODE = 45
-_SSL_SESS_CACHE_OFF = 0
-
-
-def disable_session_cache(ctx: ssl.SSLContext) -> bool:
-    """Switch off OpenSSL's session cache of ``ctx``; True when it is verifiably off."""
-    try:
-        lib = ctypes.CDLL(_ssl.__file__)
-        ctrl = lib.SSL_CTX_ctrl
-        ctrl.restype = ctypes.c_long
-        ctrl.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_void_p]
-        get_options = lib.SSL_CTX_get_options
-        get_options.restype = ctypes.c_uint64
-        get_options.argtypes = [ctypes.c_void_p]
-        # CPython's PySSLContext starts with PyObject_HEAD, then the SSL_CTX pointer.
-        ptr = ctypes.c_void_p.from_address(id(ctx) + object.__basicsize__).value
-        if not ptr or get_options(ptr) != int(ctx.options):
-            return False
-        ctrl(ptr, _SSL_CTRL_SET_SESS_CACHE_MODE, _SSL_SESS_CACHE_OFF, None)
-        return bool(ctrl(ptr, _SSL_CTRL_GET_SESS_CACHE_MODE, 0, None) == _SSL_SESS_CACHE_OFF)
-    except (OSError, AttributeError, TypeError, ValueError):
-        return False
-
-
 def server_context(ident: Identity) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.num_tickets = 0
-    _common(ctx, ident)
-    if not disable_session_cache(ctx):
-        log.warning("cannot switch off the tls session cache: resumed sessions will be refused")
-    return ctx
+    return _common(ctx, ident)
 
 
 def client_context(ident: Identity) -> ssl.SSLContext:
@@ -137,6 +108,12 @@ class TlsContexts:
             self.builds += 1
             self._on_build()
         return self._server
+
+    def retire_server(self, ctx: ssl.SSLContext) -> None:
+        """``ctx`` ran a TLS 1.2 handshake: its session cache may hold that session, so new
+        handshakes get a fresh context (open connections keep theirs)."""
+        if self._server is ctx:
+            self._server = None
 
     def client(self, ident: Identity) -> ssl.SSLContext:
         self._refresh(ident)

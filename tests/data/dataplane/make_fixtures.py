@@ -10,12 +10,15 @@ throwaway test keys.
 from __future__ import annotations
 
 import datetime as dt
+import sys
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from trustd.dataplane.testing import ThrowawayCA
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # tests/: dataplane_testing
+
+from dataplane_testing import ThrowawayCA
 
 HERE = Path(__file__).parent
 START = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 from dataplane_integration_helpers import eventually, run
+from dataplane_testing import RecordingApp
 
 from trustd.dataplane import Proxy, SdsIdentitySource, StaticPolicySource, parse_config
 from trustd.dataplane.proxy import DenialEvent
-from trustd.dataplane.testing import RecordingApp
 from trustd.policy import PolicySet, load_text
 from trustd.policy.effective import PolicyLayer
 

@@ -11,16 +11,16 @@ from pathlib import Path
 
 import pytest
 from dataplane_integration_helpers import eventually, run
-
-from trustd.dataplane import Proxy, StaticIdentitySource, StaticPolicySource, parse_config
-from trustd.dataplane.proxy import DenialEvent
-from trustd.dataplane.testing import (
+from dataplane_testing import (
     EnvoyProcess,
     RecordingApp,
     ThrowawayCA,
     envoy_cluster,
     envoy_listener,
 )
+
+from trustd.dataplane import Proxy, StaticIdentitySource, StaticPolicySource, parse_config
+from trustd.dataplane.proxy import DenialEvent
 from trustd.policy import PolicySet, load_text
 from trustd.policy.effective import PolicyLayer
 

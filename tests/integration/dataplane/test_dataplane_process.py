@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 from dataplane_integration_helpers import eventually, run
-
-from trustd.dataplane.testing import RecordingApp, ThrowawayCA
+from dataplane_testing import RecordingApp, ThrowawayCA
 
 pytestmark = pytest.mark.integration
 

@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 
 import pytest
 from dataplane_integration_helpers import eventually, run
+from dataplane_testing import RecordingApp, ThrowawayCA
 
 from trustd.clock import SystemClock
 from trustd.dataplane import Proxy, StaticIdentitySource, parse_config
 from trustd.dataplane.proxy import DenialEvent
-from trustd.dataplane.testing import RecordingApp, ThrowawayCA
 from trustd.policy import (
     MemoryRolloutStore,
     PeerMode,

@@ -451,8 +451,9 @@ def test_agent_svid_is_renewed_at_half_life(tmp_path: Path) -> None:
 
 
 def test_a_remote_agent_gets_federated_bundles_and_federates_with(tmp_path: Path) -> None:
+    from dataplane_testing import ThrowawayCA
+
     from trustd.bundle import Bundle
-    from trustd.dataplane.testing import ThrowawayCA
     from trustd.federation.model import CreateFederation
 
     partner = ThrowawayCA("partner.example")

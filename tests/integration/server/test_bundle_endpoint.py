@@ -9,9 +9,9 @@ import json
 from pathlib import Path
 
 import pytest
+from dataplane_testing import ThrowawayCA
 
 from trustd.config import load_server_config
-from trustd.dataplane.testing import ThrowawayCA
 from trustd.federation.check import parse_bundle
 from trustd.federation.fetch import fetch_bundle_document
 from trustd.federation.model import Relationship

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -10,10 +11,11 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+from dataplane_testing import IssuedSvid, RecordingApp
+
 from trustd.dataplane import Proxy, StaticIdentitySource, StaticPolicySource, parse_config
 from trustd.dataplane.identity import Identity
 from trustd.dataplane.proxy import DenialEvent
-from trustd.dataplane.testing import IssuedSvid, RecordingApp
 from trustd.policy import PolicySet, load_text
 from trustd.policy.effective import PolicyLayer
 
@@ -116,6 +118,13 @@ async def read_until_closed(reader: asyncio.StreamReader, limit: float = 5.0) ->
     except (ConnectionError, OSError):
         pass
     return out
+
+
+def half_close(w: asyncio.StreamWriter) -> None:
+    """Send FIN; the proxy may already have reset a connection it refused (a native core
+    decides while the client is still writing), which refuses it just the same."""
+    with contextlib.suppress(OSError):
+        w.write_eof()
 
 
 async def eventually(check: Callable[[], bool], *, limit: float = 5.0) -> None:

@@ -13,13 +13,14 @@ from dataplane_helpers import (
     SERVER_ID,
     client_ssl_context,
     eventually,
+    half_close,
     mesh,
     read_until_closed,
     run,
     server_proxy,
 )
+from dataplane_testing import ThrowawayCA
 
-from trustd.dataplane.testing import ThrowawayCA
 from trustd.dataplane.tls import client_context
 
 ALLOW_FRONTEND_ONLY = (
@@ -172,8 +173,11 @@ async def test_sniff_cap_refuses_connections_beyond_it(ca: ThrowawayCA) -> None:
         port = h.server.inbound_port()
         held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
         await eventually(lambda: h.server.metrics.value("trustd_proxy_sniffing_connections") == 2)
-        r, _ = await asyncio.open_connection("127.0.0.1", port)
-        assert await read_until_closed(r) == b""
+        try:  # a native core may reset it before the client has seen its connect complete
+            r, _ = await asyncio.open_connection("127.0.0.1", port)
+            assert await read_until_closed(r) == b""
+        except ConnectionError:
+            pass
         await eventually(lambda: bool(h.denials))
         assert [d.reason for d in h.denials] == ["sniff_overload"]
         for _, w in held:
@@ -208,7 +212,7 @@ async def test_bytes_after_a_tls_header_then_fin_never_reach_the_app(ca: Throwaw
         async with server_proxy(ca.identity(SERVER_ID), mesh(mode)) as h:
             r, w = await asyncio.open_connection("127.0.0.1", h.server.inbound_port())
             w.write(b"\x16\x03\x01GET /admin HTTP/1.1\r\n\r\n")
-            w.write_eof()
+            half_close(w)
             answer = await read_until_closed(r)
             assert answer == b"" or answer[0] == 0x15  # nothing, or a TLS alert record
             await eventually(lambda h=h: bool(h.denials))
@@ -228,7 +232,7 @@ async def test_a_client_hello_followed_by_data_and_fin_never_reaches_the_app(
             tls.do_handshake()
         r, w = await asyncio.open_connection("127.0.0.1", h.server.inbound_port())
         w.write(outgoing.read() + b"GET /admin HTTP/1.1\r\n\r\n")
-        w.write_eof()
+        half_close(w)
         await read_until_closed(r)
         await eventually(lambda: bool(h.denials))
         assert h.app.connections == 0 and bytes(h.app.received) == b""
@@ -241,7 +245,7 @@ async def test_plaintext_in_permissive_is_never_authenticated(ca: ThrowawayCA) -
     async with server_proxy(ca.identity(SERVER_ID), policy) as h:
         r, w = await asyncio.open_connection("127.0.0.1", h.server.inbound_port())
         w.write(b"I am " + CLIENT_ID.encode())
-        w.write_eof()
+        half_close(w)
         assert await read_until_closed(r) == b""
         await eventually(lambda: bool(h.denials))
         assert h.app.connections == 0

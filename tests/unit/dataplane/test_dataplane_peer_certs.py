@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 from dataplane_helpers import SERVER_ID, eventually, mesh, read_until_closed, run, server_proxy
+from dataplane_testing import ThrowawayCA
 
 from trustd.dataplane.identity import Identity
-from trustd.dataplane.testing import ThrowawayCA
 from trustd.spiffeid import TrustDomain
 
 DATA = Path(__file__).resolve().parents[2] / "data" / "dataplane"

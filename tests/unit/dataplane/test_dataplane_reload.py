@@ -20,8 +20,7 @@ from dataplane_helpers import (
     run,
     server_proxy,
 )
-
-from trustd.dataplane.testing import ThrowawayCA
+from dataplane_testing import ThrowawayCA
 
 
 async def open_tls(
@@ -98,8 +97,21 @@ def _connect(
         return session, reused
 
 
+ALLOW_SOMEONE_ELSE = (
+    "apiVersion: trustd.io/v1alpha1\nkind: AuthorizationPolicy\n"
+    "metadata: {name: only-admin, namespace: shop}\n"
+    "spec:\n  rules:\n  - from: [{principals: ['spiffe://trustd.local/ns/shop/sa/admin']}]\n---\n"
+)
+
+
 @pytest.mark.parametrize("tls12", [True, False], ids=["tls1.2", "tls1.3"])
-def test_session_resumption_is_never_granted(ca: ThrowawayCA, tmp_path: Path, tls12: bool) -> None:
+def test_a_resumed_session_is_decided_like_a_full_handshake(
+    ca: ThrowawayCA, tmp_path: Path, tls12: bool, proxy_core: str
+) -> None:
+    """The Python core never resumes. The native core resumes from the session cache of the
+    context (the bundle) that verified the peer, and decides every resumed session again:
+    here a policy that no longer allows the peer refuses its resumed session."""
+
     @run
     async def body() -> None:
         async with server_proxy(ca.identity(SERVER_ID), mesh("STRICT")) as h:
@@ -107,9 +119,18 @@ def test_session_resumption_is_never_granted(ca: ThrowawayCA, tmp_path: Path, tl
             ctx = client_ssl_context(ca.issue(CLIENT_ID), tmp_path, tls12=tls12)
             session, reused = await asyncio.to_thread(_connect, port, ctx, None)
             assert not reused
-            assert session is None or not session.has_ticket
-            _, reused = await asyncio.to_thread(_connect, port, ctx, session)
-            assert not reused  # a full handshake, so the chain was verified again
+            session2, reused = await asyncio.to_thread(_connect, port, ctx, session)
+            if proxy_core == "python":
+                assert session is None or not session.has_ticket
+                assert not reused  # a full handshake, so the chain was verified again
+            else:
+                assert reused
+            h.server_policy.set(mesh("STRICT", ALLOW_SOMEONE_ELSE).successor())
+            with pytest.raises((ssl.SSLError, ConnectionError, AssertionError)):
+                await asyncio.to_thread(_connect, port, ctx, session2 or session)
+            await eventually(lambda: bool(h.denials))
+            assert h.denials[-1].reason == "unauthorized"
+            assert h.denials[-1].peer_spiffe_id == CLIENT_ID
 
     body()
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import grpc  # type: ignore[import-untyped]
 from dataplane_helpers import run
+from dataplane_testing import IssuedSvid, ThrowawayCA
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from envoy.service.secret.v3 import sds_pb2_grpc
@@ -16,7 +17,6 @@ from google.protobuf import any_pb2
 
 from trustd.dataplane.identity import Identity
 from trustd.dataplane.sds import SECRET_TYPE_URL, SdsIdentitySource
-from trustd.dataplane.testing import IssuedSvid, ThrowawayCA
 
 ME = "spiffe://trustd.local/ns/shop/sa/frontend"
 

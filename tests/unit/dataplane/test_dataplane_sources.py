@@ -7,6 +7,7 @@ import ssl
 from pathlib import Path
 
 import pytest
+from dataplane_testing import ThrowawayCA
 
 from trustd.dataplane import (
     FileIdentitySource,
@@ -16,8 +17,7 @@ from trustd.dataplane import (
     parse_config,
 )
 from trustd.dataplane.identity import Identity
-from trustd.dataplane.testing import ThrowawayCA
-from trustd.dataplane.tls import disable_session_cache, server_context
+from trustd.dataplane.tls import TlsContexts, server_context
 from trustd.errors import InvalidArgumentError
 
 ME = "spiffe://trustd.local/ns/shop/sa/web"
@@ -81,10 +81,15 @@ def test_policy_source_kinds(tmp_path: Path) -> None:
     assert isinstance(agent, AgentPolicySource) and agent.proxy_id == "p"
 
 
-def test_the_tls_session_cache_is_off(ca: ThrowawayCA) -> None:
-    assert disable_session_cache(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER))
-    ctx = server_context(ca.identity(ME))
+def test_no_tickets_and_a_tls12_server_context_serves_one_handshake(ca: ThrowawayCA) -> None:
+    ident = ca.identity(ME)
+    ctx = server_context(ident)
     assert ctx.num_tickets == 0 and ctx.options & ssl.OP_NO_TICKET
+    contexts = TlsContexts()
+    first = contexts.server(ident)
+    assert contexts.server(ident) is first  # TLS 1.3 handshakes share it
+    contexts.retire_server(first)  # a TLS 1.2 handshake ran on it
+    assert contexts.server(ident) is not first and contexts.builds == 2
 
 
 def test_an_identity_must_be_an_svid_with_its_own_key(ca: ThrowawayCA) -> None:

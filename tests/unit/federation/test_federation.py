@@ -14,12 +14,12 @@ import pytest
 from agent_fakes import TestCA, run_async
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
+from dataplane_testing import ThrowawayCA
 
 from trustd.audit.events import Actor
 from trustd.audit.sink import MemoryAuditSink
 from trustd.bundle import Bundle
 from trustd.clock import FakeClock
-from trustd.dataplane.testing import ThrowawayCA
 from trustd.entries import RegistrationEntry
 from trustd.errors import AlreadyExistsError, FailedPreconditionError, InvalidArgumentError
 from trustd.federation import errors as fe

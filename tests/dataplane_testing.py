@@ -493,3 +493,13 @@ class EnvoyProcess:
                 self.proc.kill()
                 self.proc.wait(10)
         self.proc = None
+
+
+CORES = ("native", "python")  # every proxy test runs on both data-plane cores
+
+
+def use_core(core: str, monkeypatch: object) -> str:
+    """Select the proxy's data-plane core for one test (``TRUSTD_PROXY_CORE``); a native
+    core that cannot load makes the test fail, never skip."""
+    monkeypatch.setenv("TRUSTD_PROXY_CORE", core)  # type: ignore[attr-defined]
+    return core
