@@ -32,7 +32,9 @@ system-deps:
 
 lint: $(STAMP)
 	$(BIN)/ruff check trustd tests bench
+	$(BIN)/ruff format --check trustd tests bench
 	$(BIN)/mypy
+	$(BIN)/mypy --config-file tests/mypy.ini tests
 
 test: $(NATIVE) system-deps lint
 	$(BIN)/pytest -q tests

@@ -58,8 +58,17 @@ def main() -> None:
 
     data = os.path.join(root, "data")
     as_pg(_pg_bin("initdb"), "-D", data, "-A", "trust", "-U", "trustd", "--no-sync")
-    as_pg(_pg_bin("pg_ctl"), "-D", data, "-l", os.path.join(root, "log"), "-w", "-o",
-          f"-p {port} -k {root} -c listen_addresses=127.0.0.1", "start")
+    as_pg(
+        _pg_bin("pg_ctl"),
+        "-D",
+        data,
+        "-l",
+        os.path.join(root, "log"),
+        "-w",
+        "-o",
+        f"-p {port} -k {root} -c listen_addresses=127.0.0.1",
+        "start",
+    )
     dsn = f"postgresql://trustd@127.0.0.1:{port}/postgres"
     try:
         arrived = threading.Event()
@@ -87,8 +96,10 @@ def main() -> None:
         b.stop()
         times.sort()
         p99 = times[int(len(times) * 0.99) - 1]
-        print(f"{len(times)} changes A -> B: p50 {statistics.median(times):.2f} ms, "
-              f"p99 {p99:.2f} ms, max {times[-1]:.2f} ms")
+        print(
+            f"{len(times)} changes A -> B: p50 {statistics.median(times):.2f} ms, "
+            f"p99 {p99:.2f} ms, max {times[-1]:.2f} ms"
+        )
     finally:
         as_pg(_pg_bin("pg_ctl"), "-D", data, "-m", "immediate", "stop")
         shutil.rmtree(root, ignore_errors=True)

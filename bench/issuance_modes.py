@@ -83,7 +83,9 @@ def run_transit(runs: int, seconds: float) -> None:
                 )
             med = {k: statistics.median(v) for k, v in figures.items()}
             base = med["OpenBao PKI sign-verbatim, 4 threads"]
-            print(f"{'SVIDs/s, same bao process, medians of ' + str(runs):<48}{'rate':>8}{'x PKI':>8}")
+            print(
+                f"{'SVIDs/s, same bao process, medians of ' + str(runs):<48}{'rate':>8}{'x PKI':>8}"
+            )
             for name, rate in med.items():
                 print(f"  {name:<46}{rate:>8.0f}{rate / base:>8.1f}")
         finally:
@@ -95,7 +97,9 @@ def run_audit(runs: int, seconds: float) -> None:
     with tempfile.TemporaryDirectory(prefix="trustd-bench-audit-") as tmp:
         setup = Setup(Path(tmp))
         null_auditor = setup.core.audit
-        log = AuditLog(Path(tmp) / "audit", key_manager=setup.km, clock=SystemClock(), inline_maintenance=False)
+        log = AuditLog(
+            Path(tmp) / "audit", key_manager=setup.km, clock=SystemClock(), inline_maintenance=False
+        )
         audited = log
         figures: dict[str, list[float]] = {}
         for _ in range(runs):

@@ -99,9 +99,7 @@ async def serve_trustd(socket_path: str) -> None:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30))  # warnings+
     up = FakeUpstream("trustd.local")
     up.add_entry("spiffe://trustd.local/ns/bench/sa/client", [f"unix:uid:{os.getuid()}"])
-    agent = AgentService(
-        upstream=up, socket_path=Path(socket_path), trust_domain=up.trust_domain
-    )
+    agent = AgentService(upstream=up, socket_path=Path(socket_path), trust_domain=up.trust_domain)
     await agent.start()
     await agent.wait_ready()
     reg = agent.metrics.registry
@@ -158,8 +156,9 @@ async def serve_bare(socket_path: str) -> None:
                 while True:
                     if sent != version[0]:
                         sent = version[0]
-                        resp = DiscoveryResponse(version_info=str(sent), nonce=str(sent),
-                                                 type_url=SECRET_TYPE)
+                        resp = DiscoveryResponse(
+                            version_info=str(sent), nonce=str(sent), type_url=SECRET_TYPE
+                        )
                         resp.resources.add(type_url=SECRET_TYPE, value=payload)
                         await stream.send_message(resp)
                         pushes[0] += 1
@@ -236,9 +235,14 @@ async def run_clients(socket_path: str, streams: int, per_conn: int, parallel: i
             await call.write(DiscoveryRequest(resource_names=["ROOTCA"], type_url=SECRET_TYPE))
             resp = await call.read()
             times[i].append(time.monotonic_ns())
-            await call.write(DiscoveryRequest(resource_names=["ROOTCA"], type_url=SECRET_TYPE,
-                                              version_info=resp.version_info,
-                                              response_nonce=resp.nonce))
+            await call.write(
+                DiscoveryRequest(
+                    resource_names=["ROOTCA"],
+                    type_url=SECRET_TYPE,
+                    version_info=resp.version_info,
+                    response_nonce=resp.nonce,
+                )
+            )
         ready[0] += 1
         if ready[0] == streams:
             all_ready.set()
@@ -248,9 +252,14 @@ async def run_clients(socket_path: str, streams: int, per_conn: int, parallel: i
                 return
             times[i].append(time.monotonic_ns())
             progress.set()
-            await call.write(DiscoveryRequest(resource_names=["ROOTCA"], type_url=SECRET_TYPE,
-                                              version_info=resp.version_info,
-                                              response_nonce=resp.nonce))
+            await call.write(
+                DiscoveryRequest(
+                    resource_names=["ROOTCA"],
+                    type_url=SECRET_TYPE,
+                    version_info=resp.version_info,
+                    response_nonce=resp.nonce,
+                )
+            )
 
     tasks = []
     for i in range(streams):
@@ -326,9 +335,7 @@ def measure(kind: str, streams: int, procs: int, per_conn: int, rounds: int) -> 
         base = server.recv()
         share = [streams // procs + (1 if i < streams % procs else 0) for i in range(procs)]
         t_connect = time.monotonic()
-        clients = [
-            Proc(["clients", sock, str(n), str(per_conn), "64"]) for n in share if n
-        ]
+        clients = [Proc(["clients", sock, str(n), str(per_conn), "64"]) for n in share if n]
         for c in clients:
             c.recv()
         connect_s = time.monotonic() - t_connect

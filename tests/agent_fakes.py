@@ -194,8 +194,10 @@ class FakeUpstream:
         svid_ttl: dt.timedelta = dt.timedelta(hours=1),
         ca_ttl: dt.timedelta = dt.timedelta(hours=24),
     ) -> None:
-        td = trust_domain if isinstance(trust_domain, TrustDomain) else TrustDomain.parse(
+        td = (
             trust_domain
+            if isinstance(trust_domain, TrustDomain)
+            else TrustDomain.parse(trust_domain)
         )
         self.trust_domain = td
         self.clock = clock or SystemClock()
@@ -238,8 +240,9 @@ class FakeUpstream:
         self._push_entries(EntryUpdate(revision=self.revision, full=False, upserted=(entry,)))
         return entry
 
-    def update_entry(self, entry_id: str, *, spiffe_id: str | None = None,
-                     selectors: Sequence[str] | None = None) -> RegistrationEntry:
+    def update_entry(
+        self, entry_id: str, *, spiffe_id: str | None = None, selectors: Sequence[str] | None = None
+    ) -> RegistrationEntry:
         old = self.entries[entry_id]
         self.revision += 1
         entry = RegistrationEntry(
@@ -450,7 +453,9 @@ def sds_request(
     names: Sequence[str], *, version: str = "", nonce: str = "", error: str | None = None
 ) -> DiscoveryRequest:
     req = DiscoveryRequest(
-        resource_names=list(names), type_url=SECRET_TYPE, version_info=version,
+        resource_names=list(names),
+        type_url=SECRET_TYPE,
+        version_info=version,
         response_nonce=nonce,
     )
     if error is not None:
@@ -559,7 +564,11 @@ def python_for_other_users() -> str:
     import shutil
     import sys
 
-    candidates = [Path(sys.executable), Path("/usr/bin/python3.11"), Path("/usr/local/bin/python3.11")]
+    candidates = [
+        Path(sys.executable),
+        Path("/usr/bin/python3.11"),
+        Path("/usr/local/bin/python3.11"),
+    ]
     found = shutil.which("python3.11")
     if found:
         candidates.append(Path(found))

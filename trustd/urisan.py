@@ -43,7 +43,9 @@ def spiffe_id(obj: X509Object, *, what: str = "the certificate") -> SpiffeId:
     try:
         return SpiffeId.parse(uris[0])
     except InvalidSpiffeIdError as exc:
-        raise UriSanError("not_spiffe", f"the URI SAN of {what} is not a SPIFFE ID: {exc}") from None
+        raise UriSanError(
+            "not_spiffe", f"the URI SAN of {what} is not a SPIFFE ID: {exc}"
+        ) from None
 
 
 def spiffe_id_or_none(obj: X509Object) -> SpiffeId | None:

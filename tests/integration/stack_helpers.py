@@ -22,7 +22,9 @@ def free_port() -> int:
 
 def cli(env: dict[str, str], *args: str) -> Any:
     """`trustd ARGS -o json`, which must succeed; its JSON output."""
-    out = subprocess.run([TRUSTD, *args, "-o", "json"], env=env, capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [TRUSTD, *args, "-o", "json"], env=env, capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, f"trustd {' '.join(args)}: {out.stderr}"
     return json.loads(out.stdout) if out.stdout.strip() else {}
 

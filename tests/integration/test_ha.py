@@ -40,9 +40,13 @@ import psycopg
 import pytest
 import yaml
 from cryptography import x509
-from kms.kms_peers import BaoDevServer
 from stack_helpers import TRUSTD, free_port
 from store.conftest import fresh_db, postgres_dsn  # noqa: F401 - the PostgreSQL fixtures
+
+_KMS_DIR = str(Path(__file__).resolve().parent / "kms")  # the bao helpers, as kms_server does
+if _KMS_DIR not in sys.path:
+    sys.path.insert(0, _KMS_DIR)
+from kms_peers import BaoDevServer  # noqa: E402 - needs the path above
 
 pytestmark = pytest.mark.integration
 

@@ -143,7 +143,9 @@ async def _main(tmp: Path) -> None:
             assert time.monotonic() < deadline
             await asyncio.sleep(0.2)
         cli(env, "entry", "create", "--spiffe-id", SERVER_ID, "--selector", "unix:uid:0")
-        cli(env, "entry", "create", "--spiffe-id", CLIENT_ID, "--selector", f"unix:uid:{CLIENT_UID}")
+        cli(
+            env, "entry", "create", "--spiffe-id", CLIENT_ID, "--selector", f"unix:uid:{CLIENT_UID}"
+        )
         (tmp / "mesh.yaml").write_text(MESH_DISABLE)
         cli(env, "policy", "apply", "-f", str(tmp / "mesh.yaml"), "--force")
 
@@ -281,7 +283,9 @@ async def _main(tmp: Path) -> None:
                     p.kill()
 
 
-async def _until_complete(env: dict[str, str], traffic: Traffic, limit: float = 240) -> dict[str, Any]:
+async def _until_complete(
+    env: dict[str, str], traffic: Traffic, limit: float = 240
+) -> dict[str, Any]:
     deadline = time.monotonic() + limit
     while True:
         await asyncio.sleep(0.5)

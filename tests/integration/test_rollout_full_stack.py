@@ -108,8 +108,12 @@ class Loop:
         await asyncio.gather(*self.tasks)
 
 
-async def _rollout(env: dict[str, str], target: str, loop: Loop, limit: float = 180) -> dict[str, object]:
-    started = _cli(env, "rollout", "start", "--selector", "spiffe://trustd.local/ns/shop/**", "--to", target)
+async def _rollout(
+    env: dict[str, str], target: str, loop: Loop, limit: float = 180
+) -> dict[str, object]:
+    started = _cli(
+        env, "rollout", "start", "--selector", "spiffe://trustd.local/ns/shop/**", "--to", target
+    )
     assert started["state"] == "running", started
     deadline = time.monotonic() + limit
     while True:
@@ -133,9 +137,20 @@ async def _main(tmp: Path) -> None:
     env = dict(os.environ, TRUSTD_ADMIN_SOCKET=str(data / "admin.sock"))
     agent_sock = data / "public" / "agent.sock"
     up = subprocess.Popen(
-        [TRUSTD, "up", "--config", str(cfg), "--data-dir", str(data),
-         "--server-address", f"127.0.0.1:{_port()}", "--metrics-address", f"127.0.0.1:{_port()}"],
-        stdout=subprocess.DEVNULL, stderr=(tmp / "up.log").open("wb"),
+        [
+            TRUSTD,
+            "up",
+            "--config",
+            str(cfg),
+            "--data-dir",
+            str(data),
+            "--server-address",
+            f"127.0.0.1:{_port()}",
+            "--metrics-address",
+            f"127.0.0.1:{_port()}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=(tmp / "up.log").open("wb"),
     )
     procs: list[subprocess.Popen[bytes]] = [up]
     app = None
@@ -146,18 +161,31 @@ async def _main(tmp: Path) -> None:
             assert up.poll() is None, (tmp / "up.log").read_text()
             assert time.monotonic() < deadline
             await asyncio.sleep(0.2)
-        _cli(env, "entry", "create", "--spiffe-id", SERVER_ID, "--selector", f"unix:gid:{SERVER_GID}")
-        _cli(env, "entry", "create", "--spiffe-id", CLIENT_ID, "--selector", f"unix:gid:{CLIENT_GID}")
+        _cli(
+            env, "entry", "create", "--spiffe-id", SERVER_ID, "--selector", f"unix:gid:{SERVER_GID}"
+        )
+        _cli(
+            env, "entry", "create", "--spiffe-id", CLIENT_ID, "--selector", f"unix:gid:{CLIENT_GID}"
+        )
 
         app_port, inbound, outbound = _port(), _port(), _port()
         server_metrics, client_metrics = _port(), _port()
         app = await _echo_app(app_port)
         os.chmod(tmp, 0o755)
         for name, gid, body, mport in (
-            ("server", SERVER_GID, f"inbound:\n  - port: {inbound}\n    app: 127.0.0.1:{app_port}\n", server_metrics),
-            ("client", CLIENT_GID,
-             f"outbound:\n  - listen: 127.0.0.1:{outbound}\n    destination: {SERVER_ID}\n"
-             f"    address: 127.0.0.1:{inbound}\n", client_metrics),
+            (
+                "server",
+                SERVER_GID,
+                f"inbound:\n  - port: {inbound}\n    app: 127.0.0.1:{app_port}\n",
+                server_metrics,
+            ),
+            (
+                "client",
+                CLIENT_GID,
+                f"outbound:\n  - listen: 127.0.0.1:{outbound}\n    destination: {SERVER_ID}\n"
+                f"    address: 127.0.0.1:{inbound}\n",
+                client_metrics,
+            ),
         ):
             conf = tmp / f"{name}-proxy.yaml"
             conf.write_text(
@@ -167,9 +195,15 @@ async def _main(tmp: Path) -> None:
             os.chmod(conf, 0o644)
             log = (tmp / f"{name}-proxy.log").open("wb")
             procs.append(
-                subprocess.Popen([TRUSTD, "proxy", "--config", str(conf)], group=gid, extra_groups=[],
-                                 stdout=subprocess.DEVNULL, stderr=log, cwd="/",
-                                 env=dict(os.environ, HOME="/", PYTHONDONTWRITEBYTECODE="1"))
+                subprocess.Popen(
+                    [TRUSTD, "proxy", "--config", str(conf)],
+                    group=gid,
+                    extra_groups=[],
+                    stdout=subprocess.DEVNULL,
+                    stderr=log,
+                    cwd="/",
+                    env=dict(os.environ, HOME="/", PYTHONDONTWRITEBYTECODE="1"),
+                )
             )
         for mport, name in ((server_metrics, "server"), (client_metrics, "client")):
             deadline = time.monotonic() + 60
@@ -178,7 +212,9 @@ async def _main(tmp: Path) -> None:
                     _metrics(mport)
                     break
                 except OSError:
-                    assert all(p.poll() is None for p in procs), (tmp / f"{name}-proxy.log").read_text()
+                    assert all(p.poll() is None for p in procs), (
+                        tmp / f"{name}-proxy.log"
+                    ).read_text()
                     assert time.monotonic() < deadline, (tmp / f"{name}-proxy.log").read_text()
                     await asyncio.sleep(0.3)
 
@@ -193,9 +229,11 @@ async def _main(tmp: Path) -> None:
         await asyncio.sleep(2)
         after = _metrics(server_metrics)
         plain = _sum(after, "trustd_proxy_connections_total", 'mode="plaintext"') - _sum(
-            before, "trustd_proxy_connections_total", 'mode="plaintext"')
+            before, "trustd_proxy_connections_total", 'mode="plaintext"'
+        )
         tls = _sum(after, "trustd_proxy_connections_total", 'mode="tls"') - _sum(
-            before, "trustd_proxy_connections_total", 'mode="tls"')
+            before, "trustd_proxy_connections_total", 'mode="tls"'
+        )
         assert plain > 0 and tls == 0, (plain, tls)
 
         await _rollout(env, "STRICT", loop)
@@ -203,9 +241,11 @@ async def _main(tmp: Path) -> None:
         await asyncio.sleep(3)
         after = _metrics(server_metrics)
         plain = _sum(after, "trustd_proxy_connections_total", 'mode="plaintext"') - _sum(
-            before, "trustd_proxy_connections_total", 'mode="plaintext"')
+            before, "trustd_proxy_connections_total", 'mode="plaintext"'
+        )
         tls = _sum(after, "trustd_proxy_connections_total", 'mode="tls"') - _sum(
-            before, "trustd_proxy_connections_total", 'mode="tls"')
+            before, "trustd_proxy_connections_total", 'mode="tls"'
+        )
         assert tls > 0 and plain == 0, (plain, tls)
         show = _cli(env, "policy", "show", "--spiffe-id", SERVER_ID, "--port", str(inbound))
         assert show["peer_authentication"]["mode"] == "STRICT", show

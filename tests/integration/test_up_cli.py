@@ -621,7 +621,9 @@ def test_entry_create_warns_of_an_overlap_and_show_caller_names_the_default(up: 
         assert warnings[0].startswith("warning: a process matching both this entry (unix:gid:4243)")
         assert f"gets {first} as its default SVID" in warnings[0]
         # a process of uid 4242 whose group is 4243 would match both: which one does it get?
-        script = "import os,time; os.setgroups([]); os.setgid(4243); os.setuid(4242); time.sleep(30)"
+        script = (
+            "import os,time; os.setgroups([]); os.setgid(4243); os.setuid(4242); time.sleep(30)"
+        )
         proc = subprocess.Popen([sys.executable, "-c", script])
         try:
             deadline = time.monotonic() + 10
@@ -686,7 +688,9 @@ def test_a_copied_audit_log_verifies_offline_with_the_exported_public_keys(
     assert doc["audit_keys"][0]["public_key_pem"].startswith("-----BEGIN PUBLIC KEY-----")
     copy = tmp_path / "copy"
     shutil.copytree(up.data_dir / "audit", copy, ignore=shutil.ignore_patterns("audit.lock"))
-    report = json.loads(ok(up, "audit", "verify", "--offline", str(copy), "--keys", str(keys), "-o", "json"))
+    report = json.loads(
+        ok(up, "audit", "verify", "--offline", str(copy), "--keys", str(keys), "-o", "json")
+    )
     assert report["ok"] is True and report["checkpoints_checked"] >= 1, report
     # one event edited in the copy: exit 3 naming its seq
     segment = sorted(copy.glob("audit-*.jsonl"))[0]
@@ -710,6 +714,9 @@ def test_a_copied_audit_log_verifies_offline_with_the_exported_public_keys(
 def _other_public_pem() -> str:
     from cryptography.hazmat.primitives import serialization
 
-    return ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    ).decode()
+    return (
+        ec.generate_private_key(ec.SECP256R1())
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )

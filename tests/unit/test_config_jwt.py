@@ -24,7 +24,10 @@ def test_jwt_section_in_a_file(tmp_path: Path) -> None:
     cfg.write_text("jwt: {ttl: 90s, maxTtl: 10m, keyTtl: 12h, keyType: ec-p384}\n")
     jwt = load_server_config(cfg).jwt
     assert (jwt.ttl, jwt.max_ttl, jwt.key_ttl, jwt.key_type) == (
-        dt.timedelta(seconds=90), dt.timedelta(minutes=10), dt.timedelta(hours=12), "ec-p384"
+        dt.timedelta(seconds=90),
+        dt.timedelta(minutes=10),
+        dt.timedelta(hours=12),
+        "ec-p384",
     )
 
 

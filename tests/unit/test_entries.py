@@ -21,7 +21,9 @@ def sel(*texts: str) -> tuple[Selector, ...]:
     return tuple(Selector.parse(t) for t in texts)
 
 
-def entry(name: str, *selectors: str, revision: int, created: dt.datetime = T0) -> RegistrationEntry:
+def entry(
+    name: str, *selectors: str, revision: int, created: dt.datetime = T0
+) -> RegistrationEntry:
     return RegistrationEntry(
         id=f"id-{name}",
         spiffe_id=SpiffeId.parse(f"spiffe://trustd.local/ns/t/sa/{name}"),
@@ -37,7 +39,11 @@ def entry(name: str, *selectors: str, revision: int, created: dt.datetime = T0) 
         (("unix:uid:0",), ("unix:gid:1101",), True),  # root with its group changed: the README trap
         (("unix:uid:0",), ("unix:uid:1101",), False),
         (("unix:uid:1101",), ("unix:uid:1101", "unix:gid:5"), True),
-        (("unix:gid:1101",), ("unix:gid:1102",), True),  # supplementary groups: one process has both
+        (
+            ("unix:gid:1101",),
+            ("unix:gid:1102",),
+            True,
+        ),  # supplementary groups: one process has both
         (("unix:path:/usr/bin/envoy",), ("unix:path:/usr/bin/curl",), False),
         (("unix:path:/usr/bin/envoy",), ("unix:uid:0",), True),
         (("unix:user:root",), ("unix:uid:0",), True),  # the same uid, by name
@@ -56,7 +62,10 @@ def test_the_default_is_the_oldest_entry_even_within_one_second() -> None:
     old = entry("zzz-envoy", "unix:uid:0", revision=1)
     new = entry("aaa-backend", "unix:gid:1101", revision=2)
     root_in_group = Caller(uid=0, gid=1101, pid=1)
-    assert [e.id for e in entries_for([new, old], root_in_group)] == ["id-zzz-envoy", "id-aaa-backend"]
+    assert [e.id for e in entries_for([new, old], root_in_group)] == [
+        "id-zzz-envoy",
+        "id-aaa-backend",
+    ]
     later = entry("b", "unix:uid:0", revision=0, created=T0 + dt.timedelta(seconds=1))
     assert sorted([later, old], key=default_order)[0] is old
     assert entries_for([old, new], Caller(uid=1101, gid=1101, pid=1)) == [new]

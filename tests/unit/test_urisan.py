@@ -60,8 +60,16 @@ def test_one_spiffe_uri_is_the_id_for_certificates_and_csrs() -> None:
             "uri_san_count",
             "has 2 URI SANs",
         ),
-        ([x509.UniformResourceIdentifier("https://trustd.local/x")], "not_spiffe", "not a SPIFFE ID"),
-        ([x509.UniformResourceIdentifier("spiffe://UPPER.local/x")], "not_spiffe", "not a SPIFFE ID"),
+        (
+            [x509.UniformResourceIdentifier("https://trustd.local/x")],
+            "not_spiffe",
+            "not a SPIFFE ID",
+        ),
+        (
+            [x509.UniformResourceIdentifier("spiffe://UPPER.local/x")],
+            "not_spiffe",
+            "not a SPIFFE ID",
+        ),
     ],
 )
 def test_anything_else_is_refused_with_a_code(

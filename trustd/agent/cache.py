@@ -66,9 +66,7 @@ def workload_key(caller: Caller) -> WorkloadKey:
 
 
 @functools.lru_cache(maxsize=4096)
-def _selectors_of(
-    uid: int, gid: int, exe: str | None, groups: frozenset[int]
-) -> WorkloadKey:
+def _selectors_of(uid: int, gid: int, exe: str | None, groups: frozenset[int]) -> WorkloadKey:
     # user and group names come from the name service; the pid plays no part in matching.
     return Caller(uid=uid, gid=gid, pid=0, exe=exe, supplementary_gids=groups).selectors()
 
@@ -141,7 +139,9 @@ class AgentCache:
         self._wake_rotation = asyncio.Event()
         self._ready = asyncio.Event()
         self._background: set[asyncio.Task[None]] = set()
-        self.generation = 0  # bumped on every change that is fanned out; answers may be memoized by it
+        self.generation = (
+            0  # bumped on every change that is fanned out; answers may be memoized by it
+        )
         self.last_sync: dt.datetime | None = None  # last message or signing from the server
         self.watches_live = 0  # open watch streams to the server
 
@@ -192,8 +192,11 @@ class AgentCache:
         }
         for eid in gone | reissue:
             if self._svids.pop(eid, None) is not None:
-                log.info("svid dropped", entry_id=eid, reason="entry removed" if eid in gone
-                         else "entry changed")
+                log.info(
+                    "svid dropped",
+                    entry_id=eid,
+                    reason="entry removed" if eid in gone else "entry changed",
+                )
             self._retry.pop(eid, None)
             self._forced.discard(eid)
         self._entries = new
@@ -220,11 +223,13 @@ class AgentCache:
         versions = {td: _bundle_version(b) for td, b in new.items()}
         jwt_versions = {td: _jwt_bundle_version(b) for td, b in new.items()}
         changed = {
-            td for td in new.keys() | self._bundles.keys()
+            td
+            for td in new.keys() | self._bundles.keys()
             if versions.get(td) != self._bundle_versions.get(td)
         }
         jwt_changed = {
-            td for td in new.keys() | self._bundles.keys()
+            td
+            for td in new.keys() | self._bundles.keys()
             if jwt_versions.get(td) != self._jwt_bundle_versions.get(td)
         }
         self._bundles = new
@@ -239,12 +244,20 @@ class AgentCache:
         for eid, svid in self._svids.items() if recheck else ():
             if update.tainted_key_ids & svid.issuer_key_ids:
                 self._forced.add(eid)
-                log.warning("svid signed by a tainted authority", entry_id=eid,
-                            spiffe_id=str(svid.spiffe_id), serial=f"{svid.serial:x}")
+                log.warning(
+                    "svid signed by a tainted authority",
+                    entry_id=eid,
+                    spiffe_id=str(svid.spiffe_id),
+                    serial=f"{svid.serial:x}",
+                )
             elif own is not None and not _anchored(svid, own):
                 self._forced.add(eid)
-                log.warning("svid no longer chains to the trust bundle", entry_id=eid,
-                            spiffe_id=str(svid.spiffe_id), serial=f"{svid.serial:x}")
+                log.warning(
+                    "svid no longer chains to the trust bundle",
+                    entry_id=eid,
+                    spiffe_id=str(svid.spiffe_id),
+                    serial=f"{svid.serial:x}",
+                )
         if changed or jwt_changed:
             log.info(
                 "bundles changed",
@@ -271,7 +284,8 @@ class AgentCache:
         ids = self._matching.get(key)
         if ids is None:
             found = [
-                e for e in self._entries.values()
+                e
+                for e in self._entries.values()
                 if e.selectors and all(s in key for s in e.selectors)
             ]
             found.sort(key=default_order)
@@ -557,9 +571,9 @@ class AgentCache:
             entries=len(entries),
             error=str(exc) or type(exc).__name__,
             attempts=self._retry[entries[0].id].attempts if entries else 0,
-            retry_in_seconds=round(
-                (self._retry[entries[0].id].next_at - now).total_seconds(), 2
-            ) if entries else None,
+            retry_in_seconds=round((self._retry[entries[0].id].next_at - now).total_seconds(), 2)
+            if entries
+            else None,
             seconds_until_svid_expiry=round((left - now).total_seconds()) if left else None,
         )
 

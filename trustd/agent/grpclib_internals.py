@@ -84,8 +84,10 @@ def slim_connection(protocol: Any) -> int:
     done = 0
     conn = getattr(protocol, "connection", None)
     h2conn = getattr(conn, "_connection", None)
-    for settings in (getattr(h2conn, "local_settings", None),
-                     getattr(h2conn, "remote_settings", None)):
+    for settings in (
+        getattr(h2conn, "local_settings", None),
+        getattr(h2conn, "remote_settings", None),
+    ):
         values = getattr(settings, "_settings", None)
         if isinstance(values, dict):
             for key, value in list(values.items()):
@@ -100,7 +102,9 @@ def slim_connection(protocol: Any) -> int:
     return done
 
 
-def wrap_protocol_factory(server: Any, wrap: Callable[[asyncio.Protocol], asyncio.Protocol]) -> None:
+def wrap_protocol_factory(
+    server: Any, wrap: Callable[[asyncio.Protocol], asyncio.Protocol]
+) -> None:
     """Make ``server`` (a grpclib ``Server``) build ``wrap(grpclib's protocol)`` per connection."""
     inner_factory = server._protocol_factory  # grpclib: Server._protocol_factory() -> H2Protocol
 

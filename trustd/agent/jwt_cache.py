@@ -113,13 +113,17 @@ class JwtSvidCache:
             )
         except TrustdError as exc:
             log.warning(
-                "jwt-svid signing failed", entry_id=entry.id, spiffe_id=str(entry.spiffe_id),
+                "jwt-svid signing failed",
+                entry_id=entry.id,
+                spiffe_id=str(entry.spiffe_id),
                 error=str(exc),
             )
             raise
         except Exception as exc:
             log.warning(
-                "jwt-svid signing failed", entry_id=entry.id, spiffe_id=str(entry.spiffe_id),
+                "jwt-svid signing failed",
+                entry_id=entry.id,
+                spiffe_id=str(entry.spiffe_id),
                 error=type(exc).__name__,
             )
             raise SigningFailedError(

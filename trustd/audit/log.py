@@ -107,8 +107,6 @@ class _Ids:
         return f"{x[:8]}-{x[8:12]}-4{x[13:16]}-{'89ab'[int(x[16], 16) & 3]}{x[17:20]}-{x[20:]}"
 
 
-
-
 class AuditLog:
     """The audit log in ``directory`` (created 0700; files 0600).
 

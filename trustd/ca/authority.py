@@ -366,7 +366,9 @@ class AuthorityManager:
             log.warning("pending CA key not cleared", key=subject.key_ref.key_id, error=str(exc))
 
     # -- CA keys made but not (yet) in a slot --------------------------------
-    def _pending_update(self, change: Callable[[list[dict[str, object]]], list[dict[str, object]]]) -> None:
+    def _pending_update(
+        self, change: Callable[[list[dict[str, object]]], list[dict[str, object]]]
+    ) -> None:
         for _ in range(20):  # compare-and-set: servers may add theirs at the same time
             raw = self._store.get_doc(PENDING_KEYS_DOC)
             items: list[dict[str, object]] = json.loads(raw) if raw else []

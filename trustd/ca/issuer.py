@@ -68,7 +68,9 @@ class SigningAuthority:
     chain_pem: bytes  # PEM of ``chain``
     tbs_template: der.SvidTbsTemplate  # what every SVID's TBSCertificate shares
     not_before: dt.datetime  # of the CA certificate; no SVID starts before it
-    not_after: dt.datetime  # earliest expiry along the chain (upstream included): no SVID outlives it
+    not_after: (
+        dt.datetime
+    )  # earliest expiry along the chain (upstream included): no SVID outlives it
 
     @classmethod
     def build(

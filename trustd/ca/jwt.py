@@ -109,15 +109,12 @@ def check_audience(audience: Iterable[str]) -> tuple[str, ...]:
             )
         if len(value) > MAX_AUDIENCE_CHARS or not value.isprintable():
             raise InvalidArgumentError(
-                f"an audience value is longer than {MAX_AUDIENCE_CHARS} characters or not "
-                "printable"
+                f"an audience value is longer than {MAX_AUDIENCE_CHARS} characters or not printable"
             )
         if value not in out:
             out.append(value)
     if not out:
-        raise InvalidArgumentError(
-            "an audience is required: name the service the token is for"
-        )
+        raise InvalidArgumentError("an audience is required: name the service the token is for")
     if len(out) > MAX_AUDIENCES:
         raise InvalidArgumentError(f"at most {MAX_AUDIENCES} audience values per token")
     return tuple(out)
@@ -591,8 +588,11 @@ def validate_jwt_svid(
     key = next((a for a in bundle.jwt_authorities if a.key_id == kid), None)
     if key is None:
         other = next(
-            (b.trust_domain for b in bundles.values()
-             if b.trust_domain != td and any(a.key_id == kid for a in b.jwt_authorities)),
+            (
+                b.trust_domain
+                for b in bundles.values()
+                if b.trust_domain != td and any(a.key_id == kid for a in b.jwt_authorities)
+            ),
             None,
         )
         if other is not None:
@@ -624,8 +624,10 @@ def validate_jwt_svid(
     _numeric_date(claims, "iat")
     aud = claims.get("aud")
     values = [aud] if isinstance(aud, str) else aud
-    if not isinstance(values, list) or not values or not all(
-        isinstance(v, str) and v for v in values
+    if (
+        not isinstance(values, list)
+        or not values
+        or not all(isinstance(v, str) and v for v in values)
     ):
         raise _refuse("its aud claim is missing or not a string or a list of strings")
     if audience not in values:

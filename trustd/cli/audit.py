@@ -21,7 +21,10 @@ from trustd.cli.common import CheckFailed, OutputOpt, call, fmt, state
 from trustd.cli.output import Format, emit
 from trustd.errors import TrustdError
 
-app = typer.Typer(help="The tamper-evident audit log: verify it, export it to a SIEM, follow it.", no_args_is_help=True)
+app = typer.Typer(
+    help="The tamper-evident audit log: verify it, export it to a SIEM, follow it.",
+    no_args_is_help=True,
+)
 
 
 class ExportFormat(enum.StrEnum):
@@ -35,11 +38,36 @@ class ExportFormat(enum.StrEnum):
 def verify(
     ctx: typer.Context,
     output: OutputOpt = None,
-    offline: Annotated[bool, typer.Option("--offline", help="read the files with the server stopped: no head to compare with, so whole events cut after the newest checkpoint (a crash skips the one signed at shutdown) go unseen")] = False,
-    config: Annotated[str | None, typer.Option("--config", help="with --offline: the server's config file (YAML)")] = None,
-    data_dir: Annotated[str | None, typer.Option("--data-dir", envvar="TRUSTD_DATA_DIR", help="with --offline: the server's data directory")] = None,
-    directory: Annotated[Path | None, typer.Argument(metavar="[DIR]", help="with --offline: a copied audit directory, checked with --keys")] = None,
-    keys: Annotated[Path | None, typer.Option("--keys", help="with --offline DIR: the audit public keys from `trustd audit keys`")] = None,
+    offline: Annotated[
+        bool,
+        typer.Option(
+            "--offline",
+            help="read the files with the server stopped: no head to compare with, so whole events cut after the newest checkpoint (a crash skips the one signed at shutdown) go unseen",
+        ),
+    ] = False,
+    config: Annotated[
+        str | None, typer.Option("--config", help="with --offline: the server's config file (YAML)")
+    ] = None,
+    data_dir: Annotated[
+        str | None,
+        typer.Option(
+            "--data-dir",
+            envvar="TRUSTD_DATA_DIR",
+            help="with --offline: the server's data directory",
+        ),
+    ] = None,
+    directory: Annotated[
+        Path | None,
+        typer.Argument(
+            metavar="[DIR]", help="with --offline: a copied audit directory, checked with --keys"
+        ),
+    ] = None,
+    keys: Annotated[
+        Path | None,
+        typer.Option(
+            "--keys", help="with --offline DIR: the audit public keys from `trustd audit keys`"
+        ),
+    ] = None,
 ) -> None:
     """Check the hash chain, the signed checkpoints and the running server's head; exit 3 naming the first damaged seq."""
     if (directory is not None or keys is not None) and not offline:
@@ -64,7 +92,9 @@ def verify(
         except ServerError as exc:
             if exc.status is not None:
                 raise
-            raise ServerError(f"{exc}; with the server stopped, use trustd audit verify --offline") from None
+            raise ServerError(
+                f"{exc}; with the server stopped, use trustd audit verify --offline"
+            ) from None
     f = fmt(ctx, output)
     if not f.tabular:
         emit(report, f)
@@ -72,7 +102,11 @@ def verify(
         _print_verified(report)
     if not report["ok"]:
         seq = report.get("first_bad_seq")
-        raise CheckFailed(f"audit log damaged at seq {seq}: {report['problem']}" if seq is not None else f"audit log damaged: {report['problem']}")
+        raise CheckFailed(
+            f"audit log damaged at seq {seq}: {report['problem']}"
+            if seq is not None
+            else f"audit log damaged: {report['problem']}"
+        )
 
 
 def _print_verified(report: dict[str, Any]) -> None:
@@ -151,7 +185,9 @@ def _verify_offline(config: str | None, data_dir: str | None) -> dict[str, Any]:
     cfg = load_server_config(config, {"dataDir": data_dir})
     directory = audit_directory(cfg)
     if not directory.is_dir():
-        raise FailedPreconditionError(f"there is no audit log in {directory}: pass the server's --config or --data-dir")
+        raise FailedPreconditionError(
+            f"there is no audit log in {directory}: pass the server's --config or --data-dir"
+        )
     if in_use(directory):
         raise FailedPreconditionError(
             f"the audit log in {directory} is open in a running trustd: verify through it "
@@ -160,19 +196,27 @@ def _verify_offline(config: str | None, data_dir: str | None) -> dict[str, Any]:
     km = cfg.key_manager
     if isinstance(km, LocalKeyManagerConfig) and km.kek_file is None:
         # read the key-encryption key the server created; never create one here
-        cfg = cfg.model_copy(update={"key_manager": km.model_copy(update={"kek_file": str(cfg.data_path / "kek")})})
+        cfg = cfg.model_copy(
+            update={"key_manager": km.model_copy(update={"kek_file": str(cfg.data_path / "kek")})}
+        )
     return dataclasses.asdict(verify_files(directory, key_manager=make_key_manager(cfg)))
 
 
 @app.command("export")
 def export(
     ctx: typer.Context,
-    format_: Annotated[ExportFormat, typer.Option("--format", help="jsonl, csv, ocsf or cef")] = ExportFormat.jsonl,
+    format_: Annotated[
+        ExportFormat, typer.Option("--format", help="jsonl, csv, ocsf or cef")
+    ] = ExportFormat.jsonl,
     since: Annotated[str | None, typer.Option(help="RFC 3339 time, inclusive")] = None,
     until: Annotated[str | None, typer.Option(help="RFC 3339 time, exclusive")] = None,
-    type_: Annotated[list[str] | None, typer.Option("--type", help="event type (or prefix*); repeatable")] = None,
+    type_: Annotated[
+        list[str] | None, typer.Option("--type", help="event type (or prefix*); repeatable")
+    ] = None,
     outcome: Annotated[str | None, typer.Option(help="success or failure")] = None,
-    out: Annotated[Path | None, typer.Option("-o", "--output-file", help="write here instead of stdout")] = None,
+    out: Annotated[
+        Path | None, typer.Option("-o", "--output-file", help="write here instead of stdout")
+    ] = None,
 ) -> None:
     """Export events for a SIEM. The export itself is audited."""
     import datetime as dt
@@ -200,7 +244,11 @@ def export(
         if out.is_dir():
             raise UsageError(f"-o {out}: is a directory; name a file")
     request = pb.ExportAuditRequest(
-        format=format_.value, since=since or "", until=until or "", types=type_ or [], outcome=outcome or ""
+        format=format_.value,
+        since=since or "",
+        until=until or "",
+        types=type_ or [],
+        outcome=outcome or "",
     )
     asyncio.run(_export(state(ctx).admin_socket, request, out))
 
@@ -238,7 +286,9 @@ async def _export(socket: Path, request: pb.ExportAuditRequest, out: Path | None
 @app.command("tail")
 def tail(
     ctx: typer.Context,
-    follow: Annotated[bool, typer.Option("-f", "--follow", help="keep printing new events")] = False,
+    follow: Annotated[
+        bool, typer.Option("-f", "--follow", help="keep printing new events")
+    ] = False,
     last: Annotated[int, typer.Option("-n", help="how many recent events first")] = 10,
     output: OutputOpt = None,
 ) -> None:
@@ -257,15 +307,20 @@ def tail(
 
                 import yaml
 
-                sys.stdout.write(yaml.safe_dump(json.loads(msg.line), sort_keys=False, explicit_start=True))
+                sys.stdout.write(
+                    yaml.safe_dump(json.loads(msg.line), sort_keys=False, explicit_start=True)
+                )
             else:
                 import json
 
                 e = json.loads(msg.line)
-                actor = e["actor"]["id"] + (f" (uid {e['actor']['uid']})" if e["actor"].get("uid") is not None else "")
+                actor = e["actor"]["id"] + (
+                    f" (uid {e['actor']['uid']})" if e["actor"].get("uid") is not None else ""
+                )
                 sys.stdout.write(
                     f"{e['seq']}\t{e['time']}\t{e['type']}\t{e['outcome']}\t{actor}\t{e['resource']}"
-                    + (f"\t{e['reason']}" if e.get("reason") else "") + "\n"
+                    + (f"\t{e['reason']}" if e.get("reason") else "")
+                    + "\n"
                 )
             sys.stdout.flush()
 

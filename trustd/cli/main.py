@@ -116,15 +116,9 @@ def completion(
 # The options of the long-running commands; each also reads its TRUSTD_* variable.
 ConfigFileOpt = Annotated[str | None, typer.Option("--config", help="YAML config file")]
 DataDirOpt = Annotated[str | None, typer.Option("--data-dir", envvar="TRUSTD_DATA_DIR")]
-TrustDomainOpt = Annotated[
-    str | None, typer.Option("--trust-domain", envvar="TRUSTD_TRUST_DOMAIN")
-]
-AdminSocketOpt = Annotated[
-    str | None, typer.Option("--admin-socket", envvar="TRUSTD_ADMIN_SOCKET")
-]
-AgentSocketOpt = Annotated[
-    str | None, typer.Option("--agent-socket", envvar="TRUSTD_AGENT_SOCKET")
-]
+TrustDomainOpt = Annotated[str | None, typer.Option("--trust-domain", envvar="TRUSTD_TRUST_DOMAIN")]
+AdminSocketOpt = Annotated[str | None, typer.Option("--admin-socket", envvar="TRUSTD_ADMIN_SOCKET")]
+AgentSocketOpt = Annotated[str | None, typer.Option("--agent-socket", envvar="TRUSTD_AGENT_SOCKET")]
 ServerAddressOpt = Annotated[
     str | None, typer.Option("--server-address", envvar="TRUSTD_SERVER_ADDRESS")
 ]
@@ -212,7 +206,9 @@ app.add_typer(federation.app, name="federation")
 
 
 @app.command("proxy")
-def proxy(config: Annotated[str, typer.Option("--config", help="proxy config file (YAML)")]) -> None:
+def proxy(
+    config: Annotated[str, typer.Option("--config", help="proxy config file (YAML)")],
+) -> None:
     """The bundled mTLS sidecar: SVIDs and policy from the local agent."""
     from trustd.dataplane.run import run as run_proxy
 

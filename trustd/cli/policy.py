@@ -40,14 +40,18 @@ def _print_apply(result: dict[str, Any], f: Format, *, dry_run: bool) -> None:
         typer.echo(f"forced past: {reason}")
 
 
-FileOpt = Annotated[list[Path], typer.Option("-f", "--file", help="policy YAML file or directory; repeatable")]
+FileOpt = Annotated[
+    list[Path], typer.Option("-f", "--file", help="policy YAML file or directory; repeatable")
+]
 
 
 @app.command("apply")
 def apply(
     ctx: typer.Context,
     file: FileOpt,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="validate and show the change only")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="validate and show the change only")
+    ] = False,
     force: Annotated[bool, typer.Option(help="apply even if it would drop traffic")] = False,
     prune: Annotated[bool, typer.Option(help="replace all policy with these files")] = False,
     output: OutputOpt = None,
@@ -70,7 +74,9 @@ def show(
 
     SpiffeId.parse(spiffe_id)
     f = fmt(ctx, output)
-    result = views.policy_show(call(ctx, "PolicyShow", pb.ShowPolicyRequest(spiffe_id=spiffe_id, port=port)))
+    result = views.policy_show(
+        call(ctx, "PolicyShow", pb.ShowPolicyRequest(spiffe_id=spiffe_id, port=port))
+    )
     emit(result, Format.yaml if f.tabular else f)
 
 
@@ -82,7 +88,9 @@ def diff(
     output: OutputOpt = None,
 ) -> None:
     """What applying the files would change; exit 3 when something would."""
-    result = views.policy_diff(call(ctx, "PolicyDiff", pb.DiffPolicyRequest(files=_files(file), prune=prune)))
+    result = views.policy_diff(
+        call(ctx, "PolicyDiff", pb.DiffPolicyRequest(files=_files(file), prune=prune))
+    )
     f = fmt(ctx, output)
     if f.tabular:
         for line in result["lines"]:
@@ -114,11 +122,18 @@ def status(ctx: typer.Context, output: OutputOpt = None) -> None:
         }
         for p in result["proxies"]
     ]
-    emit({"rows": rows}, f, columns=["proxy", "spiffe_id", "acked", "plaintext_active"], rows_key="rows")
+    emit(
+        {"rows": rows},
+        f,
+        columns=["proxy", "spiffe_id", "acked", "plaintext_active"],
+        rows_key="rows",
+    )
     enforced = [
         {
             "proxy": e["proxyId"],
-            "listener": f"port {e['port']}" if e["side"] == "server" else f"-> {e['destination']}:{e['port']}",
+            "listener": f"port {e['port']}"
+            if e["side"] == "server"
+            else f"-> {e['destination']}:{e['port']}",
             "enforced": e.get("enforced") or "unknown",
             "policy": e["policy"],
             "traffic": (
@@ -132,8 +147,12 @@ def status(ctx: typer.Context, output: OutputOpt = None) -> None:
     ]
     if enforced:
         typer.echo("")
-        emit({"rows": enforced}, f, columns=["proxy", "listener", "enforced", "policy", "traffic", "agrees"],
-             rows_key="rows")
+        emit(
+            {"rows": enforced},
+            f,
+            columns=["proxy", "listener", "enforced", "policy", "traffic", "agrees"],
+            rows_key="rows",
+        )
 
 
 class OnOff(enum.StrEnum):
@@ -144,7 +163,9 @@ class OnOff(enum.StrEnum):
 @app.command("client-tls")
 def client_tls(
     ctx: typer.Context,
-    state: Annotated[OnOff, typer.Argument(help="off: every client falls back to plaintext where allowed")],
+    state: Annotated[
+        OnOff, typer.Argument(help="off: every client falls back to plaintext where allowed")
+    ],
     global_: Annotated[bool, typer.Option("--global", help="mesh-wide (the only scope)")] = False,
     force: Annotated[bool, typer.Option(help="even if it would drop traffic")] = False,
     output: OutputOpt = None,

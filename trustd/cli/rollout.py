@@ -12,7 +12,9 @@ from trustd.cli import views
 from trustd.cli.common import OutputOpt, call, fmt
 from trustd.cli.output import Format, emit
 
-app = typer.Typer(help="Lossless mTLS rollouts: servers first, clients follow.", no_args_is_help=True)
+app = typer.Typer(
+    help="Lossless mTLS rollouts: servers first, clients follow.", no_args_is_help=True
+)
 COLUMNS = ["id", "state", "step", "phase", "target", "selector", "policyVersion", "waitingFor"]
 NARROW = ["id", "state", "step", "phase", "target", "selector"]
 EXTRA = ["canary", "canaryInstances", "startedAt", "updatedAt"]
@@ -30,7 +32,9 @@ def _show(result: dict[str, Any], f: Format) -> None:
     rows = [
         {
             "proxy": e["proxyId"],
-            "listener": f"port {e['port']}" if e["side"] == "server" else f"-> {e['destination']}:{e['port']}",
+            "listener": f"port {e['port']}"
+            if e["side"] == "server"
+            else f"-> {e['destination']}:{e['port']}",
             "enforced": e.get("enforced") or "unknown",
             "wanted": e.get("wanted") or "(unchanged)",
             "ok": "yes" if e["ok"] else "NO",
@@ -39,7 +43,12 @@ def _show(result: dict[str, Any], f: Format) -> None:
     ]
     if rows:
         typer.echo("")
-        emit({"rows": rows}, f, columns=["proxy", "listener", "enforced", "wanted", "ok"], rows_key="rows")
+        emit(
+            {"rows": rows},
+            f,
+            columns=["proxy", "listener", "enforced", "wanted", "ok"],
+            rows_key="rows",
+        )
     for line in result.get("notEnforced") or []:
         typer.echo(f"not enforced yet: {line}")
     if result.get("reason"):
@@ -49,7 +58,9 @@ def _show(result: dict[str, Any], f: Format) -> None:
 @app.command("start")
 def start(
     ctx: typer.Context,
-    selector: Annotated[str, typer.Option(help="server SPIFFE ID glob, e.g. spiffe://trustd.local/ns/shop/**")],
+    selector: Annotated[
+        str, typer.Option(help="server SPIFFE ID glob, e.g. spiffe://trustd.local/ns/shop/**")
+    ],
     to: Annotated[Target, typer.Option("--to", case_sensitive=False, help="STRICT or DISABLE")],
     canary: Annotated[int, typer.Option(help="instances to change first")] = 0,
     step_timeout: Annotated[str | None, typer.Option("--step-timeout", help="e.g. 5m")] = None,

@@ -33,7 +33,9 @@ log = structlog.get_logger(__name__)
 
 
 class AgentPolicySource:
-    def __init__(self, *, socket_path: str, proxy_id: str, first_policy_timeout: float = 15.0) -> None:
+    def __init__(
+        self, *, socket_path: str, proxy_id: str, first_policy_timeout: float = 15.0
+    ) -> None:
         self._path = socket_path
         self.proxy_id = proxy_id
         self._timeout = first_policy_timeout
@@ -67,7 +69,14 @@ class AgentPolicySource:
                     async for msg in st:
                         self._set(policy_set_of(msg.policy))
                         retry.reset()
-            except (GRPCError, OSError, StreamTerminatedError, ValueError, KeyError, TrustdError) as exc:
+            except (
+                GRPCError,
+                OSError,
+                StreamTerminatedError,
+                ValueError,
+                KeyError,
+                TrustdError,
+            ) as exc:
                 log.warning("policy stream from the agent lost; retrying", error=str(exc))
             finally:
                 channel.close()

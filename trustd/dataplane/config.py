@@ -161,7 +161,9 @@ class ProxyConfig(_Model):
     drain_timeout: Duration = dt.timedelta(seconds=30)
     report_interval: Duration = dt.timedelta(seconds=5)
     metrics_address: HostPort | None = None
-    core: Literal["auto", "native", "python"] = "auto"  # the data-plane core (TRUSTD_PROXY_CORE wins)
+    core: Literal["auto", "native", "python"] = (
+        "auto"  # the data-plane core (TRUSTD_PROXY_CORE wins)
+    )
     workers: Annotated[int, Field(ge=1, le=64)] = 1  # native worker threads (SO_REUSEPORT)
     identity: Annotated[SdsIdentityConfig | FilesIdentityConfig, Field(discriminator="kind")] = (
         SdsIdentityConfig()

@@ -243,7 +243,10 @@ class Proxy:
     async def _listen_python(self) -> None:
         for ib in self._inbound:
             ib.server = await _listen(
-                self._inbound_callback(ib), ib.config.bind, ib.config.port, f"inbound port {ib.config.port}"
+                self._inbound_callback(ib),
+                ib.config.bind,
+                ib.config.port,
+                f"inbound port {ib.config.port}",
             )
             ib.port = ib.server.sockets[0].getsockname()[1]
             log.info("inbound listening", port=ib.port, app=ib.config.app, proxy=self.proxy_id)
@@ -328,7 +331,10 @@ class Proxy:
             if native is not None:
                 n = native.stats(ib)
                 last_ns = n["last_plaintext_ns"]
-                ib.plaintext_active, ib.plaintext_total = n["plaintext_active"], n["plaintext_total"]
+                ib.plaintext_active, ib.plaintext_total = (
+                    n["plaintext_active"],
+                    n["plaintext_total"],
+                )
                 ib.tls_active, ib.tls_total = n["tls_active"], n["tls_total"]
                 ib.plaintext_since_mode = n["plaintext_since_mode"]
                 ib.last_plaintext_at = (

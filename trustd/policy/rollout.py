@@ -239,9 +239,7 @@ def _matches_no_server(
     else:
         text += "; nothing is registered and no server proxy reports"
     if selector.endswith("/*"):
-        text += (
-            f"; '*' matches within one path segment: {selector[:-1]}** covers every ID below it"
-        )
+        text += f"; '*' matches within one path segment: {selector[:-1]}** covers every ID below it"
     return text
 
 

@@ -122,8 +122,7 @@ def resolve(
     visible = cache.bundles_for(entries)
     if not names:
         for td in sorted(visible):
-            out.append(BundleResource(name=str(td.id), trust_domains=(td,),
-                                      spiffe_validator=False))
+            out.append(BundleResource(name=str(td.id), trust_domains=(td,), spiffe_validator=False))
         by_id: dict[SpiffeId, RegistrationEntry] = {}
         for e in entries:
             by_id.setdefault(e.spiffe_id, e)
@@ -151,50 +150,79 @@ def _resolve_name(
 ) -> Resource | Refusal:
     if name == DEFAULT_SVID:
         if not entries:
-            return _refused(name, NO_IDENTITY, NoIdentityError, (
-                "no registration entry matches this process, so it has no 'default' svid; "
-                "create one with 'trustd entry create'"
-            ))
+            return _refused(
+                name,
+                NO_IDENTITY,
+                NoIdentityError,
+                (
+                    "no registration entry matches this process, so it has no 'default' svid; "
+                    "create one with 'trustd entry create'"
+                ),
+            )
         return SvidResource(name=name, entry=entries[0])
     if name == DEFAULT_BUNDLE:
         if cache.trust_domain not in cache.bundles:
-            return _refused(name, UNKNOWN, UnknownResourceError, (
-                f"no bundle for trust domain {cache.trust_domain} yet; "
-                "retry once the agent has synced"
-            ))
-        return BundleResource(name=name, trust_domains=(cache.trust_domain,),
-                              spiffe_validator=False)
+            return _refused(
+                name,
+                UNKNOWN,
+                UnknownResourceError,
+                (
+                    f"no bundle for trust domain {cache.trust_domain} yet; "
+                    "retry once the agent has synced"
+                ),
+            )
+        return BundleResource(
+            name=name, trust_domains=(cache.trust_domain,), spiffe_validator=False
+        )
     if name == ALL_BUNDLES:
         if not visible:
-            return _refused(name, UNKNOWN, UnknownResourceError,
-                            "no bundle yet; retry once the agent has synced")
-        return BundleResource(name=name, trust_domains=tuple(sorted(visible)),
-                              spiffe_validator=True)
+            return _refused(
+                name,
+                UNKNOWN,
+                UnknownResourceError,
+                "no bundle yet; retry once the agent has synced",
+            )
+        return BundleResource(
+            name=name, trust_domains=tuple(sorted(visible)), spiffe_validator=True
+        )
     if name.startswith(SCHEME):
         try:
             sid = SpiffeId.parse(name)
         except InvalidArgumentError as exc:
-            return _refused(name, MALFORMED, BadResourceNameError,
-                            f"invalid sds resource name: {exc}")
+            return _refused(
+                name, MALFORMED, BadResourceNameError, f"invalid sds resource name: {exc}"
+            )
         if not sid.path:
             if sid.trust_domain not in visible:
-                return _refused(name, UNKNOWN, UnknownResourceError, (
-                    f"no bundle for trust domain {sid.trust_domain} for this process; "
-                    "federate with it on the server first ('trustd federation create') and "
-                    "name it in the entry's --federates-with"
-                ))
-            return BundleResource(name=name, trust_domains=(sid.trust_domain,),
-                                  spiffe_validator=False)
+                return _refused(
+                    name,
+                    UNKNOWN,
+                    UnknownResourceError,
+                    (
+                        f"no bundle for trust domain {sid.trust_domain} for this process; "
+                        "federate with it on the server first ('trustd federation create') and "
+                        "name it in the entry's --federates-with"
+                    ),
+                )
+            return BundleResource(
+                name=name, trust_domains=(sid.trust_domain,), spiffe_validator=False
+            )
         mine = next((e for e in entries if e.spiffe_id == sid), None)
         if mine is None:
             # Same answer whether or not another workload has this identity.
-            return _refused(name, NOT_ENTITLED, NotEntitledError,
-                            f"this process is not entitled to {name}")
+            return _refused(
+                name, NOT_ENTITLED, NotEntitledError, f"this process is not entitled to {name}"
+            )
         return SvidResource(name=name, entry=mine)
-    return _refused(name, UNKNOWN, UnknownResourceError, (
-        f"unknown sds resource name {name[:100]!r}; use 'default', 'ROOTCA', 'ALL', "
-        "a spiffe id or a trust domain id"
-    ))
+    return _refused(
+        name,
+        UNKNOWN,
+        UnknownResourceError,
+        (
+            f"unknown sds resource name {name[:100]!r}; use 'default', 'ROOTCA', 'ALL', "
+            "a spiffe id or a trust domain id"
+        ),
+    )
 
 
 def _refused(name: str, reason: str, error_type: type[TrustdError], message: str) -> Refusal:
@@ -279,8 +307,9 @@ class SecretBuilder:
         if isinstance(res, SvidResource):
             secret = svid_secret(res.name, svids[res.entry.id])
         else:
-            bundles = [self._cache.bundles[td] for td in res.trust_domains
-                       if td in self._cache.bundles]
+            bundles = [
+                self._cache.bundles[td] for td in res.trust_domains if td in self._cache.bundles
+            ]
             if not bundles:
                 raise UnknownResourceError(
                     f"no bundle for {', '.join(str(td) for td in res.trust_domains)} yet; "

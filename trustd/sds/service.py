@@ -340,8 +340,12 @@ class SecretDiscoveryService:
             self._check_type(req)
             if last_nonce:
                 if req.response_nonce != last_nonce:
-                    log.debug("sds stale nonce ignored", pid=caller.pid,
-                              nonce=req.response_nonce, expected=last_nonce)
+                    log.debug(
+                        "sds stale nonce ignored",
+                        pid=caller.pid,
+                        nonce=req.response_nonce,
+                        expected=last_nonce,
+                    )
                     continue
                 if req.HasField("error_detail") or req.version_info != last_version:
                     self._metrics.sds_nacks.inc()
@@ -388,6 +392,9 @@ class SecretDiscoveryService:
             if ended:
                 # The client half-closed (its last request was still answered) or went away.
                 if state.error is not None:
-                    log.debug("sds stream ended by client", pid=caller.pid,
-                              error=type(state.error).__name__)
+                    log.debug(
+                        "sds stream ended by client",
+                        pid=caller.pid,
+                        error=type(state.error).__name__,
+                    )
                 return

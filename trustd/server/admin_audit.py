@@ -108,7 +108,12 @@ class AuditAdmin(Edge):
             for sid in self._mirrored_servers():
                 with tempfile.TemporaryDirectory(prefix="trustd-audit-mirror-") as tmp:
                     others.append(
-                        (sid, verify_mirror(audit.mirror, sid, Path(tmp), key_manager=log.key_manager))
+                        (
+                            sid,
+                            verify_mirror(
+                                audit.mirror, sid, Path(tmp), key_manager=log.key_manager
+                            ),
+                        )
                     )
         return local, others
 

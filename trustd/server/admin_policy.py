@@ -229,9 +229,7 @@ class PolicyAdmin(Edge):
                     kwargs["step_timeout"] = durations.parse(req.step_timeout)
                 except ValueError as exc:
                     raise InvalidArgumentError(str(exc)) from None
-        return rollout_message(
-            await self._plane().rollout_async(self.actor(s), command, **kwargs)
-        )
+        return rollout_message(await self._plane().rollout_async(self.actor(s), command, **kwargs))
 
     @unary
     async def RolloutStart(

@@ -214,9 +214,7 @@ class TrustdServer:
         while True:
             try:
                 await asyncio.get_running_loop().run_in_executor(self.executor, self._open_audit)
-                await asyncio.get_running_loop().run_in_executor(
-                    self.executor, self.core.ensure_ca
-                )
+                await asyncio.get_running_loop().run_in_executor(self.executor, self.core.ensure_ca)
                 self.core.refresh_metrics()
                 self.agent_api_port = await self.agent_api.start(self.cfg.server_address)
                 await self._start_bundle_endpoint()

@@ -231,9 +231,16 @@ class PolicyPlane:
         self.refresh()
         return self.hub.current()
 
-    def _audit(self, type_: str, actor: Actor, action: str, resource: str,
-               outcome: Outcome = "success", reason: str = "",
-               details: dict[str, Any] | None = None) -> None:
+    def _audit(
+        self,
+        type_: str,
+        actor: Actor,
+        action: str,
+        resource: str,
+        outcome: Outcome = "success",
+        reason: str = "",
+        details: dict[str, Any] | None = None,
+    ) -> None:
         self._audit_sink.append_many([AuditEvent(
             type=type_, actor=actor, action=action, resource=resource, outcome=outcome,
             reason=reason[:4000], details=details or {},
@@ -259,7 +266,14 @@ class PolicyPlane:
             result = self.hub.apply(objects, prune=prune, force=force, dry_run=dry_run)
         except TrustdError as exc:
             if not dry_run:
-                self._audit("admin.policy.apply", actor, "apply", ",".join(names)[:1000], "failure", str(exc))
+                self._audit(
+                    "admin.policy.apply",
+                    actor,
+                    "apply",
+                    ",".join(names)[:1000],
+                    "failure",
+                    str(exc),
+                )
             raise
         if not dry_run:
             self._audit(
@@ -293,7 +307,8 @@ class PolicyPlane:
         changed = sorted(
             ref
             for ref, obj in after.items()
-            if ref.split("/")[0] in ("PeerAuthentication", "ClientTLSPolicy") and before.get(ref) != obj
+            if ref.split("/")[0] in ("PeerAuthentication", "ClientTLSPolicy")
+            and before.get(ref) != obj
         )
         if changed:
             raise FailedPreconditionError(
@@ -312,7 +327,10 @@ class PolicyPlane:
             actor,
             "off" if off else "on",
             "client-tls/global",
-            details={"version": result.policy.version, "forced_reasons": list(result.forced_reasons)},
+            details={
+                "version": result.policy.version,
+                "forced_reasons": list(result.forced_reasons),
+            },
         )
         return result
 
@@ -330,19 +348,23 @@ class PolicyPlane:
                     "step": event.step,
                     "phase": event.phase,
                     "policy_version": event.policy_version,
-                    **{k: v for k, v in event.details.items() if isinstance(v, str | int | float | bool | list)},
+                    **{
+                        k: v
+                        for k, v in event.details.items()
+                        if isinstance(v, str | int | float | bool | list)
+                    },
                 },
             )
         except TrustdError:
-            log.error("rollout event could not be audited", rollout=event.rollout_id, action=event.action)
+            log.error(
+                "rollout event could not be audited", rollout=event.rollout_id, action=event.action
+            )
 
     def _reload_rollout(self) -> None:
         self.engine.reload()
 
     def _take_lease(self) -> bool:
-        return self._store.take_lease(
-            ROLLOUT_LEASE, self._server_id, self._clock.now(), LEASE_TTL
-        )
+        return self._store.take_lease(ROLLOUT_LEASE, self._server_id, self._clock.now(), LEASE_TTL)
 
     def _release_lease(self) -> None:
         try:
@@ -402,7 +424,9 @@ class PolicyPlane:
         except TrustdError as exc:  # a refused command is an admin action too
             if isinstance(exc, RolloutConflictError | PublishConflictError):
                 self._reload_rollout()
-            target = f"rollout/{self.engine.status().id}" if self.engine.has_rollout() else "rollout"
+            target = (
+                f"rollout/{self.engine.status().id}" if self.engine.has_rollout() else "rollout"
+            )
             details = {k: v for k, v in kwargs.items() if isinstance(v, str | int)}
             self._audit("admin.rollout." + command, actor, command, target, "failure", str(exc),
                         details)  # fmt: skip
@@ -412,7 +436,11 @@ class PolicyPlane:
             actor,
             command,
             f"rollout/{status.id}",
-            details={"state": status.state.value, "step": status.step, "target": status.target.value},
+            details={
+                "state": status.state.value,
+                "step": status.step,
+                "target": status.target.value,
+            },
         )
         return status
 

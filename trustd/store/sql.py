@@ -710,7 +710,9 @@ class SqlStore:
             ).fetchall()
         return sorted(str(r[0]) for r in rows)
 
-    def audit_mirror_lines(self, server_id: str, *, after: int, limit: int) -> list[tuple[int, str]]:
+    def audit_mirror_lines(
+        self, server_id: str, *, after: int, limit: int
+    ) -> list[tuple[int, str]]:
         with self._tx() as run:
             rows = run(
                 "SELECT seq, line FROM audit_events WHERE server_id = ? AND seq > ? "

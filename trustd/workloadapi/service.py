@@ -144,8 +144,7 @@ class WorkloadApiService:
         if not self._cache.matching_entries(key):
             raise GRPCError(
                 Status.PERMISSION_DENIED,
-                "no registration entry matches this process; create one with "
-                "'trustd entry create'",
+                "no registration entry matches this process; create one with 'trustd entry create'",
             )
 
     async def fetch_x509_svid(

@@ -35,24 +35,40 @@ def main() -> None:
         "good": ca.issue(GOOD, not_before=START, ttl=CENTURY),
         "ca-leaf": ca.issue(GOOD, not_before=START, ttl=CENTURY, ca=True),
         "two-uri-sans": ca.issue(
-            GOOD, not_before=START, ttl=CENTURY, extra_uris=["spiffe://trustd.local/ns/shop/sa/admin"]
+            GOOD,
+            not_before=START,
+            ttl=CENTURY,
+            extra_uris=["spiffe://trustd.local/ns/shop/sa/admin"],
         ),
         "dns-spiffe-san": ca.issue(
-            GOOD, not_before=START, ttl=CENTURY, uri_san=False, dns_names=["spiffe://trustd.local/ns/shop/sa/admin"]
+            GOOD,
+            not_before=START,
+            ttl=CENTURY,
+            uri_san=False,
+            dns_names=["spiffe://trustd.local/ns/shop/sa/admin"],
         ),
         "dns-spiffe-san-and-uri": ca.issue(
-            GOOD, not_before=START, ttl=CENTURY, dns_names=["spiffe://trustd.local/ns/shop/sa/admin"]
+            GOOD,
+            not_before=START,
+            ttl=CENTURY,
+            dns_names=["spiffe://trustd.local/ns/shop/sa/admin"],
         ),
         "expired": ca.issue(
             GOOD, not_before=dt.datetime(2020, 1, 1, tzinfo=dt.UTC), ttl=dt.timedelta(days=1)
         ),
-        "no-uri-san": ca.issue(GOOD, not_before=START, ttl=CENTURY, uri_san=False, dns_names=["frontend"]),
+        "no-uri-san": ca.issue(
+            GOOD, not_before=START, ttl=CENTURY, uri_san=False, dns_names=["frontend"]
+        ),
         "server-only-eku": ca.issue(
             GOOD, not_before=START, ttl=CENTURY, eku=[ExtendedKeyUsageOID.SERVER_AUTH]
         ),
         "no-eku": ca.issue(GOOD, not_before=START, ttl=CENTURY, eku=None),
-        "foreign-id": ca.issue("spiffe://evil.example/ns/shop/sa/frontend", not_before=START, ttl=CENTURY),
-        "untrusted-td": other.issue("spiffe://evil.example/ns/shop/sa/frontend", not_before=START, ttl=CENTURY),
+        "foreign-id": ca.issue(
+            "spiffe://evil.example/ns/shop/sa/frontend", not_before=START, ttl=CENTURY
+        ),
+        "untrusted-td": other.issue(
+            "spiffe://evil.example/ns/shop/sa/frontend", not_before=START, ttl=CENTURY
+        ),
     }
     for name, svid in cases.items():
         (HERE / f"{name}.pem").write_bytes(svid.cert.public_bytes(serialization.Encoding.PEM))

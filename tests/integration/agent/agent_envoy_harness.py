@@ -159,8 +159,9 @@ class Envoy:
             lines = self.log_path.read_text(errors="replace").splitlines()
         except OSError:
             return ""
-        keep = [ln for ln in lines if "][warning][" in ln or "][error][" in ln
-                or "][critical][" in ln]
+        keep = [
+            ln for ln in lines if "][warning][" in ln or "][error][" in ln or "][critical][" in ln
+        ]
         return "\n".join(keep[-n:])
 
     async def admin(self) -> str:

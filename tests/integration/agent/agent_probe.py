@@ -112,9 +112,7 @@ def main() -> None:
         result["workload"] = {"error": type(exc).__name__, "detail": str(exc)[:300]}
     try:
         bundles = client.fetch_x509_bundles()
-        result["workload_bundles"] = {
-            "ok": sorted(str(b.trust_domain) for b in bundles.bundles)
-        }
+        result["workload_bundles"] = {"ok": sorted(str(b.trust_domain) for b in bundles.bundles)}
     except Exception as exc:
         result["workload_bundles"] = {"error": type(exc).__name__, "detail": str(exc)[:300]}
     client.close()

@@ -291,15 +291,21 @@ async def test_spiffe_client_fetches_the_same_svid_and_bundle_as_envoy() -> None
         assert svid["uri"] == BACKEND
         # The very certificate the uid-1000 Envoy serves.
         assert {svid["serial"]} == await m.server.cert_serials()
-        assert result["workload"]["bundles"] == {
-            TD: sorted(await m.server.ca_serials())
-        }
+        assert result["workload"]["bundles"] == {TD: sorted(await m.server.ca_serials())}
 
 
 def test_deploy_bootstrap_is_valid_for_the_stock_envoy() -> None:
     out = subprocess.run(
-        [envoy_binary(), "--mode", "validate", "-c", str(DEPLOY_BOOTSTRAP),
-         "--disable-hot-restart", "-l", "warning"],
+        [
+            envoy_binary(),
+            "--mode",
+            "validate",
+            "-c",
+            str(DEPLOY_BOOTSTRAP),
+            "--disable-hot-restart",
+            "-l",
+            "warning",
+        ],
         capture_output=True,
         text=True,
         timeout=120,

@@ -62,7 +62,11 @@ def _audit_text(data_dir: Path) -> str:
 
 
 async def _entry_for_me(srv: TrustdServer, agent: AgentService) -> None:
-    await asyncio.to_thread(srv.registry.entries.create, ADMIN, CreateEntry(spiffe_id=ME, selectors=(f"unix:uid:{os.getuid()}",)))
+    await asyncio.to_thread(
+        srv.registry.entries.create,
+        ADMIN,
+        CreateEntry(spiffe_id=ME, selectors=(f"unix:uid:{os.getuid()}",)),
+    )
     me = workload_key(Caller(uid=os.getuid(), gid=os.getgid(), pid=0))
     await wait_until(
         lambda: any(str(e.spiffe_id) == ME for e in agent.cache.matching_entries(me)),
@@ -146,7 +150,9 @@ async def _server_and_agent(
         await srv.wait_ready()
         agent = AgentService(
             upstream=RegistryUpstream(
-                srv.registry, srv.hub, srv.executor,
+                srv.registry,
+                srv.hub,
+                srv.executor,
                 Actor(kind="spiffe", id=f"spiffe://{TD}/trustd/agent/embedded"),
             ),
             socket_path=cfg.agent_socket_path,

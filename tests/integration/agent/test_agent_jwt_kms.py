@@ -38,23 +38,49 @@ def _softhsm(root: Path) -> tuple[dict[str, Any], dict[str, str]]:
     assert SOFTHSM_MODULE.exists(), f"{SOFTHSM_MODULE} is missing: apt-get install softhsm2"
     (root / "tokens").mkdir(parents=True)
     conf = root / "softhsm2.conf"
-    conf.write_text(f"directories.tokendir = {root / 'tokens'}\nobjectstore.backend = file\n"
-                    "log.level = ERROR\nslots.removable = false\n")
+    conf.write_text(
+        f"directories.tokendir = {root / 'tokens'}\nobjectstore.backend = file\n"
+        "log.level = ERROR\nslots.removable = false\n"
+    )
     pin = secrets.token_hex(8)
     env = {**os.environ, "SOFTHSM2_CONF": str(conf)}
-    subprocess.run([util, "--init-token", "--free", "--label", "trustd", "--pin", pin,
-                    "--so-pin", secrets.token_hex(8)], check=True, capture_output=True, env=env)
+    subprocess.run(
+        [
+            util,
+            "--init-token",
+            "--free",
+            "--label",
+            "trustd",
+            "--pin",
+            pin,
+            "--so-pin",
+            secrets.token_hex(8),
+        ],
+        check=True,
+        capture_output=True,
+        env=env,
+    )
     pin_file = root / "pin"
     pin_file.write_text(pin)
     pin_file.chmod(0o600)
-    km = {"kind": "pkcs11", "module": str(SOFTHSM_MODULE), "tokenLabel": "trustd",
-          "pinFile": str(pin_file)}
+    km = {
+        "kind": "pkcs11",
+        "module": str(SOFTHSM_MODULE),
+        "tokenLabel": "trustd",
+        "pinFile": str(pin_file),
+    }
     return km, env
 
 
 def _token_objects(env: dict[str, str], pin: str) -> list[dict[str, Any]]:
-    out = subprocess.run([sys.executable, str(P11_PROBE), str(SOFTHSM_MODULE), "trustd"],
-                         input=pin, capture_output=True, text=True, env=env, check=True)
+    out = subprocess.run(
+        [sys.executable, str(P11_PROBE), str(SOFTHSM_MODULE), "trustd"],
+        input=pin,
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
     objects: list[dict[str, Any]] = json.loads(out.stdout)
     return objects
 
@@ -69,14 +95,21 @@ def kms(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, A
             bao.enable_engines()
             token_file = tmp_path / "vault-token"
             token_file.write_text(bao.root_token)
-            km = {"kind": "vault-transit", "address": bao.address,
-                  "tokenFile": str(token_file), "keyPrefix": PREFIX}
+            km = {
+                "kind": "vault-transit",
+                "address": bao.address,
+                "tokenFile": str(token_file),
+                "keyPrefix": PREFIX,
+            }
 
             def keys() -> dict[str, Any]:
                 c = bao.client()
                 names = c.secrets.transit.list_keys(mount_point="transit")["data"]["keys"]
-                return {n: c.secrets.transit.read_key(n, mount_point="transit")["data"]
-                        for n in names if n.startswith(PREFIX)}
+                return {
+                    n: c.secrets.transit.read_key(n, mount_point="transit")["data"]
+                    for n in names
+                    if n.startswith(PREFIX)
+                }
 
             yield "vault-transit", (km, dict(os.environ)), keys
         finally:
@@ -100,30 +133,57 @@ def test_jwt_key_lives_in_the_kms_and_its_tokens_validate(
     kind, (km, env), kms_keys = kms
     data = tmp_path / "d"
     cfg = tmp_path / "server.yaml"
-    cfg.write_text(yaml.safe_dump({
-        "dataDir": str(data), "keyManager": km, "serverAddress": "127.0.0.1:0",
-        "metricsAddress": "127.0.0.1:0",
-    }))
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "dataDir": str(data),
+                "keyManager": km,
+                "serverAddress": "127.0.0.1:0",
+                "metricsAddress": "127.0.0.1:0",
+            }
+        )
+    )
     admin = data / "admin.sock"
     log = tmp_path / "server.log"
     with log.open("wb") as out:
-        server = subprocess.Popen([TRUSTD, "server", "--config", str(cfg)], stdout=out,
-                                  stderr=subprocess.STDOUT, env=env)
+        server = subprocess.Popen(
+            [TRUSTD, "server", "--config", str(cfg)], stdout=out, stderr=subprocess.STDOUT, env=env
+        )
     try:
         deadline = time.monotonic() + 60
         while True:
-            res = subprocess.run([TRUSTD, "--admin-socket", str(admin), "svid", "mint", "--jwt",
-                                  "--spiffe-id", TOOL, "--audience", "backend"],
-                                 capture_output=True, text=True, env=env)
+            res = subprocess.run(
+                [
+                    TRUSTD,
+                    "--admin-socket",
+                    str(admin),
+                    "svid",
+                    "mint",
+                    "--jwt",
+                    "--spiffe-id",
+                    TOOL,
+                    "--audience",
+                    "backend",
+                ],
+                capture_output=True,
+                text=True,
+                env=env,
+            )
             if res.returncode == 0:
                 break
             assert server.poll() is None, log.read_text()[-3000:]
             assert time.monotonic() < deadline, res.stderr
             time.sleep(0.3)
         token = res.stdout.strip()
-        spiffe = json.loads(subprocess.run(
-            [TRUSTD, "--admin-socket", str(admin), "bundle", "show", "--format", "spiffe"],
-            capture_output=True, text=True, env=env, check=True).stdout)
+        spiffe = json.loads(
+            subprocess.run(
+                [TRUSTD, "--admin-socket", str(admin), "bundle", "show", "--format", "spiffe"],
+                capture_output=True,
+                text=True,
+                env=env,
+                check=True,
+            ).stdout
+        )
         jwks = {"keys": [k for k in spiffe["keys"] if k["use"] == "jwt-svid"]}
         bundle = JwtBundle.parse(SpiffeTrustDomain(TD), json.dumps(jwks).encode())
         assert str(JwtSvid.parse_and_validate(token, bundle, {"backend"}).spiffe_id) == TOOL

@@ -87,9 +87,18 @@ def test_remote_agent_serves_jwt_svids_and_admins_mint_them(tmp_path: Path) -> N
     agent_log = tmp_path / "agent.log"
     with server_log.open("wb") as slog:
         server = subprocess.Popen(
-            [TRUSTD, "server", "--data-dir", str(server_dir), "--server-address",
-             f"127.0.0.1:{port}", "--metrics-address", "127.0.0.1:0"],
-            stdout=slog, stderr=subprocess.STDOUT,
+            [
+                TRUSTD,
+                "server",
+                "--data-dir",
+                str(server_dir),
+                "--server-address",
+                f"127.0.0.1:{port}",
+                "--metrics-address",
+                "127.0.0.1:0",
+            ],
+            stdout=slog,
+            stderr=subprocess.STDOUT,
         )
     agent = None
     try:
@@ -119,12 +128,26 @@ def test_remote_agent_serves_jwt_svids_and_admins_mint_them(tmp_path: Path) -> N
             bundles = client.fetch_jwt_bundles()
             jwt_bundle = bundles.get_bundle_for_trust_domain(SpiffeTrustDomain(TD))
             assert jwt_bundle is not None
-            assert str(JwtSvid.parse_and_validate(svid.token, jwt_bundle, {"backend"}).spiffe_id) == ME
+            assert (
+                str(JwtSvid.parse_and_validate(svid.token, jwt_bundle, {"backend"}).spiffe_id) == ME
+            )
             assert str(client.validate_jwt_svid(svid.token, "backend").spiffe_id) == ME
 
             # an admin mints one for an identity no workload has; the agent validates it
-            minted = _ok(admin, "svid", "mint", "--jwt", "--spiffe-id", TOOL,
-                         "--audience", "backend", "--audience", "reports", "--ttl", "2m")
+            minted = _ok(
+                admin,
+                "svid",
+                "mint",
+                "--jwt",
+                "--spiffe-id",
+                TOOL,
+                "--audience",
+                "backend",
+                "--audience",
+                "reports",
+                "--ttl",
+                "2m",
+            )
             tool_token = minted.strip()
             assert "\n" not in tool_token and tool_token.count(".") == 2
             checked = client.validate_jwt_svid(tool_token, "reports")
@@ -132,15 +155,37 @@ def test_remote_agent_serves_jwt_svids_and_admins_mint_them(tmp_path: Path) -> N
             parsed = JwtSvid.parse_and_validate(tool_token, jwt_bundle, {"backend", "reports"})
             assert 100 < parsed.expiry - time.time() <= 120
 
-        doc = json.loads(_ok(admin, "svid", "mint", "--jwt", "--spiffe-id", TOOL,
-                             "--audience", "backend", "-o", "json"))
+        doc = json.loads(
+            _ok(
+                admin,
+                "svid",
+                "mint",
+                "--jwt",
+                "--spiffe-id",
+                TOOL,
+                "--audience",
+                "backend",
+                "-o",
+                "json",
+            )
+        )
         assert doc["spiffe_id"] == TOOL and doc["audience"] == ["backend"]
         assert doc["token"].count(".") == 2 and doc["jti"] and doc["kid"] and doc["expires_at"]
 
         no_audience = _cli(admin, "svid", "mint", "--jwt", "--spiffe-id", TOOL)
         assert no_audience.returncode == 1 and "--audience" in no_audience.stderr
-        too_long = _cli(admin, "svid", "mint", "--jwt", "--spiffe-id", TOOL,
-                        "--audience", "backend", "--ttl", "2h")
+        too_long = _cli(
+            admin,
+            "svid",
+            "mint",
+            "--jwt",
+            "--spiffe-id",
+            TOOL,
+            "--audience",
+            "backend",
+            "--ttl",
+            "2h",
+        )
         assert too_long.returncode == 2 and "above the server maximum" in too_long.stderr
 
         spiffe_bundle = json.loads(_ok(admin, "bundle", "show", "--format", "spiffe"))
@@ -174,8 +219,11 @@ def test_agent_api_signs_jwt_svids_only_for_the_agents_own_entries(tmp_path: Pat
     async def main() -> None:
         cfg = load_server_config(
             None,
-            {"dataDir": str(tmp_path / "server"), "serverAddress": "127.0.0.1:0",
-             "metricsAddress": "127.0.0.1:0"},
+            {
+                "dataDir": str(tmp_path / "server"),
+                "serverAddress": "127.0.0.1:0",
+                "metricsAddress": "127.0.0.1:0",
+            },
         )
         srv = TrustdServer(cfg)
         await srv.start()
@@ -183,7 +231,9 @@ def test_agent_api_signs_jwt_svids_only_for_the_agents_own_entries(tmp_path: Pat
         try:
             await srv.wait_ready()
             for name in ("one", "two"):
-                token = srv.registry.tokens.create(ADMIN, CreateToken(ttl=dt.timedelta(minutes=5))).token
+                token = srv.registry.tokens.create(
+                    ADMIN, CreateToken(ttl=dt.timedelta(minutes=5))
+                ).token
                 link = ServerLink(
                     address=f"127.0.0.1:{srv.agent_api_port}",
                     trust_domain=TrustDomain.parse(TD),
@@ -194,9 +244,13 @@ def test_agent_api_signs_jwt_svids_only_for_the_agents_own_entries(tmp_path: Pat
                 await link.start()
                 links.append(link)
             one, two = links
-            mine = srv.registry.entries.create(ADMIN, CreateEntry(spiffe_id=ME, selectors=("unix:uid:1000",)))
+            mine = srv.registry.entries.create(
+                ADMIN, CreateEntry(spiffe_id=ME, selectors=("unix:uid:1000",))
+            )
             pinned = srv.registry.entries.create(
-                ADMIN, CreateEntry(spiffe_id=TOOL, selectors=("unix:uid:1001",), agent_id=two.agent_id))
+                ADMIN,
+                CreateEntry(spiffe_id=TOOL, selectors=("unix:uid:1001",), agent_id=two.agent_id),
+            )
             signed = await one.sign_jwt_svid(
                 JwtSvidRequest(entry_id=mine.id, audience=("backend",))
             )
@@ -209,9 +263,9 @@ def test_agent_api_signs_jwt_svids_only_for_the_agents_own_entries(tmp_path: Pat
                 await one.sign_jwt_svid(JwtSvidRequest(entry_id="nope", audience=("b",)))
             with pytest.raises(InvalidArgumentError, match="audience"):
                 await one.sign_jwt_svid(JwtSvidRequest(entry_id=mine.id, audience=()))
-            assert (await two.sign_jwt_svid(
-                JwtSvidRequest(entry_id=pinned.id, audience=("b",))
-            )).entry_id == pinned.id
+            assert (
+                await two.sign_jwt_svid(JwtSvidRequest(entry_id=pinned.id, audience=("b",)))
+            ).entry_id == pinned.id
         finally:
             for link in links:
                 await link.close()

@@ -223,10 +223,11 @@ async def test_rollout_to_strict_and_back_loses_no_request() -> None:
             "clients-mtls",
             "servers-strict",
         ]
-        assert hub.current().peer_mode(
-            mesh.server.status().spiffe_id, mesh.server.inbound_port()
-        ) is (  # type: ignore[union-attr]
-            PeerMode.STRICT
+        server_status = mesh.server.status()
+        assert server_status is not None
+        assert (
+            hub.current().peer_mode(server_status.spiffe_id, mesh.server.inbound_port())
+            is PeerMode.STRICT
         )
         await eventually(mesh.converged)
         plain_before, tls_before = mesh.server_total("plaintext"), mesh.server_total("tls")

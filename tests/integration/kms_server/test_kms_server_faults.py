@@ -169,7 +169,11 @@ def test_vault_down_mid_operation_fails_issuance_agents_keep_serving_and_it_reco
     async def main() -> None:
         async with running(cfg, agent=True) as r:
             srv = r.server
-            await asyncio.to_thread(srv.registry.entries.create, ADMIN, CreateEntry(spiffe_id=SPIFFE_ID, selectors=("unix:uid:0",)))
+            await asyncio.to_thread(
+                srv.registry.entries.create,
+                ADMIN,
+                CreateEntry(spiffe_id=SPIFFE_ID, selectors=("unix:uid:0",)),
+            )
             seen["wl_before"] = await asyncio.to_thread(fetch_workload, sock)
             seen["authorities_before"] = srv.store.list_authorities()
             seen["keys_before"] = set(transit_keys(bao_raft.client(), PREFIX))

@@ -90,8 +90,11 @@ def test_sds_and_workload_api_serve_the_intermediate_and_the_upstream_root(
 
     async def main() -> tuple[Any, ...]:
         async with running(cfg, agent=True) as r:
-            await asyncio.to_thread(r.server.registry.entries.create, ADMIN, CreateEntry(spiffe_id=f"spiffe://{TD}/ns/up/sa/web",
-                selectors=("unix:uid:0",)))
+            await asyncio.to_thread(
+                r.server.registry.entries.create,
+                ADMIN,
+                CreateEntry(spiffe_id=f"spiffe://{TD}/ns/up/sa/web", selectors=("unix:uid:0",)),
+            )
             wl = await asyncio.to_thread(fetch_workload, sock)
             default = await asyncio.to_thread(sds_fetch, sock, "default")
             rootca = await asyncio.to_thread(sds_fetch, sock, "ROOTCA")

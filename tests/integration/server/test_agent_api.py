@@ -107,9 +107,15 @@ def test_join_sync_sign_and_deltas(tmp_path: Path) -> None:
     async def main() -> None:
         srv = await _server(tmp_path)
         try:
-            token = srv.registry.tokens.create(ADMIN, CreateToken(ttl=dt.timedelta(minutes=5))).token
+            token = srv.registry.tokens.create(
+                ADMIN, CreateToken(ttl=dt.timedelta(minutes=5))
+            ).token
             entry = srv.registry.entries.create(
-                ADMIN, CreateEntry(spiffe_id="spiffe://trustd.local/ns/a/sa/b", selectors=("unix:uid:1000",)))
+                ADMIN,
+                CreateEntry(
+                    spiffe_id="spiffe://trustd.local/ns/a/sa/b", selectors=("unix:uid:1000",)
+                ),
+            )
             link = _link(srv, tmp_path, token)
             await link.start()
             assert link.agent_id
@@ -128,8 +134,13 @@ def test_join_sync_sign_and_deltas(tmp_path: Path) -> None:
                 "spiffe://trustd.local/ns/a/sa/b"
             ]
 
-            second = await asyncio.to_thread(srv.registry.entries.create, ADMIN, CreateEntry(spiffe_id="spiffe://trustd.local/ns/a/sa/c",
-                selectors=("unix:uid:1001",)))
+            second = await asyncio.to_thread(
+                srv.registry.entries.create,
+                ADMIN,
+                CreateEntry(
+                    spiffe_id="spiffe://trustd.local/ns/a/sa/c", selectors=("unix:uid:1001",)
+                ),
+            )
             delta = await _next(entries)
             assert not delta.full and [e.id for e in delta.upserted] == [second.id]
             await asyncio.to_thread(srv.registry.entries.delete, ADMIN, second.id)
@@ -153,7 +164,9 @@ def test_join_token_is_single_use_even_when_joins_race(tmp_path: Path) -> None:
     async def main() -> None:
         srv = await _server(tmp_path)
         try:
-            token = srv.registry.tokens.create(ADMIN, CreateToken(ttl=dt.timedelta(minutes=5))).token
+            token = srv.registry.tokens.create(
+                ADMIN, CreateToken(ttl=dt.timedelta(minutes=5))
+            ).token
             links = [_link(srv, tmp_path, token, f"agent{i}") for i in range(4)]
             results = await asyncio.gather(*(lk.start() for lk in links), return_exceptions=True)
             ok = [r for r in results if r is None]
@@ -174,7 +187,9 @@ def test_join_with_bytes_that_are_no_csr_is_invalid_and_logs_no_traceback(
     async def main() -> None:
         srv = await _server(tmp_path)
         try:
-            token = srv.registry.tokens.create(ADMIN, CreateToken(ttl=dt.timedelta(minutes=5))).token
+            token = srv.registry.tokens.create(
+                ADMIN, CreateToken(ttl=dt.timedelta(minutes=5))
+            ).token
             with structlog.testing.capture_logs() as logs:
                 for bad in (b"not a csr at all!", b"\x30\x03ABC", b"@@@@"):
                     status, message = await _join_status(
@@ -200,7 +215,9 @@ def test_join_with_a_malformed_csr_leaves_the_token_for_a_retry(tmp_path: Path) 
     async def main() -> None:
         srv = await _server(tmp_path)
         try:
-            token = srv.registry.tokens.create(ADMIN, CreateToken(ttl=dt.timedelta(minutes=5))).token
+            token = srv.registry.tokens.create(
+                ADMIN, CreateToken(ttl=dt.timedelta(minutes=5))
+            ).token
             with structlog.testing.capture_logs() as logs:
                 for bad in (b"garbage", _csr()[:-7], b""):
                     status, message = await _join_status(
@@ -235,7 +252,9 @@ def test_join_with_a_wrong_key_type_or_bad_signature_keeps_the_token(tmp_path: P
     async def main() -> None:
         srv = await _server(tmp_path)
         try:
-            token = srv.registry.tokens.create(ADMIN, CreateToken(ttl=dt.timedelta(minutes=5))).token
+            token = srv.registry.tokens.create(
+                ADMIN, CreateToken(ttl=dt.timedelta(minutes=5))
+            ).token
             tampered = bytearray(_csr())
             tampered[-3] ^= 0x55
             cases: list[tuple[bytes, str]] = [
@@ -278,7 +297,9 @@ def test_a_join_whose_issuance_fails_gives_the_token_back(
     async def main() -> None:
         srv = await _server(tmp_path)
         try:
-            token = srv.registry.tokens.create(ADMIN, CreateToken(ttl=dt.timedelta(minutes=5))).token
+            token = srv.registry.tokens.create(
+                ADMIN, CreateToken(ttl=dt.timedelta(minutes=5))
+            ).token
             real_sign = srv.core.issuer.sign
 
             def failing(*args: Any, **kwargs: Any) -> Any:
@@ -305,7 +326,9 @@ def test_consume_token_races_across_threads(tmp_path: Path) -> None:
     async def main() -> None:
         srv = await _server(tmp_path)
         try:
-            token = srv.registry.tokens.create(ADMIN, CreateToken(ttl=dt.timedelta(minutes=5))).token
+            token = srv.registry.tokens.create(
+                ADMIN, CreateToken(ttl=dt.timedelta(minutes=5))
+            ).token
             digest = srv.registry.tokens.hmac(token)
             barrier = threading.Barrier(8)
             wins: list[bool] = []
@@ -330,9 +353,15 @@ def test_evicted_agent_is_cut_off(tmp_path: Path) -> None:
     async def main() -> None:
         srv = await _server(tmp_path)
         try:
-            token = srv.registry.tokens.create(ADMIN, CreateToken(ttl=dt.timedelta(minutes=5))).token
+            token = srv.registry.tokens.create(
+                ADMIN, CreateToken(ttl=dt.timedelta(minutes=5))
+            ).token
             entry = srv.registry.entries.create(
-                ADMIN, CreateEntry(spiffe_id="spiffe://trustd.local/ns/a/sa/b", selectors=("unix:uid:1000",)))
+                ADMIN,
+                CreateEntry(
+                    spiffe_id="spiffe://trustd.local/ns/a/sa/b", selectors=("unix:uid:1000",)
+                ),
+            )
             link = _link(srv, tmp_path, token)
             await link.start()
             entries = link.watch_entries(since_revision=None).__aiter__()
@@ -379,18 +408,28 @@ def test_each_agent_gets_only_the_entries_it_may_serve(tmp_path: Path) -> None:
         try:
             links = []
             for name in ("a", "b"):
-                token = srv.registry.tokens.create(ADMIN, CreateToken(ttl=dt.timedelta(minutes=5))).token
+                token = srv.registry.tokens.create(
+                    ADMIN, CreateToken(ttl=dt.timedelta(minutes=5))
+                ).token
                 link = _link(srv, tmp_path, token, name)
                 await link.start()
                 links.append(link)
             a, b = links
             assert a.agent_id and b.agent_id
             everywhere = srv.registry.entries.create(
-                ADMIN, CreateEntry(spiffe_id="spiffe://trustd.local/ns/x/sa/all", selectors=("unix:uid:1",)))
+                ADMIN,
+                CreateEntry(
+                    spiffe_id="spiffe://trustd.local/ns/x/sa/all", selectors=("unix:uid:1",)
+                ),
+            )
             only_a = srv.registry.entries.create(
-                ADMIN, CreateEntry(spiffe_id="spiffe://trustd.local/ns/x/sa/a",
-                selectors=("unix:uid:2",),
-                agent_id=a.agent_id))
+                ADMIN,
+                CreateEntry(
+                    spiffe_id="spiffe://trustd.local/ns/x/sa/a",
+                    selectors=("unix:uid:2",),
+                    agent_id=a.agent_id,
+                ),
+            )
             snap_a = await _next(a.watch_entries(since_revision=None).__aiter__())
             b_entries = b.watch_entries(since_revision=None).__aiter__()
             snap_b = await _next(b_entries)
@@ -401,9 +440,15 @@ def test_each_agent_gets_only_the_entries_it_may_serve(tmp_path: Path) -> None:
             [ok] = await a.sign_x509_svids([SvidRequest(entry_id=only_a.id, csr_der=_csr())])
             assert ok.entry_id == only_a.id
             # a later entry for a: b's delta does not carry it
-            await asyncio.to_thread(srv.registry.entries.create, ADMIN, CreateEntry(spiffe_id="spiffe://trustd.local/ns/x/sa/a2",
-                selectors=("unix:uid:3",),
-                agent_id=a.agent_id))
+            await asyncio.to_thread(
+                srv.registry.entries.create,
+                ADMIN,
+                CreateEntry(
+                    spiffe_id="spiffe://trustd.local/ns/x/sa/a2",
+                    selectors=("unix:uid:3",),
+                    agent_id=a.agent_id,
+                ),
+            )
             delta_b = await _next(b_entries)
             assert delta_b.upserted == ()
             for link in links:
@@ -429,7 +474,9 @@ def test_agent_svid_is_renewed_at_half_life(tmp_path: Path) -> None:
         await srv.start()
         await srv.wait_ready()
         try:
-            token = srv.registry.tokens.create(ADMIN, CreateToken(ttl=dt.timedelta(minutes=5))).token
+            token = srv.registry.tokens.create(
+                ADMIN, CreateToken(ttl=dt.timedelta(minutes=5))
+            ).token
             link = _link(srv, tmp_path, token)
             await link.start()
             assert link.agent_id is not None
@@ -441,7 +488,9 @@ def test_agent_svid_is_renewed_at_half_life(tmp_path: Path) -> None:
             # the renewed identity is used for calls: entries still flow
             update = await _next(link.watch_entries(since_revision=None).__aiter__())
             assert update.full
-            events = "".join(p.read_text() for p in (tmp_path / "server" / "audit").glob("audit-*.jsonl"))
+            events = "".join(
+                p.read_text() for p in (tmp_path / "server" / "audit").glob("audit-*.jsonl")
+            )
             assert '"type":"agent.renew"' in events
             await link.close()
         finally:
@@ -466,7 +515,9 @@ def test_a_remote_agent_gets_federated_bundles_and_federates_with(tmp_path: Path
     async def main() -> None:
         srv = await _server(tmp_path)
         try:
-            token = srv.registry.tokens.create(ADMIN, CreateToken(ttl=dt.timedelta(minutes=5))).token
+            token = srv.registry.tokens.create(
+                ADMIN, CreateToken(ttl=dt.timedelta(minutes=5))
+            ).token
             link = _link(srv, tmp_path, token)
             await link.start()
             bundles = link.watch_bundles().__aiter__()
@@ -484,7 +535,10 @@ def test_a_remote_agent_gets_federated_bundles_and_federates_with(tmp_path: Path
                 ),
             )
             after = await _next(bundles)
-            assert [b.trust_domain.name for b in after.bundles] == ["trustd.local", "partner.example"]
+            assert [b.trust_domain.name for b in after.bundles] == [
+                "trustd.local",
+                "partner.example",
+            ]
             assert after.bundles[1].x509_authorities == (partner.cert,)
             assert after.bundles[1].sequence == 4
             entry = await asyncio.to_thread(

@@ -62,7 +62,9 @@ def _until(what: str, check: Callable[[], T], timeout: float = 60.0) -> T:
     raise AssertionError(f"{what}: gave up, last {last!r}")
 
 
-def _server(tmp: Path, name: str, shared: Path, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], Path, int]:
+def _server(
+    tmp: Path, name: str, shared: Path, env: dict[str, str]
+) -> tuple[subprocess.Popen[bytes], Path, int]:
     data = tmp / name
     port = _free_port()
     cfg = tmp / f"{name}.yaml"
@@ -102,8 +104,15 @@ def test_agent_fails_over_to_the_second_server_and_keeps_serving(tmp_path: Path)
         bundle.write_text(_cli(admin_a, "bundle", "show"))
         token = _cli(admin_a, "token", "create", "--ttl", "5m").strip()
         me = f"unix:uid:{os.getuid()}"
-        _cli(admin_a, "entry", "create", "--spiffe-id", f"spiffe://{TD}/ns/ha/sa/first",
-             "--selector", me)
+        _cli(
+            admin_a,
+            "entry",
+            "create",
+            "--spiffe-id",
+            f"spiffe://{TD}/ns/ha/sa/first",
+            "--selector",
+            me,
+        )
         agent_dir = tmp_path / "agent"
         cfg = tmp_path / "agent.yaml"
         cfg.write_text(
@@ -132,8 +141,15 @@ def test_agent_fails_over_to_the_second_server_and_keeps_serving(tmp_path: Path)
             assert str(client.fetch_x509_svid().spiffe_id) == str(before.spiffe_id)
         # a change made through the surviving server reaches the agent
         _cli(admin_b, "entry", "delete", _entry_id(admin_b, "first"))
-        _cli(admin_b, "entry", "create", "--spiffe-id", f"spiffe://{TD}/ns/ha/sa/second",
-             "--selector", me)
+        _cli(
+            admin_b,
+            "entry",
+            "create",
+            "--spiffe-id",
+            f"spiffe://{TD}/ns/ha/sa/second",
+            "--selector",
+            me,
+        )
 
         def moved() -> bool:
             with WorkloadApiClient(socket_path=target) as client:

@@ -44,7 +44,11 @@ def _server(tmp: Path, extra: str = "") -> TrustdServer:
     cfg_file.write_text(extra or "{}\n")
     cfg = load_server_config(
         cfg_file,
-        {"dataDir": str(tmp / "d"), "serverAddress": "127.0.0.1:0", "metricsAddress": "127.0.0.1:0"},
+        {
+            "dataDir": str(tmp / "d"),
+            "serverAddress": "127.0.0.1:0",
+            "metricsAddress": "127.0.0.1:0",
+        },
     )
     return TrustdServer(cfg)
 
@@ -81,9 +85,14 @@ def test_every_action_is_recorded_with_the_kernel_actor(tmp_path: Path) -> None:
         await srv.start()
         await srv.wait_ready()
         try:
-            entry = srv.registry.entries.create(ADMIN, CreateEntry(spiffe_id="spiffe://trustd.local/ns/a/sa/b", selectors=("unix:uid:7",)))
+            entry = srv.registry.entries.create(
+                ADMIN,
+                CreateEntry(spiffe_id="spiffe://trustd.local/ns/a/sa/b", selectors=("unix:uid:7",)),
+            )
             srv.core.mint(ADMIN, spiffe_id="spiffe://trustd.local/ns/a/sa/b", csr=_csr(), ttl=None)
-            token = srv.registry.tokens.create(ADMIN, CreateToken(ttl=dt.timedelta(minutes=1))).token
+            token = srv.registry.tokens.create(
+                ADMIN, CreateToken(ttl=dt.timedelta(minutes=1))
+            ).token
             srv.core.authority_op(ADMIN, "prepare")
             srv.registry.entries.delete(ADMIN, entry.id)
         finally:
@@ -93,7 +102,9 @@ def test_every_action_is_recorded_with_the_kernel_actor(tmp_path: Path) -> None:
         for expected in ("admin.entry.create", "admin.svid.mint", "admin.token.create", "admin.authority.prepare",
                          "admin.entry.delete"):  # fmt: skip
             assert expected in types, types
-        issue = next(e for e in events if e["type"] == "admin.svid.mint" and e["actor"]["kind"] == "unix")
+        issue = next(
+            e for e in events if e["type"] == "admin.svid.mint" and e["actor"]["kind"] == "unix"
+        )
         assert issue["actor"] == {"kind": "unix", "id": "root", "uid": 0, "addr": "admin.sock"}
         assert {"serial", "not_after", "authority_id"} <= issue["details"].keys()
         blob = "".join(f.read_text() for f in (tmp_path / "d" / "audit").glob("*.jsonl"))
@@ -102,7 +113,9 @@ def test_every_action_is_recorded_with_the_kernel_actor(tmp_path: Path) -> None:
     asyncio.run(main())
 
 
-def test_issuance_fails_when_its_event_cannot_be_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_issuance_fails_when_its_event_cannot_be_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     async def main() -> None:
         srv = _server(tmp_path)
         await srv.start()
@@ -111,7 +124,9 @@ def test_issuance_fails_when_its_event_cannot_be_written(tmp_path: Path, monkeyp
             issued_before = len(srv.store.list_issued())
             _break_writes(srv, monkeypatch)
             with pytest.raises(UnavailableError) as info:
-                srv.core.mint(ADMIN, spiffe_id="spiffe://trustd.local/ns/a/sa/b", csr=_csr(), ttl=None)
+                srv.core.mint(
+                    ADMIN, spiffe_id="spiffe://trustd.local/ns/a/sa/b", csr=_csr(), ttl=None
+                )
             assert isinstance(info.value, AuditWriteError)
             assert "space" in str(info.value).lower()
             assert len(srv.store.list_issued()) == issued_before  # nothing was issued unrecorded
@@ -132,7 +147,12 @@ def test_admin_action_fails_and_leaves_nothing_when_audit_cannot_be_written(
         try:
             _break_writes(srv, monkeypatch)
             with pytest.raises(UnavailableError):
-                srv.registry.entries.create(ADMIN, CreateEntry(spiffe_id="spiffe://trustd.local/ns/a/sa/c", selectors=("unix:uid:8",)))
+                srv.registry.entries.create(
+                    ADMIN,
+                    CreateEntry(
+                        spiffe_id="spiffe://trustd.local/ns/a/sa/c", selectors=("unix:uid:8",)
+                    ),
+                )
             assert srv.store.list_entries() == []
             with pytest.raises(UnavailableError):
                 srv.core.authority_op(ADMIN, "prepare")
@@ -168,7 +188,10 @@ def test_syslog_sink_from_config_forwards_events(tmp_path: Path) -> None:
         await srv.start()
         await srv.wait_ready()
         try:
-            srv.registry.entries.create(ADMIN, CreateEntry(spiffe_id="spiffe://trustd.local/ns/a/sa/s", selectors=("unix:uid:9",)))
+            srv.registry.entries.create(
+                ADMIN,
+                CreateEntry(spiffe_id="spiffe://trustd.local/ns/a/sa/s", selectors=("unix:uid:9",)),
+            )
             for _ in range(100):
                 if b"admin.entry.create" in b"".join(received):
                     break
@@ -194,14 +217,21 @@ def test_verify_through_the_server_finds_a_tail_cut_after_the_last_checkpoint(
         try:
             for n in range(3):
                 srv.registry.entries.create(
-                    ADMIN, CreateEntry(spiffe_id=f"spiffe://trustd.local/ns/a/sa/t{n}", selectors=(f"unix:uid:{20 + n}",)))
+                    ADMIN,
+                    CreateEntry(
+                        spiffe_id=f"spiffe://trustd.local/ns/a/sa/t{n}",
+                        selectors=(f"unix:uid:{20 + n}",),
+                    ),
+                )
             assert isinstance(srv.audit, ServerAudit)  # no sink was passed in: the server's own
             log = srv.audit.log
             head = log.head
             assert log.last_checkpoint is not None and log.last_checkpoint.seq <= head.seq - 2
             sock = str(srv.cfg.admin_socket_path)
             capsys.readouterr()
-            assert await _cli("audit", "verify", "--offline", "--data-dir", str(tmp_path / "d")) == 1
+            assert (
+                await _cli("audit", "verify", "--offline", "--data-dir", str(tmp_path / "d")) == 1
+            )
             assert "running trustd" in capsys.readouterr().err
             assert await _cli("--admin-socket", sock, "audit", "verify") == 0
             assert f"head (seq {head.seq})" in capsys.readouterr().out
@@ -229,7 +259,12 @@ def test_offline_verify_finds_a_torn_last_line(
         await srv.start()
         await srv.wait_ready()
         try:
-            srv.registry.entries.create(ADMIN, CreateEntry(spiffe_id="spiffe://trustd.local/ns/a/sa/o", selectors=("unix:uid:11",)))
+            srv.registry.entries.create(
+                ADMIN,
+                CreateEntry(
+                    spiffe_id="spiffe://trustd.local/ns/a/sa/o", selectors=("unix:uid:11",)
+                ),
+            )
         finally:
             await srv.stop()
 
@@ -257,7 +292,12 @@ def test_start_sets_a_torn_last_line_aside_and_the_chain_goes_on(
         await srv.start()
         await srv.wait_ready()
         try:
-            srv.registry.entries.create(ADMIN, CreateEntry(spiffe_id="spiffe://trustd.local/ns/a/sa/r", selectors=("unix:uid:12",)))
+            srv.registry.entries.create(
+                ADMIN,
+                CreateEntry(
+                    spiffe_id="spiffe://trustd.local/ns/a/sa/r", selectors=("unix:uid:12",)
+                ),
+            )
         finally:
             await srv.stop()
         segment = _segments(tmp_path)[-1]
@@ -280,7 +320,12 @@ def test_start_sets_a_torn_last_line_aside_and_the_chain_goes_on(
             assert recovered["details"]["segment"] == segment.name
             assert recovered["details"]["offset"] == where["offset"]
             assert recovered["details"]["length"] == len(torn)
-            srv.registry.entries.create(ADMIN, CreateEntry(spiffe_id="spiffe://trustd.local/ns/a/sa/s", selectors=("unix:uid:13",)))
+            srv.registry.entries.create(
+                ADMIN,
+                CreateEntry(
+                    spiffe_id="spiffe://trustd.local/ns/a/sa/s", selectors=("unix:uid:13",)
+                ),
+            )
             assert _events(tmp_path)[-1]["type"] == "admin.entry.create"
             sock = str(srv.cfg.admin_socket_path)
             capsys.readouterr()

@@ -48,8 +48,17 @@ def postgres_dsn() -> Iterator[str]:
     out = as_pg(_bin("initdb"), "-D", data, "-A", "trust", "-U", "trustd", "--no-sync")
     assert out.returncode == 0, out.stderr
     out = as_pg(
-        _bin("pg_ctl"), "-D", data, "-l", os.path.join(root, "log"), "-w", "-t", "60",
-        "-o", f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off", "start",
+        _bin("pg_ctl"),
+        "-D",
+        data,
+        "-l",
+        os.path.join(root, "log"),
+        "-w",
+        "-t",
+        "60",
+        "-o",
+        f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off",
+        "start",
     )
     assert out.returncode == 0, out.stderr + Path(root, "log").read_text()
     try:

@@ -102,7 +102,10 @@ def test_two_servers_cannot_both_rotate(fresh_db: str) -> None:
     a.ensure_active()
     racing.meanwhile = b.prepare  # b commits between a's read of the slots and a's write
     recorded: list[str] = []
-    with pytest.raises(ConcurrentRotationError), a.audited(lambda event, rec: recorded.append(event)):
+    with (
+        pytest.raises(ConcurrentRotationError),
+        a.audited(lambda event, rec: recorded.append(event)),
+    ):
         a.prepare()
     assert sorted(r.state for r in b.records()) == ["active", "prepared"]
     assert recorded == []  # no success audited for the rotation that lost

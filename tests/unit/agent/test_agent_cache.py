@@ -145,8 +145,13 @@ async def test_rotate_due_renews_only_what_is_due() -> None:
 async def test_server_down_keeps_serving_cached_svids_and_backs_off() -> None:
     up, clock, a, _ = _setup()
     metrics = AgentMetrics()
-    cache = AgentCache(upstream=up, trust_domain=up.trust_domain, clock=clock, metrics=metrics,
-                       settings=AgentSettings(retry_initial_seconds=1, retry_max_seconds=60))
+    cache = AgentCache(
+        upstream=up,
+        trust_domain=up.trust_domain,
+        clock=clock,
+        metrics=metrics,
+        settings=AgentSettings(retry_initial_seconds=1, retry_max_seconds=60),
+    )
     await _pull(up, cache)
     [(_, held)] = await cache.identities(KEY_A)
     up.go_down()
@@ -285,7 +290,10 @@ async def test_expiry_metrics() -> None:
     assert math.isnan(metric(metrics, "trustd_agent_svid_earliest_expiry_timestamp_seconds"))
     await _pull(up, cache)
     [(_, svid)] = await cache.identities(KEY_A)
-    assert metric(metrics, "trustd_agent_svid_earliest_expiry_timestamp_seconds") == svid.not_after.timestamp()
+    assert (
+        metric(metrics, "trustd_agent_svid_earliest_expiry_timestamp_seconds")
+        == svid.not_after.timestamp()
+    )
     assert metric(metrics, "trustd_agent_svids") == 1
     clock.advance(dt.timedelta(minutes=10))
     assert cache.seconds_until_expiry() == (svid.not_after - clock.now()).total_seconds()

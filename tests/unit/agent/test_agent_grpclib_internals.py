@@ -46,9 +46,10 @@ def test_small_deque_answers_what_the_libraries_call() -> None:
 async def test_live_connection_and_stream_hold_no_deques(tmp_path: Path) -> None:
     up = FakeUpstream()
     up.add_entry("spiffe://trustd.local/w", [f"unix:uid:{os.getuid()}"])
-    async with running_agent(tmp_path / "agent.sock", up), agent_channel(
-        tmp_path / "agent.sock"
-    ) as ch:
+    async with (
+        running_agent(tmp_path / "agent.sock", up),
+        agent_channel(tmp_path / "agent.sock") as ch,
+    ):
         call = sds_call(ch)
         await call.write(sds_request(["ROOTCA"]))
         assert set(secrets_of(await call.read())) == {"ROOTCA"}
@@ -56,8 +57,10 @@ async def test_live_connection_and_stream_hold_no_deques(tmp_path: Path) -> None
         gc.collect()
         # Only this agent's connections (other grpclib servers may live in the process).
         inners = [
-            o._inner for o in gc.get_objects()
-            if isinstance(o, _AttestingProtocol) and o._transport is not None
+            o._inner
+            for o in gc.get_objects()
+            if isinstance(o, _AttestingProtocol)
+            and o._transport is not None
             and not o._transport.is_closing()
         ]
         protocols = [p for p in inners if isinstance(p, H2Protocol)]
@@ -122,8 +125,10 @@ async def test_each_connection_sees_its_own_caller(tmp_path: Path) -> None:
         await asyncio.wait_for(agent.wait_ready(), 30)
         # grpcio shares one connection between channels to one target unless told not to
         own = [("grpc.use_local_subchannel_pool", 1)]
-        async with grpc.aio.insecure_channel(f"unix://{sock}", options=own) as ch_1, \
-                grpc.aio.insecure_channel(f"unix://{sock}", options=own) as ch_2:
+        async with (
+            grpc.aio.insecure_channel(f"unix://{sock}", options=own) as ch_1,
+            grpc.aio.insecure_channel(f"unix://{sock}", options=own) as ch_2,
+        ):
             seen: dict[int, list[str]] = {1: [], 2: []}
             for _ in range(3):  # interleaved: 1, 2, 1, 2, ... on two live connections
                 for n, ch in ((1, ch_1), (2, ch_2)):

@@ -132,8 +132,9 @@ async def test_watch_reconnects_and_catches_up_after_server_outage(tmp_path: Pat
         await asyncio.sleep(0.2)
         assert agent.cache.watches_live == 0
         up.clock.advance(dt.timedelta(seconds=31))  # type: ignore[attr-defined]
-        await wait_until(lambda: agent.cache.entry_revision == up.revision,
-                         what="caught up after reconnect")
+        await wait_until(
+            lambda: agent.cache.entry_revision == up.revision, what="caught up after reconnect"
+        )
         resp = await sds_fetch(ch, ["spiffe://trustd.local/ns/demo/sa/late"])
         assert len(resp.resources) == 1
 
@@ -164,7 +165,10 @@ async def test_unattested_connection_is_unauthenticated(tmp_path: Path) -> None:
         raise OSError("no peer credentials")
 
     agent = AgentService(
-        upstream=up, socket_path=sock, trust_domain=up.trust_domain, attestor=broken  # type: ignore[arg-type]
+        upstream=up,
+        socket_path=sock,
+        trust_domain=up.trust_domain,
+        attestor=broken,  # type: ignore[arg-type]
     )
     await agent.start()
     try:
@@ -207,8 +211,9 @@ async def test_stream_gauges_follow_open_streams(tmp_path: Path) -> None:
             await c.write(sds_request(["ROOTCA"]))
             await c.read()
             calls.append(c)
-        await wait_until(lambda: metric(agent.metrics, "trustd_agent_sds_streams") == 3,
-                         what="3 sds streams")
+        await wait_until(
+            lambda: metric(agent.metrics, "trustd_agent_sds_streams") == 3, what="3 sds streams"
+        )
         wapi = ch.unary_stream(
             "/SpiffeWorkloadAPI/FetchX509Bundles",
             request_serializer=workload_pb2.X509BundlesRequest.SerializeToString,
@@ -219,9 +224,13 @@ async def test_stream_gauges_follow_open_streams(tmp_path: Path) -> None:
         for c in calls:
             c.cancel()
         wapi.cancel()
-        await wait_until(lambda: metric(agent.metrics, "trustd_agent_sds_streams") == 0,
-                         what="sds streams closed")
-        await wait_until(lambda: metric(agent.metrics, "trustd_agent_workloadapi_streams") == 0,
-                         what="workload api stream closed")
+        await wait_until(
+            lambda: metric(agent.metrics, "trustd_agent_sds_streams") == 0,
+            what="sds streams closed",
+        )
+        await wait_until(
+            lambda: metric(agent.metrics, "trustd_agent_workloadapi_streams") == 0,
+            what="workload api stream closed",
+        )
         assert metric(agent.metrics, "trustd_agent_pushes_total", api="sds") == 3
         assert metric(agent.metrics, "trustd_agent_pushes_total", api="workloadapi") == 1

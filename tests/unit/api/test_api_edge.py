@@ -51,7 +51,9 @@ def test_a_client_gets_the_error_class_back(status: Status, cls: type[errors.Tru
     assert type(back) is cls and str(back) == "entry x is pinned to another agent"
 
 
-@pytest.mark.parametrize("status", [Status.UNAVAILABLE, Status.INTERNAL, Status.FAILED_PRECONDITION])
+@pytest.mark.parametrize(
+    "status", [Status.UNAVAILABLE, Status.INTERNAL, Status.FAILED_PRECONDITION]
+)
 def test_any_other_status_is_the_server_being_unavailable(status: Status) -> None:
     back = error_of(GRPCError(status, "kms down"))
     assert isinstance(back, errors.UnavailableError) and str(back) == "server: kms down"

@@ -79,11 +79,19 @@ class Rig:
         self.events.append((event, rec.key_id))
 
     def bundle(self, td: TrustDomain = TD) -> Bundle:
-        return Bundle(trust_domain=td, x509_authorities=(), sequence=1,
-                      jwt_authorities=self.keys.authorities())
+        return Bundle(
+            trust_domain=td,
+            x509_authorities=(),
+            sequence=1,
+            jwt_authorities=self.keys.authorities(),
+        )
 
-    def sign(self, audience: Sequence[str] = ("backend",), ttl: dt.timedelta = FIVE_MIN,
-             spiffe_id: SpiffeId = WEB) -> str:
+    def sign(
+        self,
+        audience: Sequence[str] = ("backend",),
+        ttl: dt.timedelta = FIVE_MIN,
+        spiffe_id: SpiffeId = WEB,
+    ) -> str:
         return self.keys.sign(spiffe_id=spiffe_id, audience=audience, ttl=ttl).token
 
     def validate(self, token: str, audience: str = "backend", **kw: Any) -> Any:
@@ -211,7 +219,11 @@ def test_next_key_is_published_at_half_life_and_signs_from_the_last_sixth() -> N
     assert next(a.key_id for a in rig.keys.authorities()) == second.key_id
     assert first.key_ref.key_id in rig.km.retired
     assert [e for e, _ in rig.events] == [
-        "activated", "prepared", "activated", "prepared", "pruned"
+        "activated",
+        "prepared",
+        "activated",
+        "prepared",
+        "pruned",
     ]
     assert int(rig.store.get_doc("bundle.sequence") or 0) == 5
 
@@ -277,8 +289,11 @@ def test_several_audiences_are_a_list() -> None:
 
 @pytest.mark.parametrize(
     ("algorithm", "alg"),
-    [(KeyAlgorithm.EC_P256, "ES256"), (KeyAlgorithm.EC_P384, "ES384"),
-     (KeyAlgorithm.RSA_2048, "RS256")],
+    [
+        (KeyAlgorithm.EC_P256, "ES256"),
+        (KeyAlgorithm.EC_P384, "ES384"),
+        (KeyAlgorithm.RSA_2048, "RS256"),
+    ],
 )
 def test_each_key_type_signs_tokens_others_accept(algorithm: KeyAlgorithm, alg: str) -> None:
     rig = make_rig(algorithm=algorithm)
@@ -291,8 +306,13 @@ def test_each_key_type_signs_tokens_others_accept(algorithm: KeyAlgorithm, alg: 
     pem = authority.public_key.public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    claims = pyjwt.decode(token, pem, algorithms=[alg], audience="backend",
-                          options={"verify_iat": False, "verify_exp": False})
+    claims = pyjwt.decode(
+        token,
+        pem,
+        algorithms=[alg],
+        audience="backend",
+        options={"verify_iat": False, "verify_exp": False},
+    )
     assert claims["sub"] == str(WEB)
     jwt_bundle = JwtBundle.parse(SpiffeTrustDomain(str(TD)), bundle.to_jwks())
     assert jwt_bundle.get_jwt_authority(authority.key_id) is not None
@@ -357,8 +377,10 @@ def test_accepts_a_token_expired_within_the_leeway() -> None:
 def test_refuses_alg_none() -> None:
     rig = make_rig()
     header, claims = _parts(rig.sign())
-    unsigned = f"{_b64u(json.dumps({**header, 'alg': 'none'}).encode())}." \
-               f"{_b64u(json.dumps(claims).encode())}."
+    unsigned = (
+        f"{_b64u(json.dumps({**header, 'alg': 'none'}).encode())}."
+        f"{_b64u(json.dumps(claims).encode())}."
+    )
     _refused(rig, unsigned, "alg 'none' is not allowed")
 
 
@@ -370,7 +392,9 @@ def test_refuses_hs256_signed_with_the_public_key() -> None:
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     header = {"alg": "HS256", "kid": rec.key_id, "typ": "JWT"}
-    signing_input = f"{_b64u(json.dumps(header).encode())}.{_b64u(json.dumps(_claims(rig)).encode())}"
+    signing_input = (
+        f"{_b64u(json.dumps(header).encode())}.{_b64u(json.dumps(_claims(rig)).encode())}"
+    )
     mac = hmac.new(secret, signing_input.encode(), hashlib.sha256).digest()
     _refused(rig, f"{signing_input}.{_b64u(mac)}", "alg 'HS256' is not allowed")
 
@@ -402,14 +426,21 @@ def test_refuses_a_token_signed_by_another_trust_domains_key() -> None:
     rig = make_rig()
     other_key = ec.generate_private_key(ec.SECP256R1())
     kid = key_id_of(other_key.public_key())
-    partner = Bundle(trust_domain=OTHER_TD, x509_authorities=(), sequence=1,
-                     jwt_authorities=(JwtAuthority(key_id=kid, public_key=other_key.public_key()),))
+    partner = Bundle(
+        trust_domain=OTHER_TD,
+        x509_authorities=(),
+        sequence=1,
+        jwt_authorities=(JwtAuthority(key_id=kid, public_key=other_key.public_key()),),
+    )
     token = _forge({"alg": "ES256", "kid": kid, "typ": "JWT"}, _claims(rig), other_key)
     bundles = {TD: rig.bundle(), OTHER_TD: partner}
     _refused(rig, token, "signed by a key of trust domain partner.example", bundles=bundles)
     # the same token is fine for the partner's own identities only
-    own = _forge({"alg": "ES256", "kid": kid},
-                 _claims(rig, sub="spiffe://partner.example/ns/x/sa/y"), other_key)
+    own = _forge(
+        {"alg": "ES256", "kid": kid},
+        _claims(rig, sub="spiffe://partner.example/ns/x/sa/y"),
+        other_key,
+    )
     assert rig.validate(own, bundles=bundles).spiffe_id.trust_domain == OTHER_TD
 
 

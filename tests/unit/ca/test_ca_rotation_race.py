@@ -35,8 +35,9 @@ def test_a_rotation_racing_another_server_is_refused_and_leaves_no_key(tmp_path:
     a.ensure_active()
     racing.meanwhile = b.prepare
     recorded: list[tuple[str, str]] = []
-    with pytest.raises(ConcurrentRotationError, match="another server"), a.audited(
-        lambda event, rec: recorded.append((event, rec.id))
+    with (
+        pytest.raises(ConcurrentRotationError, match="another server"),
+        a.audited(lambda event, rec: recorded.append((event, rec.id))),
     ):
         a.prepare()
     states = sorted(r.state for r in a.records())

@@ -540,7 +540,11 @@ def test_admin_socket_and_debug_work_after_the_noun(
     assert code == 2 and absent in err
     with pytest.raises(ServerError):
         main(["entry", "list", "--admin-socket", absent, "--debug"])
-    assert cli_main.hoist_global_options(["up", "--admin-socket", "x"]) == ["up", "--admin-socket", "x"]
+    assert cli_main.hoist_global_options(["up", "--admin-socket", "x"]) == [
+        "up",
+        "--admin-socket",
+        "x",
+    ]
     assert cli_main.hoist_global_options(["a", "--", "--debug"]) == ["a", "--", "--debug"]
 
 

@@ -96,16 +96,30 @@ def _events(server: TrustdServer) -> list[AuditEvent]:
 def test_mint_jwt_prints_only_the_token(
     capsys: pytest.CaptureFixture[str], admin: Path, server: TrustdServer
 ) -> None:
-    code, out, err = run_cli(capsys, "svid", "mint", "--jwt", "--spiffe-id", TOOL,
-                             "--audience", "backend", "--audience", "reports")
+    code, out, err = run_cli(
+        capsys,
+        "svid",
+        "mint",
+        "--jwt",
+        "--spiffe-id",
+        TOOL,
+        "--audience",
+        "backend",
+        "--audience",
+        "reports",
+    )
     assert code == 0, err
     token = out.strip()
     assert out == token + "\n" and token.count(".") == 2
     claims = _claims(token)
     assert claims["sub"] == TOOL and claims["aud"] == ["backend", "reports"]
     assert claims["exp"] - claims["iat"] == 120  # jwt.ttl of the server
-    found = validate_jwt_svid(token, "reports", bundles={server.trust_domain: server.core.bundle()},
-                              now=server.clock.now())
+    found = validate_jwt_svid(
+        token,
+        "reports",
+        bundles={server.trust_domain: server.core.bundle()},
+        now=server.clock.now(),
+    )
     assert str(found.spiffe_id) == TOOL
     event = _events(server)[-1]
     assert event.outcome == "success" and event.details["jwt"] is True
@@ -118,8 +132,20 @@ def test_mint_jwt_prints_only_the_token(
 def test_mint_jwt_json_names_the_token_by_jti_kid_and_expiry(
     capsys: pytest.CaptureFixture[str], admin: Path
 ) -> None:
-    code, out, err = run_cli(capsys, "svid", "mint", "--jwt", "--spiffe-id", TOOL,
-                             "--audience", "backend", "--ttl", "10m", "-o", "json")
+    code, out, err = run_cli(
+        capsys,
+        "svid",
+        "mint",
+        "--jwt",
+        "--spiffe-id",
+        TOOL,
+        "--audience",
+        "backend",
+        "--ttl",
+        "10m",
+        "-o",
+        "json",
+    )
     assert code == 0, err
     doc = json.loads(out)
     assert set(doc) == {"spiffe_id", "audience", "token", "kid", "jti", "issued_at", "expires_at"}

@@ -215,7 +215,7 @@ async def test_bytes_after_a_tls_header_then_fin_never_reach_the_app(ca: Throwaw
             half_close(w)
             answer = await read_until_closed(r)
             assert answer == b"" or answer[0] == 0x15  # nothing, or a TLS alert record
-            await eventually(lambda h=h: bool(h.denials))
+            await eventually(lambda: bool(h.denials))
             assert h.app.connections == 0 and bytes(h.app.received) == b""
             assert h.denials[0].reason == "handshake_failed"
 

@@ -92,7 +92,7 @@ def _connect(
     ):
         s.sendall(b"x")
         assert s.recv(1) == b"x"  # tickets, if any, have arrived by now
-        session, reused = s.session, s.session_reused
+        session, reused = s.session, bool(s.session_reused)
         s.unwrap()  # a clean close_notify: OpenSSL keeps a cleanly closed session resumable
         return session, reused
 

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import grpc  # type: ignore[import-untyped]
+import grpc
 from dataplane_helpers import run
 from dataplane_testing import IssuedSvid, ThrowawayCA
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2
@@ -21,7 +21,7 @@ from trustd.dataplane.sds import SECRET_TYPE_URL, SdsIdentitySource
 ME = "spiffe://trustd.local/ns/shop/sa/frontend"
 
 
-class FakeSds(sds_pb2_grpc.SecretDiscoveryServiceServicer):  # type: ignore[misc]
+class FakeSds(sds_pb2_grpc.SecretDiscoveryServiceServicer):
     """Records every request; sends what the test pushes."""
 
     def __init__(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -30,8 +31,13 @@ BUNDLES = {TD: (CA,)}
 
 
 def check(
-    name: str, *, role: PeerRole = PeerRole.CLIENT, anchor: bytes = CA, bundles=None, now=NOW
-) -> SpiffeId:  # type: ignore[no-untyped-def]
+    name: str,
+    *,
+    role: PeerRole = PeerRole.CLIENT,
+    anchor: bytes = CA,
+    bundles: Any = None,
+    now: dt.datetime = NOW,
+) -> SpiffeId:
     return check_peer_svid(
         der(f"{name}.pem"),
         verified_chain_der=(der(f"{name}.pem"), anchor),

@@ -73,7 +73,9 @@ class Fleet:
                     else replace(old, mode=mode, mode_version=ps.version, plaintext_since_mode=0)
                 )
             dests = tuple(
-                replace(d, transport=ps.client_transport(st.spiffe_id, d.spiffe_id, d.port, pid).value)
+                replace(
+                    d, transport=ps.client_transport(st.spiffe_id, d.spiffe_id, d.port, pid).value
+                )
                 for d in st.destinations
             )
             self.status[pid] = replace(
@@ -555,16 +557,22 @@ def test_a_selector_that_matches_no_server_is_refused_with_the_reason() -> None:
     with pytest.raises(RolloutError, match="nothing is registered and no server proxy reports"):
         w.engine.start(selector=SELECTOR, target="STRICT", statuses=[])
     with pytest.raises(RolloutError, match=f"registered workloads: {SERVER}"):
-        w.engine.start(selector=f"{TD}/ns/shop/*", target="STRICT", statuses=[], registered=[SERVER])
+        w.engine.start(
+            selector=f"{TD}/ns/shop/*", target="STRICT", statuses=[], registered=[SERVER]
+        )
 
 
 def test_a_registered_server_that_has_not_reported_yet_holds_the_first_step() -> None:
     w = World("DISABLE")
     clients_only = [st for st in w.fleet.statuses() if not st.is_server]
-    st = w.engine.start(selector=SELECTOR, target="STRICT", statuses=clients_only, registered=[SERVER])
+    st = w.engine.start(
+        selector=SELECTOR, target="STRICT", statuses=clients_only, registered=[SERVER]
+    )
     assert st.state is RolloutState.RUNNING
     w.engine.tick(clients_only)
-    assert w.engine.status().not_enforced[0] == f"no server proxy matched by {SELECTOR} reports (yet)"
+    assert (
+        w.engine.status().not_enforced[0] == f"no server proxy matched by {SELECTOR} reports (yet)"
+    )
     w.fleet.ack_all()  # the server proxy comes up and reports
     w.tick()
     assert w.engine.status().step == "clients-mtls"
@@ -641,7 +649,9 @@ def test_a_rollout_to_disable_that_authorization_would_turn_into_denials_is_refu
     with pytest.raises(RolloutError) as err:
         w.engine.start(selector=SELECTOR, target="DISABLE", statuses=w.fleet.statuses())
     assert "the rollout to DISABLE would end in denied calls" in str(err.value)
-    assert f"client {CLIENT} (proxy frontend-0, plaintext) calls {SERVER} port {PORT}" in str(err.value)
+    assert f"client {CLIENT} (proxy frontend-0, plaintext) calls {SERVER} port {PORT}" in str(
+        err.value
+    )
     assert not w.engine.has_rollout()
     st = w.engine.start(selector=SELECTOR, target="STRICT", statuses=w.fleet.statuses())
     assert st.state is RolloutState.RUNNING  # mTLS keeps the caller's identity: allowed

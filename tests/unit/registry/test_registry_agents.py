@@ -120,7 +120,9 @@ def test_renewal_records_the_new_serial(rig: Rig) -> None:
 def test_an_agent_signs_only_the_entries_it_serves(rig: Rig) -> None:
     a = rig.registry.agents.join(Join(token=_token(rig), csr_der=_csr())).agent
     b = rig.registry.agents.join(Join(token=_token(rig), csr_der=_csr())).agent
-    everywhere = rig.registry.entries.create(ADMIN, CreateEntry(spiffe_id=WEB, selectors=("unix:uid:1",)))
+    everywhere = rig.registry.entries.create(
+        ADMIN, CreateEntry(spiffe_id=WEB, selectors=("unix:uid:1",))
+    )
     only_b = rig.registry.entries.create(
         ADMIN, CreateEntry(spiffe_id=WEB + "-b", selectors=("unix:uid:2",), agent_id=b.id)
     )
@@ -131,7 +133,9 @@ def test_an_agent_signs_only_the_entries_it_serves(rig: Rig) -> None:
     assert svid.entry_id == everywhere.id and str(svid.spiffe_id) == WEB
     assert len(svid.chain_der) == 1  # the self-signed CA is in the bundle, not the chain
     with pytest.raises(PermissionDeniedError, match="pinned to another agent"):
-        rig.registry.agents.sign_svids(actor, a.id, [SvidRequest(entry_id=only_b.id, csr_der=_csr())])
+        rig.registry.agents.sign_svids(
+            actor, a.id, [SvidRequest(entry_id=only_b.id, csr_der=_csr())]
+        )
     with pytest.raises(PermissionDeniedError, match="does not exist"):
         rig.registry.agents.sign_jwt(actor, a.id, JwtSvidRequest(entry_id="gone", audience=("x",)))
     assert [e.id for e in rig.registry.entries.snapshot_for(a.id).upserted] == [everywhere.id]

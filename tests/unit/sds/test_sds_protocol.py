@@ -134,19 +134,28 @@ async def test_unknown_name_is_left_out_and_the_stream_stays_open(tmp_path: Path
             )
             # The client asks again with the name still in (another subscription joins):
             # answered, and the name is not logged or counted again.
-            await call.write(sds_request(["defualt", "default", "ROOTCA"],
-                                         version=r1.version_info, nonce=r1.nonce))
+            await call.write(
+                sds_request(
+                    ["defualt", "default", "ROOTCA"], version=r1.version_info, nonce=r1.nonce
+                )
+            )
             r2 = await _read(call)
             assert set(secrets_of(r2)) == {"default", "ROOTCA"}
-            await call.write(sds_request(["defualt", "default", "ROOTCA"],
-                                         version=r2.version_info, nonce=r2.nonce))
+            await call.write(
+                sds_request(
+                    ["defualt", "default", "ROOTCA"], version=r2.version_info, nonce=r2.nonce
+                )
+            )
             pushes = metric(agent.metrics, "trustd_agent_pushes_total", api="sds")
             # A change the answer does not depend on sends nothing (no resend of r2)...
-            partner = TestCA(TrustDomain.parse("partner.example"), clock=clock,
-                             ttl=dt.timedelta(days=1))
+            partner = TestCA(
+                TrustDomain.parse("partner.example"), clock=clock, ttl=dt.timedelta(days=1)
+            )
             up.set_federated(partner.bundle())
-            await wait_until(lambda: TrustDomain.parse("partner.example") in agent.cache.bundles,
-                             what="federated bundle synced")
+            await wait_until(
+                lambda: TrustDomain.parse("partner.example") in agent.cache.bundles,
+                what="federated bundle synced",
+            )
             # ...and rotation still reaches the stream: the very next message.
             clock.advance(dt.timedelta(minutes=40))
             await agent.cache.rotate_due()
@@ -154,9 +163,10 @@ async def test_unknown_name_is_left_out_and_the_stream_stays_open(tmp_path: Path
             assert metric(agent.metrics, "trustd_agent_pushes_total", api="sds") == pushes + 1
             assert set(secrets_of(r3)) == {"default", "ROOTCA"}
             assert r3.version_info != r2.version_info and r3.nonce != r2.nonce
-            assert leaf_of(secrets_of(r3)["default"]).serial_number != leaf_of(
-                secrets_of(r1)["default"]
-            ).serial_number
+            assert (
+                leaf_of(secrets_of(r3)["default"]).serial_number
+                != leaf_of(secrets_of(r1)["default"]).serial_number
+            )
             assert metric(agent.metrics, UNKNOWN_METRIC, reason="unknown") == 1
             assert metric(agent.metrics, UNKNOWN_METRIC, reason="not_entitled") == 0
             assert metric(agent.metrics, "trustd_agent_sds_nacks_total") == 0
@@ -177,8 +187,9 @@ async def test_only_unknown_names_get_an_empty_answer_and_wait(tmp_path: Path) -
         await call.write(sds_request(["spiffe://partner.example"]))
         r1 = await _read(call)
         assert list(r1.resources) == [] and r1.nonce
-        await call.write(sds_request(["spiffe://partner.example"], version=r1.version_info,
-                                     nonce=r1.nonce))
+        await call.write(
+            sds_request(["spiffe://partner.example"], version=r1.version_info, nonce=r1.nonce)
+        )
         # The trust domain is federated later: its bundle is sent on the same stream.
         up.set_federated(partner.bundle())
         r2 = await _read(call)
@@ -205,8 +216,7 @@ async def test_name_the_caller_becomes_entitled_to_is_sent_then(tmp_path: Path) 
         await call.write(sds_request(["default", second]))
         r1 = await _read(call)
         assert set(secrets_of(r1)) == {"default"}
-        await call.write(sds_request(["default", second], version=r1.version_info,
-                                     nonce=r1.nonce))
+        await call.write(sds_request(["default", second], version=r1.version_info, nonce=r1.nonce))
         up.add_entry(second, [ME])
         r2 = await _read(call)
         assert set(secrets_of(r2)) == {"default", second}
@@ -222,8 +232,10 @@ async def test_not_entitled_name_beside_default_gets_default_only(tmp_path: Path
     other = next(e for e in up.entries.values() if str(e.spiffe_id) == OTHER_ID)
     with structlog.testing.capture_logs() as logs:
         async with running_agent(sock, up) as agent, agent_channel(sock) as ch:
-            await wait_until(lambda: agent.cache.svid(other.id) is not None,
-                             what="other workload's svid held by the agent")
+            await wait_until(
+                lambda: agent.cache.svid(other.id) is not None,
+                what="other workload's svid held by the agent",
+            )
             other_svid = agent.cache.svid(other.id)
             assert other_svid is not None
             call = sds_call(ch)
@@ -242,8 +254,9 @@ async def test_not_entitled_name_beside_default_gets_default_only(tmp_path: Path
                 assert other_leaf.public_bytes(serialization.Encoding.DER) not in raw
             assert metric(agent.metrics, UNKNOWN_METRIC, reason="not_entitled") == 2
             assert metric(agent.metrics, UNKNOWN_METRIC, reason="unknown") == 0
-            await call.write(sds_request([OTHER_ID, "default"], version=resp.version_info,
-                                         nonce=resp.nonce))
+            await call.write(
+                sds_request([OTHER_ID, "default"], version=resp.version_info, nonce=resp.nonce)
+            )
             clock.advance(dt.timedelta(minutes=40))
             await agent.cache.rotate_due()
             rotated = await _read(call)
@@ -331,9 +344,10 @@ async def test_stale_nonce_is_ignored(tmp_path: Path) -> None:
         await agent.cache.rotate_due()
         r3 = await call.read()
         assert set(secrets_of(r3)) == {"default", "ROOTCA"}, "stale request must not resubscribe"
-        assert leaf_of(secrets_of(r3)["default"]).serial_number != leaf_of(
-            secrets_of(r2)["default"]
-        ).serial_number
+        assert (
+            leaf_of(secrets_of(r3)["default"]).serial_number
+            != leaf_of(secrets_of(r2)["default"]).serial_number
+        )
         assert metric(agent.metrics, "trustd_agent_sds_nacks_total") == 0
         call.cancel()
 
@@ -348,23 +362,27 @@ async def test_nack_is_counted_and_not_resent(tmp_path: Path) -> None:
         await call.write(
             sds_request(["default", "ROOTCA"], version="", nonce=r1.nonce, error="bad key")
         )
-        await wait_until(lambda: metric(agent.metrics, "trustd_agent_sds_nacks_total") == 1, what="nack counted")
+        await wait_until(
+            lambda: metric(agent.metrics, "trustd_agent_sds_nacks_total") == 1, what="nack counted"
+        )
         pushes = metric(agent.metrics, "trustd_agent_pushes_total", api="sds")
         # Something unrelated changes (a federated bundle this stream did not ask for):
         # the stream re-derives its answer, finds the same version, and sends nothing.
-        other = TestCA(TrustDomain.parse("partner.example"), clock=clock,
-                       ttl=dt.timedelta(days=1))
+        other = TestCA(TrustDomain.parse("partner.example"), clock=clock, ttl=dt.timedelta(days=1))
         up.set_federated(other.bundle())
-        await wait_until(lambda: TrustDomain.parse("partner.example") in agent.cache.bundles,
-                         what="federated bundle synced")
+        await wait_until(
+            lambda: TrustDomain.parse("partner.example") in agent.cache.bundles,
+            what="federated bundle synced",
+        )
         # A real change: the very next message must be the new SVID, not a resend of r1.
         clock.advance(dt.timedelta(minutes=40))
         await agent.cache.rotate_due()
         r2 = await call.read()
         assert r2.version_info != r1.version_info
-        assert leaf_of(secrets_of(r2)["default"]).serial_number != leaf_of(
-            secrets_of(r1)["default"]
-        ).serial_number
+        assert (
+            leaf_of(secrets_of(r2)["default"]).serial_number
+            != leaf_of(secrets_of(r1)["default"]).serial_number
+        )
         assert metric(agent.metrics, "trustd_agent_pushes_total", api="sds") == pushes + 1
         call.cancel()
 
@@ -377,7 +395,9 @@ async def test_version_mismatch_on_current_nonce_is_a_nack(tmp_path: Path) -> No
         await call.write(sds_request(["default"]))
         r1 = await call.read()
         await call.write(sds_request(["default"], version="some-older-version", nonce=r1.nonce))
-        await wait_until(lambda: metric(agent.metrics, "trustd_agent_sds_nacks_total") == 1, what="nack counted")
+        await wait_until(
+            lambda: metric(agent.metrics, "trustd_agent_sds_nacks_total") == 1, what="nack counted"
+        )
         call.cancel()
 
 
@@ -434,7 +454,9 @@ async def test_client_gone_mid_push(tmp_path: Path) -> None:
         for call in (call_stay, call_leave):
             await call.write(sds_request(["default"]))
             await call.read()
-        await wait_until(lambda: metric(agent.metrics, "trustd_agent_sds_streams") == 2, what="2 streams")
+        await wait_until(
+            lambda: metric(agent.metrics, "trustd_agent_sds_streams") == 2, what="2 streams"
+        )
         # Rotation starts, the server holds the signing: both streams are about to be pushed.
         up.hold_signing()
         clock.advance(dt.timedelta(minutes=40))
@@ -446,8 +468,10 @@ async def test_client_gone_mid_push(tmp_path: Path) -> None:
         assert await rotation >= 1
         r2 = await call_stay.read()
         assert uri_of(leaf_of(secrets_of(r2)["default"])) == MY_ID
-        await wait_until(lambda: metric(agent.metrics, "trustd_agent_sds_streams") == 1,
-                         what="gone stream cleaned up")
+        await wait_until(
+            lambda: metric(agent.metrics, "trustd_agent_sds_streams") == 1,
+            what="gone stream cleaned up",
+        )
         await wait_until(lambda: agent.cache.subscriber_count == 1, what="unsubscribed")
         # The agent still serves new streams.
         call = sds_call(stay)
@@ -465,9 +489,10 @@ async def test_rotation_is_pushed_on_open_stream_before_half_life(tmp_path: Path
         r1 = await call.read()
         leaf1 = leaf_of(secrets_of(r1)["default"])
         await call.write(sds_request(["default"], version=r1.version_info, nonce=r1.nonce))
-        half = leaf1.not_valid_before_utc + (
-            leaf1.not_valid_after_utc - leaf1.not_valid_before_utc
-        ) / 2
+        half = (
+            leaf1.not_valid_before_utc
+            + (leaf1.not_valid_after_utc - leaf1.not_valid_before_utc) / 2
+        )
         clock.set(half - dt.timedelta(seconds=1))  # just before half life: must be due already
         assert await agent.cache.rotate_due() >= 1
         r2 = await call.read()

@@ -96,14 +96,18 @@ def _csr_pem() -> bytes:
     return csr.public_bytes(serialization.Encoding.PEM)
 
 
-def _mint(spiffe_id: str = WEB, csr: bytes | None = None, ttl: int | None = None) -> pb.MintX509SvidRequest:
+def _mint(
+    spiffe_id: str = WEB, csr: bytes | None = None, ttl: int | None = None
+) -> pb.MintX509SvidRequest:
     return pb.MintX509SvidRequest(
         spiffe_id=spiffe_id, csr=_csr_pem() if csr is None else csr, ttl_seconds=ttl
     )
 
 
 def _entry(spiffe_id: str = WEB, *selectors: str) -> pb.CreateEntryRequest:
-    return pb.CreateEntryRequest(spiffe_id=spiffe_id, selectors=list(selectors or ["unix:uid:1000"]))
+    return pb.CreateEntryRequest(
+        spiffe_id=spiffe_id, selectors=list(selectors or ["unix:uid:1000"])
+    )
 
 
 @with_server
@@ -150,7 +154,12 @@ async def test_errors_carry_the_status_chosen_at_the_edge(server: TrustdServer, 
     await call(sock, "EntryCreate", _entry())
     active = (await call(sock, "AuthorityList")).authorities[0].id
     cases: list[tuple[str, Message, Status, str]] = [
-        ("EntryCreate", _entry("spiffe://Bad/x", "unix:uid:1"), Status.INVALID_ARGUMENT, "lower-case"),
+        (
+            "EntryCreate",
+            _entry("spiffe://Bad/x", "unix:uid:1"),
+            Status.INVALID_ARGUMENT,
+            "lower-case",
+        ),
         ("EntryCreate", _entry(), Status.ALREADY_EXISTS, "exists already"),
         ("EntryCreate", _entry(WEB, "k8s:ns:x"), Status.INVALID_ARGUMENT, "unknown selector type"),
         ("EntryCreate", _entry("", "unix:uid:1"), Status.INVALID_ARGUMENT, "spiffe_id is required"),
@@ -170,8 +179,18 @@ async def test_errors_carry_the_status_chosen_at_the_edge(server: TrustdServer, 
         ("SvidMint", _mint(csr=b"garbage"), Status.INVALID_ARGUMENT, "csr"),
         ("SvidMint", _mint(spiffe_id=""), Status.INVALID_ARGUMENT, "spiffe_id is required"),
         ("TokenCreate", pb.CreateTokenRequest(ttl_seconds=0), Status.INVALID_ARGUMENT, "token ttl"),
-        ("TokenCreate", pb.CreateTokenRequest(ttl_seconds=-300), Status.INVALID_ARGUMENT, "token ttl"),
-        ("TokenCreate", pb.CreateTokenRequest(ttl_seconds=2**62), Status.INVALID_ARGUMENT, "out of range"),
+        (
+            "TokenCreate",
+            pb.CreateTokenRequest(ttl_seconds=-300),
+            Status.INVALID_ARGUMENT,
+            "token ttl",
+        ),
+        (
+            "TokenCreate",
+            pb.CreateTokenRequest(ttl_seconds=2**62),
+            Status.INVALID_ARGUMENT,
+            "out of range",
+        ),
         ("AgentEvict", pb.AgentIdRequest(id="nope"), Status.NOT_FOUND, "agent"),
     ]
     for method, request, want, words in cases:
@@ -279,7 +298,9 @@ async def test_authority_rotation_by_hand(server: TrustdServer, sock: Path) -> N
     status, message = await status_of(sock, "AuthorityRevoke", pb.AuthorityRequest(id=first.id))
     assert status is Status.FAILED_PRECONDITION
     assert "have not been reissued yet" in message and "--force" in message
-    blockers = (await call(sock, "AuthorityBlockers", pb.AuthorityRequest(id=first.id))).certificates
+    blockers = (
+        await call(sock, "AuthorityBlockers", pb.AuthorityRequest(id=first.id))
+    ).certificates
     assert [b.spiffe_id for b in blockers] == ["spiffe://trustd.local/trustd/server"]
     revoked = await call(sock, "AuthorityRevoke", pb.AuthorityRequest(id=first.id, force=True))
     assert revoked.revoked
@@ -477,13 +498,17 @@ async def test_policy_changes_inside_an_active_rollout_are_refused_naming_it(
         destinations=(Destination(spiffe_id=backend, port=16006, transport="plaintext"),),
     ))  # fmt: skip
     started = await call(
-        sock, "RolloutStart", pb.StartRolloutRequest(selector="spiffe://trustd.local/ns/shop/**", target="STRICT")
+        sock,
+        "RolloutStart",
+        pb.StartRolloutRequest(selector="spiffe://trustd.local/ns/shop/**", target="STRICT"),
     )
     assert started.state == "running" and started.target == "STRICT"
     code, text = await status_of(sock, "PolicyApply", _pa_file("PERMISSIVE", "shop", "n"))
     assert code is Status.FAILED_PRECONDITION
     assert started.id in text and "PeerAuthentication/shop/n" in text and "--force" in text
-    assert list((await call(sock, "PolicyStatus")).objects) == ["PeerAuthentication/trustd-system/default"]
+    assert list((await call(sock, "PolicyStatus")).objects) == [
+        "PeerAuthentication/trustd-system/default"
+    ]
     # an AuthorizationPolicy does not touch the modes: the rollout does not stand in its way
     # (the proxies have not acknowledged step 1 yet, so the usual safety check needs --force)
     authz = (
@@ -511,9 +536,13 @@ async def test_policy_changes_inside_an_active_rollout_are_refused_naming_it(
 
 
 @with_server
-async def test_a_rollout_over_no_reporting_server_is_refused(server: TrustdServer, sock: Path) -> None:
+async def test_a_rollout_over_no_reporting_server_is_refused(
+    server: TrustdServer, sock: Path
+) -> None:
     code, text = await status_of(
-        sock, "RolloutStart", pb.StartRolloutRequest(selector="spiffe://trustd.local/ns/shop/*", target="STRICT")
+        sock,
+        "RolloutStart",
+        pb.StartRolloutRequest(selector="spiffe://trustd.local/ns/shop/*", target="STRICT"),
     )
     assert code is Status.FAILED_PRECONDITION, text
     assert "matches no server proxy" in text

@@ -79,10 +79,14 @@ def _events(rig: Rig, type_: str) -> list[AuditEvent]:
 
 def test_create_entry_stores_it_and_records_who_did_it(rig: Rig) -> None:
     entry = rig.registry.entries.create(
-        ADMIN, CreateEntry(spiffe_id=WEB,
-        selectors=("unix:uid:1000", "unix:path:/usr/bin/web", "unix:uid:1000"),
-        ttl=dt.timedelta(minutes=30),
-        dns_names=("Web.Shop.svc.",)))
+        ADMIN,
+        CreateEntry(
+            spiffe_id=WEB,
+            selectors=("unix:uid:1000", "unix:path:/usr/bin/web", "unix:uid:1000"),
+            ttl=dt.timedelta(minutes=30),
+            dns_names=("Web.Shop.svc.",),
+        ),
+    )
     assert rig.store.get_entry(entry.id) == entry
     assert entry.selectors == tuple(
         sorted({Selector.parse("unix:uid:1000"), Selector.parse("unix:path:/usr/bin/web")})
@@ -136,7 +140,9 @@ def test_invalid_entries_are_refused_and_nothing_is_stored(
 )
 def test_entry_ttl_out_of_range_is_refused(rig: Rig, ttl: dt.timedelta, why: str) -> None:
     with pytest.raises(InvalidTtlError, match=why):
-        rig.registry.entries.create(ADMIN, CreateEntry(spiffe_id=WEB, selectors=("unix:uid:1",), ttl=ttl))
+        rig.registry.entries.create(
+            ADMIN, CreateEntry(spiffe_id=WEB, selectors=("unix:uid:1",), ttl=ttl)
+        )
     assert rig.store.list_entries() == []
 
 
@@ -146,7 +152,9 @@ def test_entry_ttl_out_of_range_is_refused(rig: Rig, ttl: dt.timedelta, why: str
 )
 def test_bad_dns_names_are_refused(rig: Rig, name: str) -> None:
     with pytest.raises(InvalidArgumentError, match="invalid dns name"):
-        rig.registry.entries.create(ADMIN, CreateEntry(spiffe_id=WEB, selectors=("unix:uid:1",), dns_names=(name,)))
+        rig.registry.entries.create(
+            ADMIN, CreateEntry(spiffe_id=WEB, selectors=("unix:uid:1",), dns_names=(name,))
+        )
 
 
 def test_entry_is_not_created_when_the_audit_log_is_down(rig: Rig) -> None:
@@ -173,7 +181,9 @@ def test_entry_is_undone_when_its_audit_event_cannot_be_written(rig: Rig) -> Non
 
 
 def test_delete_entry(rig: Rig) -> None:
-    entry = rig.registry.entries.create(ADMIN, CreateEntry(spiffe_id=WEB, selectors=("unix:uid:1",)))
+    entry = rig.registry.entries.create(
+        ADMIN, CreateEntry(spiffe_id=WEB, selectors=("unix:uid:1",))
+    )
     assert rig.registry.entries.delete(ADMIN, entry.id) == entry
     assert rig.store.list_entries() == []
     with pytest.raises(NotFoundError):
@@ -185,7 +195,9 @@ def test_delete_entry(rig: Rig) -> None:
 
 
 def _entry(rig: Rig, spiffe_id: str = WEB, ttl: dt.timedelta | None = None) -> RegistrationEntry:
-    return rig.registry.entries.create(ADMIN, CreateEntry(spiffe_id=spiffe_id, selectors=("unix:uid:1000",), ttl=ttl))
+    return rig.registry.entries.create(
+        ADMIN, CreateEntry(spiffe_id=spiffe_id, selectors=("unix:uid:1000",), ttl=ttl)
+    )
 
 
 def test_a_batch_signs_the_good_requests_and_fails_the_bad_alone(rig: Rig) -> None:

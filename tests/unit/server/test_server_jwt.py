@@ -78,9 +78,7 @@ def _entry(spiffe_id: str = WEB) -> RegistrationEntry:
 
 
 def _validate(rig: Rig, token: str, audience: str) -> SpiffeId:
-    found = validate_jwt_svid(
-        token, audience, bundles={TD: rig.core.bundle()}, now=rig.clock.now()
-    )
+    found = validate_jwt_svid(token, audience, bundles={TD: rig.core.bundle()}, now=rig.clock.now())
     return found.spiffe_id
 
 
@@ -171,7 +169,8 @@ def test_rotate_tick_publishes_the_next_jwt_key_and_wakes_bundle_watchers() -> N
     assert after.sequence > before.sequence
     assert rig.core.hub.version("bundle") > seen
     prepared = [
-        e for e in rig.audit.events
+        e
+        for e in rig.audit.events
         if e.type == "authority.prepared" and e.resource.startswith("jwt-authority/")
     ]
     assert len(prepared) == 1

@@ -109,9 +109,10 @@ async def test_each_message_carries_the_complete_set(tmp_path: Path) -> None:
         clock.advance(dt.timedelta(minutes=40))
         await agent.cache.rotate_due()
         third = await call.read()
-        while len({_leaf(s).serial_number for s in third.svids} & {
-            _leaf(s).serial_number for s in second.svids
-        }):
+        while len(
+            {_leaf(s).serial_number for s in third.svids}
+            & {_leaf(s).serial_number for s in second.svids}
+        ):
             third = await call.read()  # renewals may arrive one entry at a time
         assert [s.spiffe_id for s in third.svids] == [MY_ID, MY_SECOND_ID]
         call.cancel()
@@ -143,11 +144,10 @@ async def test_fetch_x509_bundles_streams_bundle_changes(tmp_path: Path) -> None
         call = _bundles_call(ch)
         first = await call.read()
         assert set(first.bundles) == {"spiffe://trustd.local"}
-        assert split_der(first.bundles["spiffe://trustd.local"]) == [
-            up.ca.active.cert
-        ]
-        partner = TestCA(TrustDomain.parse("partner.example"), clock=clock,
-                         ttl=dt.timedelta(days=1))
+        assert split_der(first.bundles["spiffe://trustd.local"]) == [up.ca.active.cert]
+        partner = TestCA(
+            TrustDomain.parse("partner.example"), clock=clock, ttl=dt.timedelta(days=1)
+        )
         up.set_federated(partner.bundle())
         second = await call.read()
         assert set(second.bundles) == {"spiffe://trustd.local", "spiffe://partner.example"}

@@ -152,9 +152,7 @@ async def _code(coro: Any) -> grpc.StatusCode:
 
 def _claims(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
     h, p, _ = token.split(".")
-    return tuple(
-        json.loads(base64.urlsafe_b64decode(x + "=" * (-len(x) % 4))) for x in (h, p)
-    )
+    return tuple(json.loads(base64.urlsafe_b64decode(x + "=" * (-len(x) % 4))) for x in (h, p))
 
 
 def _kids(jwks: bytes) -> set[str]:
