@@ -7,14 +7,13 @@ import asyncio
 import datetime as dt
 import json
 import os
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from stack_helpers import TRUSTD, free_port
 
 from trustd.agent.server_link import ServerLink
 from trustd.agent.upstream import JwtSvidRequest
@@ -26,18 +25,10 @@ from trustd.server.app import TrustdServer
 from trustd.spiffeid import TrustDomain
 
 pytestmark = pytest.mark.integration
-BIN = Path(sys.executable).parent
-TRUSTD = str(BIN / "trustd")
 TD = "trustd.local"
 ME = f"spiffe://{TD}/ns/ops/sa/me"
 TOOL = f"spiffe://{TD}/ns/ops/sa/tool"
 ADMIN = Actor(kind="unix", id="uid:0", uid=0)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _wait_for(path: Path, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
@@ -80,7 +71,7 @@ def test_remote_agent_serves_jwt_svids_and_admins_mint_them(tmp_path: Path) -> N
     from spiffe import JwtSvid, WorkloadApiClient
     from spiffe import TrustDomain as SpiffeTrustDomain
 
-    port = _free_port()
+    port = free_port()
     server_dir = tmp_path / "server"
     admin = server_dir / "admin.sock"
     server_log = tmp_path / "server.log"

@@ -14,9 +14,7 @@ import base64
 import os
 import secrets
 import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,17 +22,11 @@ from typing import TypeVar
 
 import pytest
 import yaml
+from stack_helpers import TRUSTD, free_port
 
 pytestmark = pytest.mark.integration
-TRUSTD = str(Path(sys.executable).parent / "trustd")
 TD = "trustd.local"
 T = TypeVar("T")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _cli(admin: Path, *args: str, timeout: float = 60) -> str:
@@ -66,7 +58,7 @@ def _server(
     tmp: Path, name: str, shared: Path, env: dict[str, str]
 ) -> tuple[subprocess.Popen[bytes], Path, int]:
     data = tmp / name
-    port = _free_port()
+    port = free_port()
     cfg = tmp / f"{name}.yaml"
     cfg.write_text(
         yaml.safe_dump(

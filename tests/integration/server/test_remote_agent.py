@@ -3,23 +3,14 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from stack_helpers import TRUSTD, free_port
 
 pytestmark = pytest.mark.integration
-BIN = Path(sys.executable).parent
-TRUSTD = str(BIN / "trustd")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _wait_for(path: Path, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
@@ -45,7 +36,7 @@ def _cli(admin: Path, *args: str) -> str:
 def test_agent_joins_remote_server_and_serves_workload_api(tmp_path: Path) -> None:
     from spiffe import WorkloadApiClient
 
-    port = _free_port()
+    port = free_port()
     server_dir = tmp_path / "server"
     admin = server_dir / "admin.sock"
     server = subprocess.Popen(
