@@ -33,6 +33,7 @@ from trustd.audit.verify import VerifyReport, verify
 from trustd.backoff import Backoff, Retry
 from trustd.ca.kms.base import KeyManager, KeyRef
 from trustd.errors import TrustdError
+from trustd.store.base import AuditMirrorStore
 
 log = structlog.get_logger(__name__)
 
@@ -42,22 +43,7 @@ _BACKOFF = Backoff(initial=0.5, maximum=10.0)
 _PAGE = 5000
 
 
-class MirrorStore(Protocol):
-    """The part of :class:`trustd.store.base.Store` the mirror uses."""
-
-    def audit_mirror_head(self, server_id: str) -> int: ...
-    def mirror_audit_events(self, server_id: str, rows: Sequence[tuple[int, str, str]]) -> None: ...
-    def audit_mirror_checkpoint_count(self, server_id: str) -> int: ...
-    def mirror_audit_checkpoints(
-        self, server_id: str, first: int, lines: Sequence[str]
-    ) -> None: ...
-    def mirror_audit_key(self, server_id: str, key_file: str) -> None: ...
-    def audit_mirror_servers(self) -> list[str]: ...
-    def audit_mirror_lines(
-        self, server_id: str, *, after: int, limit: int
-    ) -> list[tuple[int, str]]: ...
-    def audit_mirror_checkpoint_lines(self, server_id: str) -> list[str]: ...
-    def audit_mirror_key(self, server_id: str) -> str | None: ...
+MirrorStore = AuditMirrorStore  # the part of the Store the mirror uses
 
 
 class _Log(Protocol):

@@ -8,7 +8,7 @@ import datetime as dt
 import json
 import tempfile
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO, cast
 
@@ -175,6 +175,18 @@ class AuditAdmin(Edge):
             return
         total = await self.run(lambda: log.count(**filters))
         yield pb.ExportAuditChunk(total=total)
+
+        def write(out: TextIO) -> int:
+            return int(log.export(out, format=fmt, actor=actor, **filters))
+
+        async for part in self._stream_export(write):
+            yield part
+
+    async def _stream_export(
+        self, write: Callable[[TextIO], int]
+    ) -> AsyncIterator[pb.ExportAuditChunk]:
+        """Run ``write`` (blocking: it renders the export into the file it is given) in the
+        executor and stream what it writes as chunks, then ``done`` with its count."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[str | None] = asyncio.Queue(maxsize=8)
         writer = _QueueWriter(loop, queue)
@@ -182,9 +194,9 @@ class AuditAdmin(Edge):
 
         def produce() -> int:
             try:
-                n = log.export(cast(TextIO, writer), format=fmt, actor=actor, **filters)
+                n = write(cast(TextIO, writer))
                 writer.flush()
-                return int(n)
+                return n
             except BaseException as exc:
                 failure.append(exc)
                 return 0
@@ -232,39 +244,22 @@ class AuditAdmin(Edge):
 
             dirs, total = await self.run(prepare)
             yield pb.ExportAuditChunk(total=total)
-            loop = asyncio.get_running_loop()
-            queue: asyncio.Queue[str | None] = asyncio.Queue(maxsize=8)
-            writer = _QueueWriter(loop, queue)
-            failure: list[BaseException] = []
 
-            def produce() -> int:
-                try:
-                    log.append(  # as AuditLog.export does: no export goes unrecorded
-                        AuditEvent(
-                            type=AUDIT_EXPORT, actor=actor, action="export", resource="audit",
-                            details={"format": fmt, "since": where.since, "until": where.until,
-                                     "types": list(where.types), "outcome": where.outcome,
-                                     "servers": [audit.server_id, *mirrors]},
-                        )
-                    )  # fmt: skip
-                    chains = [log.iter_events(**filters)]
-                    chains += [iter_records(d, where=where) for d in dirs]
-                    n = export_events(merge_by_time(chains), cast(TextIO, writer), format=fmt)
-                    writer.flush()
-                    return int(n)
-                except BaseException as exc:
-                    failure.append(exc)
-                    return 0
-                finally:
-                    asyncio.run_coroutine_threadsafe(queue.put(None), loop).result()
+            def write(out: TextIO) -> int:
+                log.append(  # as AuditLog.export does: no export goes unrecorded
+                    AuditEvent(
+                        type=AUDIT_EXPORT, actor=actor, action="export", resource="audit",
+                        details={"format": fmt, "since": where.since, "until": where.until,
+                                 "types": list(where.types), "outcome": where.outcome,
+                                 "servers": [audit.server_id, *mirrors]},
+                    )
+                )  # fmt: skip
+                chains = [log.iter_events(**filters)]
+                chains += [iter_records(d, where=where) for d in dirs]
+                return int(export_events(merge_by_time(chains), out, format=fmt))
 
-            task = loop.run_in_executor(self.executor, produce)
-            while (chunk := await queue.get()) is not None:
-                yield pb.ExportAuditChunk(data=chunk)
-            count = await task
-            if failure:
-                raise failure[0]
-            yield pb.ExportAuditChunk(done=count)
+            async for part in self._stream_export(write):
+                yield part
         finally:
             tmp.cleanup()
 
