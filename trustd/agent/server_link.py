@@ -208,7 +208,11 @@ class ServerLink:
             except UnavailableError as exc:
                 last = exc
                 if len(self.addresses) > 1:
-                    self._current = (self._current + 1) % len(self.addresses)
+                    # the server is gone for the shared channel too: one move for both
+                    if self._channel is not None:
+                        self._fail_over(self._channel)
+                    else:  # joining: no shared channel yet
+                        self._current = (self._current + 1) % len(self.addresses)
             finally:
                 channel.close()
         assert last is not None
