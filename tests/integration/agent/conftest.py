@@ -1,7 +1,8 @@
 import sys
 from pathlib import Path
 
-# Shared agent fakes and helpers live in tests/agent_fakes.py; tests/ is not a package.
-_TESTS = str(Path(__file__).resolve().parents[2])
-if _TESTS not in sys.path:
-    sys.path.insert(0, _TESTS)
+# Shared agent fakes live in tests/agent_fakes.py and the whole-product helpers in
+# tests/integration/stack_helpers.py; neither directory is a package.
+for _dir in (Path(__file__).resolve().parents[2], Path(__file__).resolve().parents[1]):
+    if str(_dir) not in sys.path:
+        sys.path.insert(0, str(_dir))
